@@ -1,0 +1,18 @@
+// Process-wide switches, set from Python through torch.ops.fastloss._set_option(name, value)
+// (wrapped by fastloss.set_target_validation and used by tests/benchmarks to reach every code path).
+#pragma once
+
+#include <cstdint>
+
+namespace fastloss {
+
+enum class Option : int {
+  ValidateTargets = 0,  // 1 (default): CUDA class targets are checked with one host sync per call
+  CeConfig,             // -1 auto; CUDA cross_entropy row kernel: 0 warp, 1 block256, 2 block512
+  CeSmemVecs,           // -1 auto; cap on the vectors per thread cached in shared memory
+  Count
+};
+
+int64_t option(Option o);
+
+}  // namespace fastloss

@@ -1,0 +1,109 @@
+"""Build fastloss._C: CPU kernels always, CUDA kernels whenever torch is a CUDA build and nvcc exists.
+
+The CUDA decision never looks at torch.cuda.is_available(): CUDA sources compile and link on a
+machine without a GPU. FASTLOSS_CUDA=0|1 forces the choice. CUDA_HOME and the CUDA library headers
+shipped inside torch's wheels (site-packages/nvidia/*/include) are found without any variable set.
+"""
+import glob
+import os
+import re
+import shutil
+import sys
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def _is_toolkit(path):
+    return bool(path) and os.path.isfile(os.path.join(path, "bin", "nvcc")) and os.path.isfile(
+        os.path.join(path, "include", "cuda_runtime.h"))
+
+
+def find_cuda_home():
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if _is_toolkit(os.environ.get(var)):
+            return os.environ[var]
+    candidates = []
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        real = os.path.realpath(nvcc)
+        candidates.append(os.path.dirname(os.path.dirname(real)))
+        # nvcc on PATH may be a small wrapper script that execs the real one: read the path out of it.
+        try:
+            if os.path.getsize(real) < 64 * 1024:
+                with open(real, errors="ignore") as f:
+                    for m in re.finditer(r"(/[^\s\"']+)/bin/nvcc", f.read()):
+                        candidates.append(m.group(1))
+        except OSError:
+            pass
+    candidates.append("/usr/local/cuda")
+    candidates += sorted(glob.glob("/usr/local/cuda-*"), reverse=True)
+    for c in candidates:
+        if _is_toolkit(c):
+            return c
+    return None
+
+
+def wheel_cuda_include_dirs():
+    """Include folders of the nvidia-* wheels torch depends on (cublas_v2.h, cusparse.h, ...)."""
+    dirs = []
+    for base in sys.path:
+        for inc in sorted(glob.glob(os.path.join(base, "nvidia", "*", "include"))):
+            if os.path.isdir(inc) and inc not in dirs:
+                dirs.append(inc)
+    return dirs
+
+
+cuda_home = find_cuda_home()
+if cuda_home and "CUDA_HOME" not in os.environ:
+    os.environ["CUDA_HOME"] = cuda_home  # must be set before cpp_extension is imported
+
+import torch  # noqa: E402
+from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension  # noqa: E402
+
+force = os.environ.get("FASTLOSS_CUDA")
+if force not in (None, "", "0", "1"):
+    sys.exit(f"FASTLOSS_CUDA must be 0 or 1, got {force!r}")
+cuda_possible = torch.version.cuda is not None and cuda_home is not None
+if force == "1" and not cuda_possible:
+    sys.exit("FASTLOSS_CUDA=1 but CUDA cannot be built: torch.version.cuda="
+             f"{torch.version.cuda}, CUDA toolkit (nvcc) found at: {cuda_home}")
+with_cuda = cuda_possible if force in (None, "") else force == "1"
+
+if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+    # With a visible GPU, cpp_extension builds for it; without one, build a portable list.
+    if not torch.cuda.is_available():
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;8.6;9.0;10.0;12.0+PTX"
+
+sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
+include_dirs = [os.path.join(ROOT, "csrc")]
+define_macros = []
+
+if with_cuda:
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    # -isystem: searched after the toolkit's and torch's own -I folders, so they only fill gaps.
+    wheel_includes = [f for d in wheel_cuda_include_dirs() for f in ("-isystem", d)]
+    define_macros.append(("FASTLOSS_WITH_CUDA", "1"))
+    ext = CUDAExtension(
+        "fastloss._C",
+        sources,
+        include_dirs=include_dirs,
+        define_macros=define_macros,
+        extra_compile_args={"cxx": cxx_flags + wheel_includes,
+                            "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"] + wheel_includes},
+    )
+else:
+    ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs,
+                       define_macros=define_macros, extra_compile_args={"cxx": cxx_flags})
+
+print(f"fastloss: building {'CPU + CUDA' if with_cuda else 'CPU only'} "
+      f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")
+
+setup(
+    name="fastloss",
+    packages=find_packages(include=["fastloss", "fastloss.*"]),
+    ext_modules=[ext],
+    cmdclass={"build_ext": BuildExtension},
+)
