@@ -1,0 +1,54 @@
+// Deterministic reductions for the CPU kernels: fixed-size chunks summed in parallel, then the chunk
+// partials summed in order, so the result never depends on the number of threads.
+#pragma once
+
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace fastloss {
+namespace cpu {
+
+template <typename acc, typename F>
+acc fixed_order_sum(int64_t n, const F& f) {
+  constexpr int64_t kChunk = 4096;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<acc> partial(static_cast<size_t>(chunks), acc(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      acc s = 0;
+      const int64_t stop = std::min(n, (c + 1) * kChunk);
+      for (int64_t i = c * kChunk; i < stop; ++i) s += f(i);
+      partial[static_cast<size_t>(c)] = s;
+    }
+  });
+  acc total = 0;
+  for (acc p : partial) total += p;
+  return total;
+}
+
+}  // namespace cpu
+}  // namespace fastloss
+
+#include <ATen/ATen.h>
+
+#include "common/common.h"
+
+namespace fastloss {
+namespace cpu {
+
+// Per-row losses (acc dtype, one per row) -> the op's result: the rows themselves for 'none',
+// their fixed-order sum for 'sum', and the sum over `denom` for 'mean' (0/0 gives NaN, as torch).
+template <typename acc>
+at::Tensor finish_loss(const at::Tensor& row_loss, Reduction reduction, acc denom, c10::ScalarType out_dtype,
+                       c10::IntArrayRef row_shape) {
+  if (reduction == Reduction::None) return row_loss.view(row_shape).to(out_dtype);
+  const acc* p = row_loss.const_data_ptr<acc>();
+  acc total = fixed_order_sum<acc>(row_loss.numel(), [p](int64_t i) { return p[i]; });
+  if (reduction == Reduction::Mean) total = total / denom;
+  return at::scalar_tensor(static_cast<double>(total), row_loss.options().dtype(out_dtype));
+}
+
+}  // namespace cpu
+}  // namespace fastloss

@@ -1,0 +1,36 @@
+// Vectorized float row primitives for the CPU kernels. The bodies (cpu/vec_impl.inc) are compiled
+// twice, for baseline x86-64 and for AVX2+FMA, and the table for the running CPU is picked once.
+// All pointers may be unaligned; w == nullptr means "all weights are 1". Every sum is taken in a
+// fixed lane order, so results depend only on the data (and the ISA), never on threads.
+#pragma once
+
+#include <cstdint>
+
+namespace fastloss {
+namespace cpu {
+
+struct VecOps {
+  // *m = max_c x_c; if want_sum: *sum = sum_c w_c x_c.
+  void (*max_wsum)(const float* x, const float* w, int64_t n, bool want_sum, float* m, float* sum);
+  // returns sum_c exp(x_c - m); stores exp(x_c - m) into e when e != nullptr.
+  float (*exp_sum)(const float* x, float m, int64_t n, float* e);
+  // out_c = e_c * a - b * w_c
+  void (*axpw)(const float* e, int64_t n, float a, float b, const float* w, float* out);
+  // t'_c = c1 q_c + c0;  *s1 = sum_c w_c t'_c;  *s2 = sum_c w_c t'_c x_c
+  void (*prob_sums)(const float* x, const float* q, const float* w, int64_t n, float c1, float c0, float* s1,
+                    float* s2);
+  // out_c = e_c * a - w_c (b1 q_c + b0)
+  void (*prob_grad)(const float* e, const float* q, const float* w, int64_t n, float a, float b1, float b0,
+                    float* out);
+  // out_c = in_c * f (in may equal out)
+  void (*scale)(const float* in, int64_t n, float f, float* out);
+  // bfloat16 <-> float32 (round to nearest even, NaN kept NaN)
+  void (*bf16_to_f32)(const uint16_t* in, int64_t n, float* out);
+  void (*f32_to_bf16)(const float* in, int64_t n, uint16_t* out);
+  const char* isa;
+};
+
+const VecOps& vec_ops();
+
+}  // namespace cpu
+}  // namespace fastloss

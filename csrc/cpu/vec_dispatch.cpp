@@ -1,0 +1,41 @@
+// Compiles cpu/vec_impl.inc for baseline x86-64 and, with GCC on x86-64, again for AVX2+FMA;
+// vec_ops() returns the table the running CPU supports (decided once).
+#include "common/cpu_vec.h"
+
+#include <cstdint>
+#include <cstdlib>
+
+namespace fastloss {
+namespace cpu {
+
+namespace isa_base {
+#include "cpu/vec_impl.inc"
+}  // namespace isa_base
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTLOSS_HAVE_AVX2_TABLE 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#include "cpu/vec_impl.inc"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#endif
+
+const VecOps& vec_ops() {
+  static const VecOps table = [] {
+#ifdef FASTLOSS_HAVE_AVX2_TABLE
+    // FASTLOSS_CPU_ISA=base forces the portable table (for testing both on one machine).
+    const char* force = std::getenv("FASTLOSS_CPU_ISA");
+    bool want_base = force && force[0] == 'b';
+    __builtin_cpu_init();
+    if (!want_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      return isa_avx2::make_table("avx2+fma");
+#endif
+    return isa_base::make_table("baseline");
+  }();
+  return table;
+}
+
+}  // namespace cpu
+}  // namespace fastloss
