@@ -1,0 +1,264 @@
+// CUDA helpers shared by every loss family: 16-byte vectors, fixed-order warp/block reductions,
+// device properties, and the deterministic two-stage sum that turns per-row losses into the result.
+// No floating-point atomics anywhere: every sum is a fixed tree, so results are bitwise repeatable.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "common/common.h"
+
+namespace fastloss {
+namespace cuda {
+
+// 16 bytes of scalar_t as raw bits (uint4: one 128-bit access), converted to and from the
+// accumulate type with bit operations and intrinsics only -- no address-taking of 16-bit members,
+// which would push the values to local memory.
+template <typename T>
+struct Pack;
+
+template <>
+struct Pack<float> {
+  static constexpr int N = 4;
+  static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
+    o[0] = __uint_as_float(r.x);
+    o[1] = __uint_as_float(r.y);
+    o[2] = __uint_as_float(r.z);
+    o[3] = __uint_as_float(r.w);
+  }
+  static __device__ __forceinline__ uint4 pack(const float* i) {
+    return make_uint4(__float_as_uint(i[0]), __float_as_uint(i[1]), __float_as_uint(i[2]), __float_as_uint(i[3]));
+  }
+};
+
+template <>
+struct Pack<double> {
+  static constexpr int N = 2;
+  static __device__ __forceinline__ void unpack(const uint4& r, double* o) {
+    o[0] = __hiloint2double(static_cast<int>(r.y), static_cast<int>(r.x));
+    o[1] = __hiloint2double(static_cast<int>(r.w), static_cast<int>(r.z));
+  }
+  static __device__ __forceinline__ uint4 pack(const double* i) {
+    return make_uint4(static_cast<unsigned>(__double2loint(i[0])), static_cast<unsigned>(__double2hiint(i[0])),
+                      static_cast<unsigned>(__double2loint(i[1])), static_cast<unsigned>(__double2hiint(i[1])));
+  }
+};
+
+__device__ __forceinline__ float bf16_bits_to_float(unsigned b) { return __uint_as_float(b << 16); }
+__device__ __forceinline__ unsigned float_to_bf16_bits(float f) {
+  return __bfloat16_as_ushort(__float2bfloat16_rn(f));  // round to nearest even, NaN stays NaN
+}
+__device__ __forceinline__ float half_bits_to_float(unsigned b) {
+  return __half2float(__ushort_as_half(static_cast<unsigned short>(b)));
+}
+__device__ __forceinline__ unsigned float_to_half_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
+
+template <>
+struct Pack<c10::BFloat16> {
+  static constexpr int N = 8;
+  static __device__ __forceinline__ void unpack2(unsigned w, float* o) {
+    o[0] = __uint_as_float(w << 16);
+    o[1] = __uint_as_float(w & 0xffff0000u);
+  }
+  static __device__ __forceinline__ unsigned pack2(float a, float b) {
+    return float_to_bf16_bits(a) | (float_to_bf16_bits(b) << 16);
+  }
+  static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
+    unpack2(r.x, o);
+    unpack2(r.y, o + 2);
+    unpack2(r.z, o + 4);
+    unpack2(r.w, o + 6);
+  }
+  static __device__ __forceinline__ uint4 pack(const float* i) {
+    return make_uint4(pack2(i[0], i[1]), pack2(i[2], i[3]), pack2(i[4], i[5]), pack2(i[6], i[7]));
+  }
+};
+
+template <>
+struct Pack<c10::Half> {
+  static constexpr int N = 8;
+  static __device__ __forceinline__ void unpack2(unsigned w, float* o) {
+    o[0] = half_bits_to_float(w & 0xffffu);
+    o[1] = half_bits_to_float(w >> 16);
+  }
+  static __device__ __forceinline__ unsigned pack2(float a, float b) {
+    return float_to_half_bits(a) | (float_to_half_bits(b) << 16);
+  }
+  static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
+    unpack2(r.x, o);
+    unpack2(r.y, o + 2);
+    unpack2(r.z, o + 4);
+    unpack2(r.w, o + 6);
+  }
+  static __device__ __forceinline__ uint4 pack(const float* i) {
+    return make_uint4(pack2(i[0], i[1]), pack2(i[2], i[3]), pack2(i[4], i[5]), pack2(i[6], i[7]));
+  }
+};
+
+// Scalar element access through the same bit conversions.
+template <typename T>
+__device__ __forceinline__ acc_t<T> load_acc(const T* p, int64_t i) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    return bf16_bits_to_float(reinterpret_cast<const unsigned short*>(p)[i]);
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    return half_bits_to_float(reinterpret_cast<const unsigned short*>(p)[i]);
+  } else {
+    return p[i];
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void store_acc(T* p, int64_t i, acc_t<T> v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    reinterpret_cast<unsigned short*>(p)[i] = static_cast<unsigned short>(float_to_bf16_bits(v));
+  } else if constexpr (std::is_same_v<T, c10::Half>) {
+    reinterpret_cast<unsigned short*>(p)[i] = static_cast<unsigned short>(float_to_half_bits(v));
+  } else {
+    p[i] = v;
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ bool aligned16(const T* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+template <typename acc>
+__device__ __forceinline__ acc fast_exp(acc x) {
+  return ::exp(x);
+}
+template <>
+__device__ __forceinline__ float fast_exp<float>(float x) {
+  return __expf(x);  // ex2.approx: ~2 ulp, well inside float32 loss tolerance
+}
+
+template <typename acc>
+__device__ __forceinline__ acc warp_sum(acc v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;  // xor butterfly with commutative adds: every lane holds the same bits
+}
+
+// Sum of one value per thread over the whole block, in a fixed order; every thread gets the result.
+// `scratch` needs THREADS/32 + 1 slots. Ends with a barrier, so scratch can be reused right after.
+template <int THREADS, typename acc>
+__device__ __forceinline__ acc block_sum(acc v, acc* scratch) {
+  constexpr int W = THREADS / 32;
+  v = warp_sum(v);
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  if (W == 1) return v;
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  if (warp == 0) {
+    acc t = lane < W ? scratch[lane] : acc(0);
+    t = warp_sum(t);
+    if (lane == 0) scratch[W] = t;
+  }
+  __syncthreads();
+  acc r = scratch[W];
+  __syncthreads();
+  return r;
+}
+
+struct DeviceInfo {
+  int sm_count;
+  int smem_optin;  // bytes of shared memory a block may ask for
+};
+
+inline DeviceInfo device_info(int device) {
+  static std::mutex mu;
+  static std::vector<DeviceInfo> cache;
+  static std::vector<bool> have;
+  std::lock_guard<std::mutex> lock(mu);
+  if (device >= static_cast<int>(cache.size())) {
+    cache.resize(device + 1);
+    have.resize(device + 1, false);
+  }
+  if (!have[device]) {
+    DeviceInfo d{};
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    cache[device] = d;
+    have[device] = true;
+  }
+  return cache[device];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deterministic sums. Stage 1: block b sums a fixed slice of [0, n); stage 2: one block sums the
+// partials. The slicing depends only on n, so the result depends only on the data.
+constexpr int kSumThreads = 512;
+
+inline int sum_blocks(int64_t n) {
+  const int64_t per = int64_t(kSumThreads) * 16;
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(1024, (n + per - 1) / per)));
+}
+
+// f(i) -> acc for i in [0, n)
+template <typename acc, typename F>
+__global__ void __launch_bounds__(kSumThreads) partial_sum_kernel(F f, int64_t n, acc* partial) {
+  __shared__ acc scratch[kSumThreads / 32 + 1];
+  const int64_t per = (n + gridDim.x - 1) / gridDim.x;
+  const int64_t begin = int64_t(blockIdx.x) * per, end = std::min(n, begin + per);
+  acc s = 0;
+  for (int64_t i = begin + threadIdx.x; i < end; i += kSumThreads) s += f(i);
+  s = block_sum<kSumThreads>(s, scratch);
+  if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+// out[0] = (sum of partial[0..parts)) / (divisor ? *divisor : 1), converted to out_t.
+template <typename acc, typename out_t>
+__global__ void __launch_bounds__(kSumThreads) final_sum_kernel(const acc* partial, int parts, const acc* divisor,
+                                                                acc host_divisor, out_t* out) {
+  __shared__ acc scratch[kSumThreads / 32 + 1];
+  acc s = 0;
+  for (int i = threadIdx.x; i < parts; i += kSumThreads) s += partial[i];
+  s = block_sum<kSumThreads>(s, scratch);
+  if (threadIdx.x == 0) out[0] = static_cast<out_t>(s / (divisor ? *divisor : host_divisor));
+}
+
+template <typename acc>
+struct ArrayReader {
+  const acc* p;
+  __device__ acc operator()(int64_t i) const { return p[i]; }
+};
+
+// Sum f over [0, n) into out (a one-element tensor of any floating dtype), divided by *divisor
+// (device scalar) when given, else by host_divisor.
+template <typename acc, typename F>
+void launch_sum(F f, int64_t n, const acc* divisor, acc host_divisor, const at::Tensor& out, cudaStream_t stream) {
+  const int parts = sum_blocks(n);
+  at::Tensor partial = at::empty({parts}, out.options().dtype(c10::CppTypeToScalarType<acc>::value));
+  partial_sum_kernel<acc, F><<<parts, kSumThreads, 0, stream>>>(f, n, partial.mutable_data_ptr<acc>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastloss_final_sum", [&] {
+    final_sum_kernel<acc, scalar_t><<<1, kSumThreads, 0, stream>>>(partial.const_data_ptr<acc>(), parts, divisor,
+                                                                     host_divisor, out.mutable_data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// Per-row losses -> the op's result ('none': the rows; 'sum': their sum; 'mean': sum / denominator).
+template <typename acc>
+at::Tensor finish_loss(const at::Tensor& row_loss, Reduction reduction, const acc* denom, acc host_denom,
+                       c10::ScalarType out_dtype, c10::IntArrayRef row_shape, cudaStream_t stream) {
+  if (reduction == Reduction::None) return row_loss.view(row_shape).to(out_dtype);
+  at::Tensor out = at::empty({}, row_loss.options().dtype(out_dtype));
+  const bool mean = reduction == Reduction::Mean;
+  launch_sum<acc>(ArrayReader<acc>{row_loss.const_data_ptr<acc>()}, row_loss.numel(), mean ? denom : nullptr,
+                  mean ? host_denom : acc(1), out, stream);
+  return out;
+}
+
+}  // namespace cuda
+}  // namespace fastloss
