@@ -1,0 +1,30 @@
+"""fastloss: torch.nn losses as fused CPU and CUDA kernels, drop-in and exact.
+
+    import fastloss
+    loss = fastloss.CrossEntropyLoss(label_smoothing=0.1)(logits, target)
+    loss = fastloss.functional.cross_entropy(logits, target, ignore_index=-100)
+"""
+import torch
+
+from . import _C  # noqa: F401  (registers every op and kernel)
+from ._registrations import grad_scale as _grad_scale_registration  # noqa: F401
+from ._registrations import cross_entropy as _cross_entropy_registration  # noqa: F401
+from . import functional  # noqa: E402
+from .modules import CrossEntropyLoss, NLLLoss  # noqa: E402
+
+__version__ = "0.1.0"
+
+__all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "cuda_built", "set_target_validation"]
+
+
+def cuda_built() -> bool:
+    """True when this build contains the CUDA kernels (whether or not a GPU is visible)."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::cross_entropy", "CUDA")
+
+
+def set_target_validation(enabled: bool) -> bool:
+    """Check class-index targets on CUDA (default True). The check reads one flag back to the host
+    once per call, outside CUDA graph capture. With it off, an out-of-range target gives a NaN loss
+    and NaN gradient row instead of an IndexError; nothing is ever read or written out of bounds.
+    Returns the previous setting. (CPU targets are always checked; it costs no sync there.)"""
+    return bool(torch.ops.fastloss._set_option("validate_targets", int(bool(enabled))))
