@@ -1,0 +1,46 @@
+"""Shared test fixtures: devices (CPU always, CUDA when a GPU is visible), dtypes, tolerances."""
+import pytest
+import torch
+
+import fastloss
+
+HAS_CUDA = torch.cuda.is_available() and fastloss.cuda_built()
+
+DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build of fastloss")
+
+
+def device_params():
+    """CUDA cases are always listed, and skip where there is no GPU."""
+    return ["cpu", pytest.param("cuda", marks=requires_cuda)]
+
+
+# Tolerances against a float64 reference computed by torch on upcast inputs:
+# (rtol, atol relative to the reference's largest magnitude).
+TOL = {
+    torch.float64: (1e-9, 1e-12),
+    torch.float32: (2e-5, 2e-6),
+    torch.float16: (4e-3, 2e-3),
+    torch.bfloat16: (3e-2, 1.6e-2),
+}
+
+
+def assert_close_ref(actual, ref, dtype, what=""):
+    """actual (any dtype) against a float64 reference: elementwise, with atol scaled by max |ref|."""
+    assert actual.shape == ref.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(ref.shape)}"
+    rtol, atol = TOL[dtype]
+    a = actual.detach().to("cpu", torch.float64)
+    r = ref.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(r)
+    assert torch.equal(torch.isnan(a), torch.isnan(r)), f"{what}: NaN pattern differs"
+    assert torch.equal(a[~finite & ~torch.isnan(r)], r[~finite & ~torch.isnan(r)]), f"{what}: inf differs"
+    scale = r[finite].abs().max().item() if finite.any() else 0.0
+    torch.testing.assert_close(a[finite], r[finite], rtol=rtol, atol=atol * max(scale, 0.1),
+                               msg=lambda m: f"{what} ({dtype}): {m}")
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)

@@ -1,0 +1,144 @@
+"""The registered ops themselves: float64 gradcheck, torch.library.opcheck, torch.compile
+(fullgraph), bitwise determinism, and the documented torch-op compositions."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss
+from conftest import device_params
+from test_cross_entropy import make_class_target
+
+CE = fastloss.functional.cross_entropy
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("weighted", [False, True])
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.3])
+@pytest.mark.parametrize("shape", [(4, 5), (3, 4, 2), (6,)])
+def test_gradcheck_class_targets(device, reduction, weighted, label_smoothing, shape):
+    C = shape[0] if len(shape) == 1 else shape[1]
+    x = torch.randn(shape, device=device, dtype=torch.float64, requires_grad=True)
+    t = make_class_target(shape, device, ignore_frac=0.25)
+    w = torch.rand(C, device=device, dtype=torch.float64) + 0.1 if weighted else None
+    assert torch.autograd.gradcheck(
+        lambda inp: CE(inp, t, weight=w, reduction=reduction, label_smoothing=label_smoothing), (x,))
+    assert torch.autograd.gradcheck(lambda inp: fastloss.functional.nll_loss(inp, t, weight=w, reduction=reduction),
+                                    (x,))
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("reduction", ["none", "mean", "sum"])
+@pytest.mark.parametrize("shape", [(3, 5), (2, 4, 3)])
+def test_gradcheck_probability_targets(device, reduction, shape):
+    x = torch.randn(shape, device=device, dtype=torch.float64, requires_grad=True)
+    q = torch.rand(shape, device=device, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(shape[1], device=device, dtype=torch.float64) + 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, c: CE(a, b, weight=c, reduction=reduction, label_smoothing=0.2),
+                                    (x, q, w))
+
+
+def _op_cases(device):
+    x = torch.randn(6, 11, device=device, requires_grad=True)
+    xk = torch.randn(3, 5, 4, device=device, dtype=torch.float64, requires_grad=True)
+    t = make_class_target((6, 11), device)
+    tk = make_class_target((3, 5, 4), device)
+    q = torch.randn(6, 11, device=device).softmax(1).requires_grad_()
+    w = torch.rand(11, device=device)
+    ops = torch.ops.fastloss
+    return [
+        (ops.cross_entropy.default, (x, t, None, 1, -100, 0.0, True, False, None)),
+        (ops.cross_entropy.default, (x, t, w, 0, -100, 0.2, True, False, None)),
+        (ops.cross_entropy.default, (x.bfloat16().detach().requires_grad_(), t, None, 2, -100, 0.1, True, False,
+                                     torch.float32)),
+        (ops.cross_entropy.default, (xk, tk, None, 1, -100, 0.0, True, False, None)),
+        (ops.cross_entropy.default, (x, q, w, 1, -100, 0.1, True, True, None)),
+        (ops.nll_loss.default, (x, t, w, 1, -100, None)),
+        (ops.nll_loss.default, (xk, tk, None, 0, -100, None)),
+        (ops.scale_grad.default, (torch.randn(6, 11, device=device), torch.rand(6, device=device), 11, 1)),
+        (ops.scale_grad_.default, (torch.randn(6, 11, device=device), torch.rand((), device=device), 11, 1)),
+    ]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("case", range(9))
+def test_opcheck(device, case):
+    op, args = _op_cases(device)[case]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_compile_fullgraph_aot_eager(device):
+    """The ops trace (fake kernels, autograd, autocast rule) with no graph break."""
+    def step(x, t, q, w):
+        a = CE(x, t, weight=w, label_smoothing=0.1)
+        b = CE(x, q, reduction="sum")
+        c = fastloss.functional.nll_loss(x.log_softmax(-1), t, reduction="none").sum()
+        return a + b + c
+
+    x = torch.randn(8, 33, device=device, requires_grad=True)
+    t = make_class_target((8, 33), device)
+    q = torch.randn(8, 33, device=device).softmax(1)
+    w = torch.rand(33, device=device)
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=True)
+    got = compiled(x, t, q, w)
+    g_got, = torch.autograd.grad(got, x)
+    ref = F.cross_entropy(x, t, weight=w, label_smoothing=0.1) + F.cross_entropy(x, q, reduction="sum") + \
+        F.nll_loss(x.log_softmax(-1), t, reduction="none").sum()
+    g_ref, = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.compile
+@pytest.mark.parametrize("device", device_params())
+def test_compile_fullgraph_inductor(device):
+    def step(x, t):
+        return CE(x * 2.0, t, label_smoothing=0.1)
+
+    x = torch.randn(16, 50, device=device, requires_grad=True)
+    t = make_class_target((16, 50), device)
+    compiled = torch.compile(step, fullgraph=True)
+    got = compiled(x, t)
+    g_got, = torch.autograd.grad(got, x)
+    ref = F.cross_entropy(x * 2.0, t, label_smoothing=0.1)
+    g_ref, = torch.autograd.grad(ref, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(g_got, g_ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("shape", [(257, 3001), (64, 9, 40)])
+def test_deterministic(device, dtype, shape):
+    """Two runs give bitwise equal losses and gradients (fixed-order reductions, no float atomics)."""
+    x = (torch.randn(shape, device=device) * 4).to(dtype)
+    t = make_class_target(shape, device)
+    w = torch.rand(shape[1], device=device).to(dtype)
+    outs = []
+    for _ in range(2):
+        xi = x.clone().requires_grad_()
+        loss = CE(xi, t, weight=w, label_smoothing=0.1)
+        g, = torch.autograd.grad(loss, xi)
+        outs.append((loss, g))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert torch.equal(outs[0][1], outs[1][1])
+
+
+def test_no_torch_loss_is_called(monkeypatch):
+    """No silent fallback: with torch's own losses and (log_)softmax poisoned, fastloss still works.
+    The documented torch-op composition (weight gradient for probability targets) uses neither."""
+    def boom(*a, **k):
+        raise AssertionError("fastloss called a torch loss")
+
+    for name in ["cross_entropy", "nll_loss", "log_softmax", "softmax"]:
+        monkeypatch.setattr(F, name, boom)
+    monkeypatch.setattr(torch, "log_softmax", boom)
+    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
+    q = torch.rand(5, 7, dtype=torch.float64)
+    w = torch.rand(7, dtype=torch.float64, requires_grad=True)
+    t = torch.randint(0, 7, (5,))
+    CE(x, t, label_smoothing=0.1).backward()
+    CE(x, q, weight=w).backward()
+    fastloss.functional.nll_loss(x, t).backward()
+    assert x.grad is not None and w.grad is not None
