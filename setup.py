@@ -76,8 +76,12 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     if not torch.cuda.is_available():
         os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;8.6;9.0;10.0;12.0+PTX"
 
-sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/ops/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi"]
+sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/ops/*.cpp")
+                 + glob.glob("csrc/cpu/*.cpp"))
+# -fopenmp: at::parallel_for is a header template; without it the OpenMP pragma inside is ignored
+# and every CPU kernel runs on one thread.
+cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi", "-fopenmp"]
+link_flags = ["-fopenmp"]
 include_dirs = [os.path.join(ROOT, "csrc")]
 define_macros = []
 
@@ -91,12 +95,13 @@ if with_cuda:
         sources,
         include_dirs=include_dirs,
         define_macros=define_macros,
+        extra_link_args=link_flags,
         extra_compile_args={"cxx": cxx_flags + wheel_includes,
                             "nvcc": ["-O3", "-lineinfo", "--expt-relaxed-constexpr"] + wheel_includes},
     )
 else:
     ext = CppExtension("fastloss._C", sources, include_dirs=include_dirs,
-                       define_macros=define_macros, extra_compile_args={"cxx": cxx_flags})
+                       define_macros=define_macros, extra_link_args=link_flags, extra_compile_args={"cxx": cxx_flags})
 
 print(f"fastloss: building {'CPU + CUDA' if with_cuda else 'CPU only'} "
       f"(CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})")

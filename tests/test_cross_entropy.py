@@ -264,8 +264,10 @@ def test_double_backward_refused():
 
 @pytest.mark.parametrize("device", device_params())
 def test_autocast(device):
-    """Under autocast torch computes losses in float32 (fp32 policy): half/bfloat16 logits give a
-    float32 loss and a gradient in the logits' dtype. fastloss matches without a float32 copy."""
+    """Under autocast torch returns float32 losses (fp32 policy) and gradients in the logits' dtype;
+    fastloss matches that without a float32 copy of the logits. Values: on CPU torch upcasts the
+    whole loss; on CUDA it rounds log_softmax to bfloat16 first (log_softmax keeps an explicit dtype),
+    so there torch is the less precise one: both are checked against float64."""
     dt = torch.bfloat16
     x = torch.randn(6, 100, device=device).to(dt).requires_grad_()
     t = make_class_target((6, 100), device)
@@ -277,12 +279,14 @@ def test_autocast(device):
         ref_n = F.nll_loss(x.log_softmax(1), t)
     assert ours.dtype == ref.dtype == torch.float32
     assert ours_n.dtype == ref_n.dtype
-    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    exact, gexact, _ = reference(x, t, w, "mean", 0.1)
+    assert_close_ref(ours, exact, torch.float32, "loss")
+    torch.testing.assert_close(ours, ref, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(ours_n, ref_n, rtol=1e-2, atol=1e-2)
     g1, = torch.autograd.grad(ours, x)
     g2, = torch.autograd.grad(ref, x)
     assert g1.dtype == g2.dtype == dt
-    torch.testing.assert_close(g1, g2, rtol=2e-2, atol=1e-4)
+    assert_close_ref(g1, gexact, dt, "grad")
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -306,8 +310,8 @@ def test_modules(device):
 @pytest.mark.parametrize("C", [1, 3, 8, 129, 1000, 5003, 40000])
 @pytest.mark.parametrize("kind", ["class", "prob"])
 def test_cuda_row_kernel_paths(config, smem_cap, dtype, C, kind):
-    """Each row kernel (warp / block256 / block512) with its register, shared-memory and re-read
-    tiers, on aligned and misaligned rows (head and tail elements)."""
+    """Each row kernel configuration (a warp per row; 256-thread blocks two per SM; 1024-thread blocks)
+    with its register, shared-memory and re-read tiers, on aligned and misaligned rows."""
     if C > 5003 and config == 0 and dtype == torch.float64:
         pytest.skip("large rows in the warp kernel are covered by float32 (float64 is slow there)")
     old_c = torch.ops.fastloss._set_option("ce_config", config)

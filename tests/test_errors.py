@@ -61,6 +61,8 @@ def test_bad_input(device, fn, name):
     call, exc, text = _cases(device)[name]
     with pytest.raises(exc, match=text):
         call(fn)
+    if device == "cuda" and exc is IndexError:
+        return  # torch's CUDA kernels reject bad targets with a device-side assert, which kills the context
     with pytest.raises(exc if isinstance(exc, tuple) else (exc, RuntimeError)):
         call(_torch_fn(fn))  # torch refuses the same input
 

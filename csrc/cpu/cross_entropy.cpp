@@ -19,6 +19,7 @@
 
 #include "common/cpu_reduce.h"
 #include "common/cpu_vec.h"
+#include "common/errors.h"
 #include "ops/cross_entropy.h"
 
 namespace fastloss {
@@ -132,8 +133,7 @@ acc class_target_denominator(const Tensor& target, const acc* w, int64_t ignore_
   for (int64_t i = 0; i < n; ++i) {  // sequential: the error names the first bad position
     const int64_t v = static_cast<int64_t>(t[i]);
     if (v == ignore_index) continue;
-    TORCH_CHECK_INDEX(v >= 0 && v < C, op, ": Target ", v, " is out of bounds: expected a class in [0, ", C,
-                      ") or ignore_index=", ignore_index, " (at flat target position ", i, ")");
+    if (v < 0 || v >= C) raise_target_out_of_bounds(op, v, C, ignore_index, i);
   }
   return fixed_order_sum<acc>(n, [&](int64_t i) {
     const int64_t v = static_cast<int64_t>(t[i]);

@@ -9,20 +9,13 @@
 
 #include "common/common.h"
 #include "common/cpu_vec.h"
+#include "ops/grad_scale.h"
 
 namespace fastloss {
 namespace cpu {
 namespace {
 
 using at::Tensor;
-
-void check_scale_args(const Tensor& grad, const Tensor& grad_loss, int64_t classes, int64_t inner, const char* op) {
-  TORCH_CHECK(grad.is_contiguous(), op, ": grad must be contiguous");
-  TORCH_CHECK(classes >= 0 && inner >= 0, op, ": classes and inner must be non-negative");
-  const int64_t rows = classes * inner == 0 ? 0 : grad.numel() / (classes * inner) * inner;
-  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == rows, op, ": grad_loss must have 1 or ", rows,
-              " elements, got ", grad_loss.numel());
-}
 
 template <typename scalar_t>
 void scale_rows(const scalar_t* in, scalar_t* out, const acc_t<scalar_t>* f, bool single, int64_t numel,
@@ -52,7 +45,7 @@ void scale_rows(const scalar_t* in, scalar_t* out, const acc_t<scalar_t>* f, boo
 template <bool kInPlace>
 Tensor scale_impl(const Tensor& grad, const Tensor& grad_loss, int64_t classes, int64_t inner) {
   const char* op = kInPlace ? "fastloss.scale_grad_" : "fastloss.scale_grad";
-  check_scale_args(grad, grad_loss, classes, inner, op);
+  check_scale_grad_args(grad, grad_loss, classes, inner, op);
   const auto adt = acc_dtype(grad.scalar_type());
   Tensor g = grad_loss.to(adt).contiguous();
   Tensor out = kInPlace ? grad : at::empty_like(grad);

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/cuda/block_reduce.cuh"
+#include "ops/grad_scale.h"
 
 namespace fastloss {
 namespace cuda {
@@ -40,14 +41,41 @@ __global__ void scale_all_kernel(const scalar_t* in, scalar_t* out, const acc_t<
   for (int64_t i = done + tid; i < n; i += stride) store_acc(out, i, load_acc(in, i) * k);
 }
 
-// One factor per row: element e belongs to row (e / (C*D)) * D + e % D.
+// One factor per row: element e belongs to row (e / (C*D)) * D + e % D. 16-byte vectors where the
+// buffer is aligned, one division per vector (rows change at most every C elements).
 template <typename scalar_t, bool INPLACE>
 __global__ void scale_rows_kernel(const scalar_t* in, scalar_t* out, const acc_t<scalar_t>* factor, int64_t n,
-                                  int64_t C, int64_t D) {
+                                  int64_t C, int64_t D, bool vec_ok) {
   using acc = acc_t<scalar_t>;
-  for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < n; e += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = D == 1 ? e / C : (e / (C * D)) * D + e % D;
-    const acc k = factor[r];
+  using P = Pack<scalar_t>;
+  auto row_of = [&](int64_t e) { return D == 1 ? e / C : (e / (C * D)) * D + e % D; };
+  const int64_t stride = int64_t(gridDim.x) * blockDim.x;
+  const int64_t tid = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  int64_t done = 0;
+  if (vec_ok && D == 1) {
+    const int64_t nv = n / P::N;
+    for (int64_t i = tid; i < nv; i += stride) {
+      const int64_t e0 = i * P::N;
+      int64_t r = e0 / C, next = (r + 1) * C;
+      acc k = factor[r];
+      const bool one_row = e0 + P::N <= next;
+      if (INPLACE && one_row && k == acc(1)) continue;
+      acc v[P::N];
+      P::unpack(reinterpret_cast<const uint4*>(in)[i], v);
+#pragma unroll
+      for (int j = 0; j < P::N; ++j) {
+        if (e0 + j == next) {
+          k = factor[++r];
+          next += C;
+        }
+        v[j] *= k;
+      }
+      reinterpret_cast<uint4*>(out)[i] = P::pack(v);
+    }
+    done = nv * P::N;
+  }
+  for (int64_t e = done + tid; e < n; e += stride) {
+    const acc k = factor[row_of(e)];
     if (INPLACE && k == acc(1)) continue;
     store_acc(out, e, load_acc(in, e) * k);
   }
@@ -56,11 +84,7 @@ __global__ void scale_rows_kernel(const scalar_t* in, scalar_t* out, const acc_t
 template <bool INPLACE>
 Tensor scale_impl(const Tensor& grad, const Tensor& grad_loss, int64_t classes, int64_t inner) {
   const char* op = INPLACE ? "fastloss.scale_grad_" : "fastloss.scale_grad";
-  TORCH_CHECK(grad.is_contiguous(), op, ": grad must be contiguous");
-  check_same_device(grad, "grad", grad_loss, "grad_loss", op);
-  const int64_t rows = classes * inner == 0 ? 0 : grad.numel() / (classes * inner) * inner;
-  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == rows, op, ": grad_loss must have 1 or ", rows,
-              " elements, got ", grad_loss.numel());
+  check_scale_grad_args(grad, grad_loss, classes, inner, op);
   const c10::cuda::CUDAGuard guard(grad.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   Tensor g = grad_loss.to(acc_dtype(grad.scalar_type())).contiguous();
@@ -79,8 +103,9 @@ Tensor scale_impl(const Tensor& grad, const Tensor& grad_loss, int64_t classes, 
       scale_all_kernel<scalar_t, INPLACE><<<blocks, 256, 0, stream>>>(in, o, g.const_data_ptr<acc>(), n, vec_ok);
     } else {
       const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, int64_t(sms) * 32)));
+      const bool vec_ok = (reinterpret_cast<uintptr_t>(in) % 16 == 0) && (reinterpret_cast<uintptr_t>(o) % 16 == 0);
       scale_rows_kernel<scalar_t, INPLACE><<<blocks, 256, 0, stream>>>(in, o, g.const_data_ptr<acc>(), n, classes,
-                                                                       inner);
+                                                                       inner, vec_ok);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -3,17 +3,10 @@
 
 #include <torch/library.h>
 
-#include <sstream>
+#include "common/errors.h"
+
 
 namespace fastloss {
-
-namespace {
-std::string shape_str(c10::IntArrayRef s) {
-  std::ostringstream o;
-  o << s;
-  return o.str();
-}
-}  // namespace
 
 CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& target,
                                     const c10::optional<at::Tensor>& weight, int64_t reduction,
@@ -21,7 +14,7 @@ CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& t
                                     const char* op) {
   CrossEntropyPlan p;
   p.reduction = to_reduction(reduction, op);
-  TORCH_CHECK_VALUE(input.dim() >= 1, op, ": expected input with 1 or more dimensions (got ", input.dim(), ")");
+  TORCH_CHECK_VALUE(input.dim() >= 1, op, ": expected input with 1 or more dimensions (got ", num(input.dim()), ")");
   check_floating(input, "input", op);
   check_same_device(input, "input", target, "target", op);
   const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
@@ -35,34 +28,34 @@ CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& t
                 ": Expected floating point type for target with class probabilities, got ", target.scalar_type());
     check_floating(target, "target", op);
     TORCH_CHECK(ignore_index < 0, op, ": ignore_index is not supported for floating point target (got ignore_index=",
-                ignore_index, ")");
+                num(ignore_index), ")");
   } else {
     check_class_target_dtype(target, op);
     if (input.dim() == 1) {
       TORCH_CHECK_VALUE(target.numel() == 1 && target.dim() <= 1, op,
-                        ": unbatched input of shape ", shape_str(input.sizes()),
-                        " expects a 0-dimensional target, got shape ", shape_str(target.sizes()));
+                        ": unbatched input of shape ", shape(input.sizes()),
+                        " expects a 0-dimensional target, got shape ", shape(target.sizes()));
     } else {
       TORCH_CHECK_VALUE(target.dim() >= 1 && target.size(0) == input.size(0), op, ": Expected input batch_size (",
-                        input.size(0), ") to match target batch_size (", target.dim() >= 1 ? target.size(0) : 0,
-                        ").");
+                        num(input.size(0)), ") to match target batch_size (",
+                        num(target.dim() >= 1 ? target.size(0) : int64_t(0)), ").");
       std::vector<int64_t> expected{input.size(0)};
       for (int64_t d = 2; d < input.dim(); ++d) expected.push_back(input.size(d));
-      TORCH_CHECK(target.sizes().vec() == expected, op, ": Expected target size ", shape_str(expected), ", got ",
-                  shape_str(target.sizes()),
+      TORCH_CHECK(target.sizes().vec() == expected, op, ": Expected target size ", shape(expected), ", got ",
+                  shape(target.sizes()),
                   input.dim() == 2 && target.dim() == 2 ? " (0D or 1D target tensor expected, multi-target not supported)"
                                                         : "");
     }
   }
   if (weight.has_value() && weight->defined()) {
     const auto& w = *weight;
-    TORCH_CHECK(w.dim() == 1 && w.numel() == C, op, ": weight tensor should be defined either for all ", C,
-                " classes or no classes but got weight tensor of shape: ", shape_str(w.sizes()));
+    TORCH_CHECK(w.dim() == 1 && w.numel() == C, op, ": weight tensor should be defined either for all ", num(C),
+                " classes or no classes but got weight tensor of shape: ", shape(w.sizes()));
     check_floating(w, "weight", op);
     check_same_device(input, "input", w, "weight", op);
   }
   TORCH_CHECK(label_smoothing >= 0.0 && label_smoothing <= 1.0, op,
-              ": label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
+              ": label_smoothing must be between 0.0 and 1.0. Got: ", num(label_smoothing));
 
   if (input.dim() > 1) {  // unbatched input: a 0-dim result, whatever the target's shape (as torch)
     p.row_shape.push_back(input.size(0));

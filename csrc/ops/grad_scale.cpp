@@ -1,7 +1,26 @@
 // Schemas of the backward used by every fused loss: the forward already wrote d(loss)/d(input), and
 // backward multiplies it by grad_output. grad is viewed as (outer, classes, inner); grad_loss is a
 // single element (mean/sum) or one value per (outer, inner) row (reduction='none').
+#include "ops/grad_scale.h"
+
 #include <torch/library.h>
+
+#include "common/common.h"
+#include "common/errors.h"
+
+namespace fastloss {
+
+void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner,
+                           const char* op) {
+  TORCH_CHECK(grad.is_contiguous(), op, ": grad must be contiguous");
+  TORCH_CHECK(classes >= 0 && inner >= 0, op, ": classes and inner must be non-negative");
+  check_same_device(grad, "grad", grad_loss, "grad_loss", op);
+  const int64_t rows = classes * inner == 0 ? 0 : grad.numel() / (classes * inner) * inner;
+  TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == rows, op, ": grad_loss must have 1 or ", num(rows),
+              " elements, got ", num(grad_loss.numel()));
+}
+
+}  // namespace fastloss
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
   // In place, used when autograd will not run this node again: rows whose factor is exactly 1 are

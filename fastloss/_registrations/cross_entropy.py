@@ -54,6 +54,9 @@ def _nll_bwd_fake(grad_loss, input, target, weight, reduction, ignore_index, tot
 def _ce_setup(ctx, inputs, output):
     input, target, weight, reduction, ignore_index, label_smoothing, compute_grad, save_lse, out_dtype = inputs
     _, grad, lse = output
+    # Only the loss output is differentiable in practice: without this, autograd would build zero
+    # tensors the size of the gradient (and of lse) for the op's other outputs on every backward.
+    ctx.set_materialize_grads(False)
     ctx.compute_grad = compute_grad
     ctx.reduction = reduction
     ctx.label_smoothing = label_smoothing
@@ -66,6 +69,8 @@ def _ce_setup(ctx, inputs, output):
 
 def _ce_backward(ctx, grad_loss, _grad_of_grad, _grad_of_lse):
     refuse_double_backward("cross_entropy")
+    if grad_loss is None:
+        return (None,) * 9
     grad, input, target, lse, weight = ctx.saved_tensors
     grad_input = grad_target = grad_weight = None
     if ctx.needs_input_grad[0]:
@@ -102,6 +107,7 @@ torch.library.register_autograd("fastloss::cross_entropy", _ce_backward, setup_c
 def _nll_setup(ctx, inputs, output):
     input, target, weight, reduction, ignore_index, out_dtype = inputs
     _, total_weight = output
+    ctx.set_materialize_grads(False)
     ctx.reduction = reduction
     ctx.ignore_index = ignore_index
     ctx.save_for_backward(input, target, weight, total_weight)
@@ -109,6 +115,8 @@ def _nll_setup(ctx, inputs, output):
 
 def _nll_backward(ctx, grad_loss, _grad_total_weight):
     refuse_double_backward("nll_loss")
+    if grad_loss is None:
+        return (None,) * 6
     input, target, weight, total_weight = ctx.saved_tensors
     grad_input = None
     if ctx.needs_input_grad[0]:

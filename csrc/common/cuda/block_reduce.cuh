@@ -71,7 +71,13 @@ struct Pack<c10::BFloat16> {
     o[1] = __uint_as_float(w & 0xffff0000u);
   }
   static __device__ __forceinline__ unsigned pack2(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned r;  // one cvt for both halves: b in the high half, a in the low
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+#else
     return float_to_bf16_bits(a) | (float_to_bf16_bits(b) << 16);
+#endif
   }
   static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
     unpack2(r.x, o);
@@ -92,7 +98,13 @@ struct Pack<c10::Half> {
     o[1] = half_bits_to_float(w >> 16);
   }
   static __device__ __forceinline__ unsigned pack2(float a, float b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned r;
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+#else
     return float_to_half_bits(a) | (float_to_half_bits(b) << 16);
+#endif
   }
   static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
     unpack2(r.x, o);
@@ -131,6 +143,18 @@ __device__ __forceinline__ void store_acc(T* p, int64_t i, acc_t<T> v) {
 template <typename T>
 __device__ __forceinline__ bool aligned16(const T* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+// 2^x: ex2.approx for float (~2 ulp), exp2 for double.
+template <typename acc>
+__device__ __forceinline__ acc fast_exp2(acc x) {
+  return ::exp2(x);
+}
+template <>
+__device__ __forceinline__ float fast_exp2<float>(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
 
 template <typename acc>
@@ -172,7 +196,8 @@ __device__ __forceinline__ acc block_sum(acc v, acc* scratch) {
 
 struct DeviceInfo {
   int sm_count;
-  int smem_optin;  // bytes of shared memory a block may ask for
+  int smem_optin;   // bytes of shared memory one block may ask for
+  int smem_per_sm;  // bytes of shared memory per multiprocessor, shared by its resident blocks
 };
 
 inline DeviceInfo device_info(int device) {
@@ -188,6 +213,7 @@ inline DeviceInfo device_info(int device) {
     DeviceInfo d{};
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
     cache[device] = d;
     have[device] = true;
   }

@@ -1,0 +1,4 @@
+// cross_entropy row kernels for double (one file per dtype: parallel compilation).
+#include "cuda/cross_entropy_kernels.cuh"
+
+FASTLOSS_CE_INSTANTIATE(double)

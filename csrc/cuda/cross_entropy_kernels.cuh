@@ -1,0 +1,471 @@
+// The cross_entropy row kernels (see cross_entropy.cu for what they compute and move), as templates.
+// Included by one translation unit per dtype (cross_entropy_<dtype>.cu), which instantiates
+// launch_ce for that dtype, so the heaviest compile spreads over as many cores as there are.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+
+#include <limits>
+
+#include "common/cuda/block_reduce.cuh"
+#include "common/options.h"
+#include "cuda/cross_entropy_launch.cuh"
+#include "ops/cross_entropy.h"
+
+namespace fastloss {
+namespace cuda {
+namespace ce {
+
+template <typename acc>
+struct RowState {
+  acc m, s, a1, a2;  // running max, sum exp(x - m); a1/a2: the sums the target kind needs
+};
+
+template <typename acc>
+__device__ __forceinline__ void combine(RowState<acc>& x, const RowState<acc>& y) {
+  const acc M = x.m > y.m ? x.m : y.m;
+  if (M == -std::numeric_limits<acc>::infinity()) {
+    x.s = x.s + y.s;
+  } else {
+    x.s = x.s * fast_exp(x.m - M) + y.s * fast_exp(y.m - M);
+  }
+  x.m = M;
+  x.a1 += y.a1;
+  x.a2 += y.a2;
+}
+
+template <typename acc>
+__device__ __forceinline__ RowState<acc> shfl_xor_state(const RowState<acc>& v, int o) {
+  RowState<acc> r;
+  r.m = __shfl_xor_sync(0xffffffffu, v.m, o);
+  r.s = __shfl_xor_sync(0xffffffffu, v.s, o);
+  r.a1 = __shfl_xor_sync(0xffffffffu, v.a1, o);
+  r.a2 = __shfl_xor_sync(0xffffffffu, v.a2, o);
+  return r;
+}
+
+// combine() is symmetric up to commutative float ops (a + b == b + a bitwise), so the xor
+// butterfly leaves identical bits in every lane.
+template <typename acc>
+__device__ __forceinline__ void warp_combine(RowState<acc>& v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) combine(v, shfl_xor_state(v, o));
+}
+
+
+template <bool PROB, typename acc>
+__device__ __forceinline__ void elem_sums(RowState<acc>& st, acc x, acc q, acc w, acc eps, acc invC, bool smooth) {
+  // pass-1 sums for one element: label smoothing needs sum w_c x_c; probability targets need
+  // S1 = sum w_c t'_c and S2 = sum w_c t'_c x_c with t'_c = (1-eps) q_c + eps/C.
+  if (PROB) {
+    const acc t = (q * (acc(1) - eps) + eps * invC) * w;
+    st.a1 += t;
+    st.a2 += t * x;
+  } else if (smooth) {
+    st.a1 += w * x;
+  }
+}
+
+template <typename acc, int N>
+__device__ __forceinline__ void online_update(RowState<acc>& st, const acc (&v)[N]) {
+  acc lm = v[0];
+#pragma unroll
+  for (int j = 1; j < N; ++j) lm = v[j] > lm ? v[j] : lm;
+  if (lm > st.m) {
+    st.s = st.s * fast_exp(st.m - lm);
+    st.m = lm;
+  }
+  if (st.m != -std::numeric_limits<acc>::infinity()) {
+#pragma unroll
+    for (int j = 0; j < N; ++j) st.s += fast_exp(v[j] - st.m);
+  }
+}
+
+// Row driver shared by the warp- and block-per-row kernels. GROUP threads (lane = index in group)
+// handle one row; REG vectors per thread stay in registers, smem_vecs more in shared memory, and
+// the rest streams through UNROLL loads in flight per thread. Rows are split into a head (up to the
+// first 16-byte boundary), nvec full vectors and a tail. In-row indices are 32-bit (C < 2^31 is
+// checked on the host); row offsets are 64-bit.
+template <typename scalar_t, typename target_t, bool PROB, int GROUP, int REG, int UNROLL>
+struct RowWorker {
+  using acc = acc_t<scalar_t>;
+  using P = Pack<scalar_t>;
+  static constexpr int VN = P::N;
+
+  const CEParams<scalar_t>& p;
+  const int lane;
+  uint4* smem_cache;  // [smem_vecs][GROUP], nullable
+
+  __device__ __forceinline__ acc wgt(int c) const { return p.weight ? p.weight[c] : acc(1); }
+
+  // VN class weights from c0: 16-byte loads when the address allows (it does for aligned rows).
+  __device__ __forceinline__ void wgt_vec(int c0, acc (&w)[VN]) const {
+    const acc* wp = p.weight + c0;
+    constexpr int PER = 16 / sizeof(acc);
+    if (VN % PER == 0 && aligned16(wp)) {
+#pragma unroll
+      for (int j = 0; j < VN; j += PER) Pack<acc>::unpack(*reinterpret_cast<const uint4*>(wp + j), w + j);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VN; ++j) w[j] = wp[j];
+    }
+  }
+
+  __device__ __forceinline__ void pass1_vec(RowState<acc>& st, const uint4& raw, const scalar_t* qrow, bool qvec,
+                                            int c0, bool smooth, acc invC) const {
+    acc v[VN];
+    P::unpack(raw, v);
+    online_update(st, v);
+    if (PROB || smooth) {
+      acc w[VN];
+      if (p.weight) {
+        wgt_vec(c0, w);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VN; ++j) w[j] = acc(1);
+      }
+      if (PROB) {
+        acc q[VN];
+        if (qvec) {
+          P::unpack(*reinterpret_cast<const uint4*>(qrow + c0), q);
+        } else {
+#pragma unroll
+          for (int j = 0; j < VN; ++j) q[j] = load_acc(qrow, c0 + j);
+        }
+#pragma unroll
+        for (int j = 0; j < VN; ++j) elem_sums<true>(st, v[j], q[j], w[j], p.eps, invC, smooth);
+      } else {
+#pragma unroll
+        for (int j = 0; j < VN; ++j) elem_sums<false>(st, v[j], acc(0), w[j], p.eps, invC, smooth);
+      }
+    }
+  }
+
+  __device__ __forceinline__ void pass1_scalar(RowState<acc>& st, const scalar_t* xrow, const scalar_t* qrow, int c,
+                                               bool smooth, acc invC) const {
+    acc v[1] = {load_acc(xrow, c)};
+    online_update(st, v);
+    elem_sums<PROB>(st, v[0], PROB ? load_acc(qrow, c) : acc(0), wgt(c), p.eps, invC, smooth);
+  }
+
+  // Gradient of one element, without the target term: p_c A - (class) B1 w_c, or (prob)
+  // p_c A - w_c (B1 q_c + B0). p_c = exp((x - m) - log_s) = 2^((x - m) log2e - log2_s).
+  __device__ __forceinline__ acc grad_elem(acc x, acc w, acc m, acc log2_s, acc A, acc B1, acc B0, acc q,
+                                           bool smooth) const {
+    const acc pr = fast_exp2((x - m) * acc(1.4426950408889634) - log2_s) * A;
+    if (PROB) return pr - w * (q * B1 + B0);
+    return smooth ? pr - B1 * w : pr;
+  }
+
+  __device__ __forceinline__ void grad_vec(const uint4& raw, scalar_t* grow, bool gvec, int c0, acc m, acc log2_s,
+                                           acc A, acc B1, acc B0, int t, const scalar_t* qrow, bool smooth) const {
+    acc v[VN], w[VN];
+    P::unpack(raw, v);
+    if (p.weight && (PROB || smooth)) {
+      wgt_vec(c0, w);
+    } else {
+#pragma unroll
+      for (int j = 0; j < VN; ++j) w[j] = acc(1);
+    }
+#pragma unroll
+    for (int j = 0; j < VN; ++j)
+      v[j] = grad_elem(v[j], w[j], m, log2_s, A, B1, B0, PROB ? load_acc(qrow, c0 + j) : acc(0), smooth);
+    if (!PROB && static_cast<unsigned>(t - c0) < static_cast<unsigned>(VN)) {  // the target is in this vector
+#pragma unroll
+      for (int j = 0; j < VN; ++j)
+        if (j == t - c0) v[j] -= B0;
+    }
+    if (gvec) {
+      const uint4 o = P::pack(v);
+      __stcs(reinterpret_cast<int4*>(grow + c0), make_int4(o.x, o.y, o.z, o.w));
+    } else {
+#pragma unroll
+      for (int j = 0; j < VN; ++j) store_acc(grow, c0 + j, v[j]);
+    }
+  }
+
+  // Reduce the group's states; every thread of the group ends with the total.
+  __device__ __forceinline__ RowState<acc> reduce(RowState<acc> st, RowState<acc>* scratch) const {
+    warp_combine(st);
+    if (GROUP == 32) return st;
+    constexpr int W = GROUP / 32;
+    const int warp = lane / 32, wl = lane & 31;
+    if (wl == 0) scratch[warp] = st;
+    __syncthreads();
+    if (warp == 0) {
+      RowState<acc> t = wl < W ? scratch[wl]
+                               : RowState<acc>{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
+      warp_combine(t);
+      if (wl == 0) scratch[W] = t;
+    }
+    __syncthreads();
+    RowState<acc> r = scratch[W];
+    __syncthreads();
+    return r;
+  }
+
+  __device__ void run_row(int64_t row, RowState<acc>* scratch) const {
+    const int C = static_cast<int>(p.C);
+    const scalar_t* xrow = p.x + row * p.x_row_stride;
+    scalar_t* grow = p.grad ? p.grad + row * p.C : nullptr;
+    const scalar_t* qrow = PROB ? static_cast<const scalar_t*>(p.target) + row * p.C : nullptr;
+    int t = 0;
+    if (!PROB) {
+      const int64_t t64 = static_cast<int64_t>(static_cast<const target_t*>(p.target)[row]);
+      const bool ignored = t64 == p.ignore_index;
+      if (ignored || t64 < 0 || t64 >= C) {
+        // Ignored rows: loss 0, gradient 0, logits never read. Out-of-range targets (reachable only
+        // with the host check off or inside graph capture): NaN, never an out-of-bounds access.
+        const acc fill = ignored ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
+        if (lane == 0) {
+          p.row_loss[row] = fill;
+          if (p.lse) p.lse[row] = fill;
+        }
+        if (grow)
+          for (int c = lane; c < C; c += GROUP) store_acc(grow, c, fill);
+        return;
+      }
+      t = static_cast<int>(t64);
+    }
+    const acc invC = acc(1) / static_cast<acc>(C);
+    const bool smooth = !PROB && p.eps != acc(0);
+
+    const int misalign = static_cast<int>(reinterpret_cast<uintptr_t>(xrow) & 15) / static_cast<int>(sizeof(scalar_t));
+    const int head = min(C, misalign == 0 ? 0 : VN - misalign);
+    const int nvec = (C - head) / VN;
+    const int tail0 = head + nvec * VN;
+    const uint4* xv = reinterpret_cast<const uint4*>(xrow + head);
+    const bool gvec = grow && (((reinterpret_cast<uintptr_t>(grow) ^ reinterpret_cast<uintptr_t>(xrow)) & 15) == 0);
+    const bool qvec = PROB && (((reinterpret_cast<uintptr_t>(qrow) ^ reinterpret_cast<uintptr_t>(xrow)) & 15) == 0);
+    const int smem_end = REG + p.smem_vecs;  // vector slots k < smem_end are on chip
+
+    RowState<acc> st{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
+    // ---- pass 1: registers (all loads issued before any use)
+    uint4 cache[REG];
+#pragma unroll
+    for (int k = 0; k < REG; ++k) {
+      const int v = lane + k * GROUP;
+      if (v < nvec) cache[k] = xv[v];
+    }
+#pragma unroll
+    for (int k = 0; k < REG; ++k) {
+      const int v = lane + k * GROUP;
+      if (v < nvec) pass1_vec(st, cache[k], qrow, qvec, head + v * VN, smooth, invC);
+    }
+    // ---- pass 1: the rest, UNROLL loads in flight; slots below smem_end are kept in shared memory
+    for (int k0 = REG; lane + k0 * GROUP < nvec; k0 += UNROLL) {
+      uint4 buf[UNROLL];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int v = lane + (k0 + u) * GROUP;
+        if (v < nvec) buf[u] = xv[v];
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = k0 + u, v = lane + k * GROUP;
+        if (v < nvec) {
+          if (k < smem_end) smem_cache[(k - REG) * GROUP + lane] = buf[u];
+          pass1_vec(st, buf[u], qrow, qvec, head + v * VN, smooth, invC);
+        }
+      }
+    }
+    if (lane < head) pass1_scalar(st, xrow, qrow, lane, smooth, invC);
+    if (lane < C - tail0) pass1_scalar(st, xrow, qrow, tail0 + lane, smooth, invC);
+
+    st = reduce(st, scratch);
+    const acc m = st.m, log_s = ::log(st.s), lse = m + log_s, log2_s = ::log2(st.s);
+    const acc scale = p.denom ? acc(1) / *p.denom : p.host_scale;
+    acc loss, A, B1, B0;
+    if (PROB) {
+      loss = prob_row_loss<acc>(m, log_s, st.a1, st.a2, C);
+      A = st.a1 * scale;
+      B1 = (acc(1) - p.eps) * scale;
+      B0 = p.eps * invC * scale;
+    } else {
+      const acc W = p.wsum ? *p.wsum : static_cast<acc>(C);
+      const auto k = class_row_coef<acc>(m, log_s, load_acc(xrow, t), st.a1, wgt(t), W, p.eps, static_cast<acc>(C));
+      loss = k.loss;
+      A = k.a * scale;
+      B1 = k.b_smooth * scale;  // times w_c
+      B0 = k.b_target * scale;  // at c == t
+    }
+    if (lane == 0) {
+      p.row_loss[row] = loss;
+      if (p.lse) p.lse[row] = lse;
+    }
+    if (!grow) return;
+
+    // ---- pass 2: gradient from registers, shared memory, then a re-read of the rest (L2)
+#pragma unroll
+    for (int k = 0; k < REG; ++k) {
+      const int v = lane + k * GROUP;
+      if (v < nvec) grad_vec(cache[k], grow, gvec, head + v * VN, m, log2_s, A, B1, B0, t, qrow, smooth);
+    }
+    for (int k0 = REG; lane + k0 * GROUP < nvec; k0 += UNROLL) {
+      uint4 buf[UNROLL];
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int k = k0 + u, v = lane + k * GROUP;
+        if (v < nvec) buf[u] = k < smem_end ? smem_cache[(k - REG) * GROUP + lane] : xv[v];
+      }
+#pragma unroll
+      for (int u = 0; u < UNROLL; ++u) {
+        const int v = lane + (k0 + u) * GROUP;
+        if (v < nvec) grad_vec(buf[u], grow, gvec, head + v * VN, m, log2_s, A, B1, B0, t, qrow, smooth);
+      }
+    }
+    auto scalar_grad = [&](int c) {
+      acc g = grad_elem(load_acc(xrow, c), wgt(c), m, log2_s, A, B1, B0, PROB ? load_acc(qrow, c) : acc(0), smooth);
+      if (!PROB && c == t) g -= B0;
+      store_acc(grow, c, g);
+    };
+    if (lane < head) scalar_grad(lane);
+    if (lane < C - tail0) scalar_grad(tail0 + lane);
+  }
+};
+
+// One warp per row; THREADS/32 rows per block at a time. Rows of up to 32*REG vectors stay in registers.
+template <typename scalar_t, typename target_t, bool PROB, int THREADS, int REG>
+__global__ void __launch_bounds__(THREADS, 3) ce_warp_rows_kernel(const CEParams<scalar_t> p) {
+  using acc = acc_t<scalar_t>;
+  RowWorker<scalar_t, target_t, PROB, 32, REG, 4> w{p, static_cast<int>(threadIdx.x & 31), nullptr};
+  const int64_t warps = int64_t(gridDim.x) * (THREADS / 32);
+  for (int64_t row = int64_t(blockIdx.x) * (THREADS / 32) + threadIdx.x / 32; row < p.rows; row += warps)
+    w.run_row(row, static_cast<RowState<acc>*>(nullptr));
+}
+
+// One block per row (persistent grid), the row cached in registers and dynamic shared memory.
+template <typename scalar_t, typename target_t, bool PROB, int THREADS, int REG, int UNROLL, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) ce_block_rows_kernel(const CEParams<scalar_t> p) {
+  using acc = acc_t<scalar_t>;
+  __shared__ RowState<acc> scratch[THREADS / 32 + 1];
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  RowWorker<scalar_t, target_t, PROB, THREADS, REG, UNROLL> w{p, static_cast<int>(threadIdx.x),
+                                                              reinterpret_cast<uint4*>(dyn_smem)};
+  for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) w.run_row(row, scratch);
+}
+
+// K-D inputs: one thread per (n, s) row, classes strided by inner. Loads coalesce across threads.
+template <typename scalar_t, typename target_t, bool PROB>
+__global__ void __launch_bounds__(256) ce_strided_kernel(const CEParams<scalar_t> p) {
+  using acc = acc_t<scalar_t>;
+  const int64_t C = p.C, D = p.inner;
+  const acc invC = acc(1) / static_cast<acc>(C);
+  const bool smooth = !PROB && p.eps != acc(0);
+  for (int64_t row = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; row < p.rows;
+       row += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t n = row / D, s = row % D;
+    const scalar_t* xb = p.x + n * C * D + s;
+    const scalar_t* qb = PROB ? static_cast<const scalar_t*>(p.target) + n * C * D + s : nullptr;
+    scalar_t* gb = p.grad ? p.grad + n * C * D + s : nullptr;
+    int64_t t = 0;
+    if (!PROB) {
+      t = static_cast<int64_t>(static_cast<const target_t*>(p.target)[row]);
+      if (t == p.ignore_index || t < 0 || t >= C) {
+        const acc fill = t == p.ignore_index ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
+        p.row_loss[row] = fill;
+        if (p.lse) p.lse[row] = fill;
+        if (gb)
+          for (int64_t c = 0; c < C; ++c) store_acc(gb, c * D, fill);
+        continue;
+      }
+    }
+    RowState<acc> st{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
+    for (int64_t c = 0; c < C; ++c) {
+      acc v[1] = {load_acc(xb, c * D)};
+      online_update(st, v);
+      elem_sums<PROB>(st, v[0], PROB ? load_acc(qb, c * D) : acc(0), p.weight ? p.weight[c] : acc(1), p.eps, invC,
+                      smooth);
+    }
+    const acc m = st.m, log_s = ::log(st.s), lse = m + log_s, log2_s = ::log2(st.s);
+    const acc scale = p.denom ? acc(1) / *p.denom : p.host_scale;
+    acc A, B1, B0;
+    if (PROB) {
+      p.row_loss[row] = prob_row_loss<acc>(m, log_s, st.a1, st.a2, C);
+      A = st.a1 * scale;
+      B1 = (acc(1) - p.eps) * scale;
+      B0 = p.eps * invC * scale;
+    } else {
+      const acc W = p.wsum ? *p.wsum : static_cast<acc>(C);
+      const auto k = class_row_coef<acc>(m, log_s, load_acc(xb, t * D), st.a1, p.weight ? p.weight[t] : acc(1), W,
+                                         p.eps, static_cast<acc>(C));
+      p.row_loss[row] = k.loss;
+      A = k.a * scale;
+      B1 = k.b_smooth * scale;
+      B0 = k.b_target * scale;
+    }
+    if (p.lse) p.lse[row] = lse;
+    if (!gb) continue;
+    for (int64_t c = 0; c < C; ++c) {
+      const acc wc = p.weight ? p.weight[c] : acc(1);
+      acc g = fast_exp2((load_acc(xb, c * D) - m) * acc(1.4426950408889634) - log2_s) * A;
+      if (PROB) {
+        g -= wc * (load_acc(qb, c * D) * B1 + B0);
+      } else {
+        if (smooth) g -= B1 * wc;
+        if (c == t) g -= B0;
+      }
+      store_acc(gb, c * D, g);
+    }
+  }
+}
+
+template <typename scalar_t, typename target_t, bool PROB>
+void launch_ce(const CEParams<scalar_t>& p0, int device, cudaStream_t stream) {
+  CEParams<scalar_t> p = p0;
+  if (p.rows == 0) return;
+  const DeviceInfo info = device_info(device);
+  if (p.inner != 1) {
+    const int blocks = static_cast<int>(std::min<int64_t>((p.rows + 255) / 256, int64_t(info.sm_count) * 16));
+    ce_strided_kernel<scalar_t, target_t, PROB><<<blocks, 256, 0, stream>>>(p);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+  constexpr int VN = Pack<scalar_t>::N;
+  const int64_t nvec = (p.C + VN - 1) / VN;
+  int config = static_cast<int>(option(Option::CeConfig));
+  // Measured on an H100 (benchmarks/RESULTS.md): a warp per row while a row fits its registers;
+  // blocks of 256 threads, two per SM, up to 128 KB rows (the two overlap each other's latency);
+  // beyond, one block of 1024 threads per SM holding up to ~220 KB of the row in shared memory.
+  if (config < 0) config = nvec <= 32 * 4 ? 0 : (nvec <= 8192 ? 1 : 2);
+  if (config == 0) {
+    constexpr int T = 256;
+    const int blocks = static_cast<int>(std::min<int64_t>((p.rows + T / 32 - 1) / (T / 32), int64_t(info.sm_count) * 32));
+    p.smem_vecs = 0;
+    ce_warp_rows_kernel<scalar_t, target_t, PROB, T, 4><<<blocks, T, 0, stream>>>(p);
+  } else {
+    // per_sm blocks share the SM's shared memory; each caches what fits of its row there.
+    auto launch_block = [&](auto kernel, int T, int REG, int per_sm) {
+      const int64_t want = std::max<int64_t>(0, (nvec + T - 1) / T - REG);
+      const int64_t budget = std::min<int64_t>(info.smem_optin, info.smem_per_sm / per_sm - 1024) - 1024;
+      int64_t smem_vecs = std::min(want, std::max<int64_t>(0, budget / (int64_t(T) * 16)));
+      const int64_t cap = option(Option::CeSmemVecs);
+      if (cap >= 0) smem_vecs = std::min(smem_vecs, cap);
+      p.smem_vecs = static_cast<int>(smem_vecs);
+      const int bytes = static_cast<int>(smem_vecs * T * 16);
+      if (bytes > 0)  // static + dynamic above 48 KB needs the opt-in; setting it is cheap
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      const int blocks = static_cast<int>(std::min<int64_t>(p.rows, int64_t(info.sm_count) * per_sm));
+      kernel<<<blocks, T, bytes, stream>>>(p);
+    };
+    // Few vectors in registers (more spill at these block sizes); shared memory holds the bulk.
+    // (Also measured and dropped: 512 threads x 1 or 2 blocks per SM -- slower on every shape.)
+    if (config == 1)
+      launch_block(ce_block_rows_kernel<scalar_t, target_t, PROB, 256, 4, 8, 2>, 256, 4, 2);
+    else
+      launch_block(ce_block_rows_kernel<scalar_t, target_t, PROB, 1024, 2, 4, 1>, 1024, 2, 1);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+
+}  // namespace ce
+}  // namespace cuda
+}  // namespace fastloss
+
+// Explicit instantiations of every launch_ce a dtype needs (class targets int64/uint8, probabilities).
+#define FASTLOSS_CE_INSTANTIATE(T)                                                                      \
+  template void fastloss::cuda::ce::launch_ce<T, int64_t, false>(const CEParams<T>&, int, cudaStream_t); \
+  template void fastloss::cuda::ce::launch_ce<T, uint8_t, false>(const CEParams<T>&, int, cudaStream_t); \
+  template void fastloss::cuda::ce::launch_ce<T, int64_t, true>(const CEParams<T>&, int, cudaStream_t);

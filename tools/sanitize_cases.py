@@ -1,0 +1,66 @@
+"""Small cases that reach every CUDA kernel of fastloss, for compute-sanitizer:
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck python tools/sanitize_cases.py
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python tools/sanitize_cases.py
+
+Row kernels (warp / block256 / block512, each shared-memory tier), misaligned rows, the strided
+K-D kernel, probability targets, nll_loss, scale_grad(_) in place and out of place, target checks.
+"""
+import sys
+
+import torch
+
+import fastloss
+
+CE = fastloss.functional.cross_entropy
+ops = torch.ops.fastloss
+
+
+def run():
+    dev = "cuda"
+    n = 0
+    for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
+        for config, cap in [(0, -1), (1, -1), (1, 1), (2, -1), (2, 0), (2, 1)]:
+            ops._set_option("ce_config", config)
+            ops._set_option("ce_smem_vecs", cap)
+            for C in [5, 131, 3001]:
+                for offset in [0, 1]:  # offset 1: rows not 16-byte aligned
+                    big = torch.randn(3, C + 1, device=dev, dtype=dtype)
+                    x = big[:, offset:offset + C].requires_grad_()
+                    t = torch.randint(0, C, (3,), device=dev)
+                    t[1] = -100
+                    w = torch.rand(C, device=dev, dtype=dtype)
+                    loss = CE(x, t, weight=w, label_smoothing=0.1, reduction="none")
+                    loss.backward(torch.rand_like(loss))
+                    q = torch.rand(3, C, device=dev, dtype=dtype, requires_grad=True)
+                    CE(x.detach().requires_grad_(), q).backward()
+                    n += 2
+    ops._set_option("ce_config", -1)
+    ops._set_option("ce_smem_vecs", -1)
+    for dtype in [torch.float32, torch.bfloat16]:
+        x = torch.randn(2, 7, 3, 5, device=dev, dtype=dtype, requires_grad=True)
+        t = torch.randint(0, 7, (2, 3, 5), device=dev)
+        CE(x, t, label_smoothing=0.2).backward()
+        CE(x, x.detach().softmax(1)).backward()
+        fastloss.functional.nll_loss(x, t, reduction="sum").backward()
+        fastloss.functional.nll_loss(x[:, :, 0, 0], t[:, 0, 0]).backward()
+        n += 4
+    x = torch.randn(4, 1000, device=dev, requires_grad=True)
+    t = torch.randint(0, 1000, (4,), device=dev)
+    loss = CE(x, t)
+    loss.backward(retain_graph=True)  # out-of-place scale
+    loss.backward()  # in place, factor 1: skipped on the device
+    try:
+        CE(x, torch.tensor([0, 1, 1000, 2], device=dev))
+        raise SystemExit("an out-of-range target was accepted")
+    except IndexError:
+        pass
+    fastloss.set_target_validation(False)
+    CE(x, torch.tensor([0, -7, 1000, 2], device=dev), reduction="none").sum().backward()
+    fastloss.set_target_validation(True)
+    torch.cuda.synchronize()
+    print(f"sanitize cases done: {n + 4} calls", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    run()
