@@ -241,20 +241,25 @@ struct RowWorker {
     const int smem_end = REG + p.smem_vecs;  // vector slots k < smem_end are on chip
 
     RowState<acc> st{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
-    // ---- pass 1: registers (all loads issued before any use)
+    // ---- pass 1. Every load of the row is issued before any is used: the register slots, then
+    // the shared-memory slots as asynchronous copies (cp.async: global -> shared, no registers), so
+    // up to the whole row is in flight at once; then the register slots are processed, the rest of
+    // the row streams through UNROLL loads in flight, and the shared-memory slots are processed once
+    // their copies land. Each thread only ever reads back its own slots: no barrier is needed.
     uint4 cache[REG];
 #pragma unroll
     for (int k = 0; k < REG; ++k) {
       const int v = lane + k * GROUP;
       if (v < nvec) cache[k] = xv[v];
     }
+    for (int k = REG; k < smem_end && lane + k * GROUP < nvec; ++k)
+      cp_async16(smem_cache + (k - REG) * GROUP + lane, xv + lane + k * GROUP);
 #pragma unroll
     for (int k = 0; k < REG; ++k) {
       const int v = lane + k * GROUP;
       if (v < nvec) pass1_vec(st, cache[k], qrow, qvec, head + v * VN, smooth, invC);
     }
-    // ---- pass 1: the rest, UNROLL loads in flight; slots below smem_end are kept in shared memory
-    for (int k0 = REG; lane + k0 * GROUP < nvec; k0 += UNROLL) {
+    for (int k0 = smem_end; lane + k0 * GROUP < nvec; k0 += UNROLL) {
       uint4 buf[UNROLL];
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
@@ -263,13 +268,13 @@ struct RowWorker {
       }
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
-        const int k = k0 + u, v = lane + k * GROUP;
-        if (v < nvec) {
-          if (k < smem_end) smem_cache[(k - REG) * GROUP + lane] = buf[u];
-          pass1_vec(st, buf[u], qrow, qvec, head + v * VN, smooth, invC);
-        }
+        const int v = lane + (k0 + u) * GROUP;
+        if (v < nvec) pass1_vec(st, buf[u], qrow, qvec, head + v * VN, smooth, invC);
       }
     }
+    cp_async_wait_all();
+    for (int k = REG; k < smem_end && lane + k * GROUP < nvec; ++k)
+      pass1_vec(st, smem_cache[(k - REG) * GROUP + lane], qrow, qvec, head + (lane + k * GROUP) * VN, smooth, invC);
     if (lane < head) pass1_scalar(st, xrow, qrow, lane, smooth, invC);
     if (lane < C - tail0) pass1_scalar(st, xrow, qrow, tail0 + lane, smooth, invC);
 

@@ -140,6 +140,23 @@ __device__ __forceinline__ void store_acc(T* p, int64_t i, acc_t<T> v) {
   }
 }
 
+// 16 bytes global -> shared without passing through registers (cp.async, sm_80+; a plain copy
+// before). Completion: cp_async_wait_all() in the issuing thread.
+__device__ __forceinline__ void cp_async16(uint4* smem, const uint4* gmem) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
+#else
+  *smem = *gmem;
+#endif
+}
+
+__device__ __forceinline__ void cp_async_wait_all() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+#endif
+}
+
 template <typename T>
 __device__ __forceinline__ bool aligned16(const T* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
