@@ -74,7 +74,7 @@ with_cuda = cuda_possible if force in (None, "") else force == "1"
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     # With a visible GPU, cpp_extension builds for it; without one, build a portable list.
     if not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "8.0;8.6;9.0;10.0;12.0+PTX"
+        os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0;10.0;12.0+PTX"  # SASS runs on later minors (8.0 -> 8.6, 8.9)
 
 sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/ops/*.cpp")
                  + glob.glob("csrc/cpu/*.cpp"))
