@@ -23,13 +23,18 @@ def _reduction_enum(size_average, reduce, reduction):
     return _Reduction.get_enum(reduction)  # ValueError for an unknown string, as torch
 
 
-def _check_weight(name, input, weight, autocast):
+def _check_weight(name, input, weight, autocast, differentiable):
+    """torch's rules for `weight`: the input's dtype outside autocast (autocast casts both to
+    float32), and no requires_grad where torch's loss does not differentiate it."""
     if weight is None:
         return
     if not autocast and weight.dtype != input.dtype and weight.is_floating_point():
         raise RuntimeError(f"fastloss.{name}: expected scalar type {_TYPE_NAMES.get(input.dtype, input.dtype)} "
                            f"but found {_TYPE_NAMES.get(weight.dtype, weight.dtype)} (weight must have the "
                            f"input's dtype, as in torch)")
+    if weight.requires_grad and torch.is_grad_enabled() and not differentiable:
+        raise RuntimeError(f"fastloss.{name}: The function is not differentiable with respect to argument "
+                           f"'weight' (as torch's nll_loss). This input cannot have requires_grad True.")
 
 
 def cross_entropy(
@@ -59,12 +64,8 @@ def cross_entropy(
             common = torch.float32
         input, target = input.to(common), target.to(common)
     out_dtype = autocast_out_dtype(input)
-    _check_weight("cross_entropy", input, weight, autocast)
+    _check_weight("cross_entropy", input, weight, autocast, differentiable=prob)
     grad_mode = torch.is_grad_enabled()
-    if weight is not None and weight.requires_grad and grad_mode and not prob:
-        raise RuntimeError("fastloss.cross_entropy: The function is not differentiable with respect to argument "
-                           "'weight' for class-index targets (as torch's nll_loss). This input cannot have "
-                           "requires_grad True.")
     compute_grad = grad_mode and input.requires_grad
     save_lse = prob and grad_mode and (target.requires_grad or (weight is not None and weight.requires_grad))
     loss, _, _ = _ops.cross_entropy(input, target, weight, red, ignore_index, float(label_smoothing), compute_grad,
@@ -89,9 +90,6 @@ def nll_loss(
                                      reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     autocast = torch.is_autocast_enabled(input.device.type)
-    _check_weight("nll_loss", input, weight, autocast)
-    if weight is not None and weight.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError("fastloss.nll_loss: The function is not differentiable with respect to argument "
-                           "'weight' (as torch's nll_loss). This input cannot have requires_grad True.")
+    _check_weight("nll_loss", input, weight, autocast, differentiable=False)
     loss, _ = _ops.nll_loss(input, target, weight, red, ignore_index, autocast_out_dtype(input))
     return loss

@@ -305,13 +305,15 @@ def test_modules(device):
 
 # ------------------------------------------------------------------------------ CUDA kernel paths
 @requires_cuda
-@pytest.mark.parametrize("config,smem_cap", [(0, -1), (1, -1), (1, 0), (1, 1), (2, -1), (2, 0), (2, 2)])
+@pytest.mark.parametrize("config,smem_cap", [(0, -1), (1, -1), (1, 0), (1, 1), (2, -1), (2, 0), (2, 2), (3, -1),
+                                             (3, 1)])
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("C", [1, 3, 8, 129, 1000, 5003, 40000])
 @pytest.mark.parametrize("kind", ["class", "prob"])
 def test_cuda_row_kernel_paths(config, smem_cap, dtype, C, kind):
-    """Each row kernel configuration (a warp per row; 256-thread blocks two per SM; 1024-thread blocks)
-    with its register, shared-memory and re-read tiers, on aligned and misaligned rows."""
+    """Each row kernel configuration (a warp per row; 256-thread blocks two per SM; 1024-thread blocks;
+    2-block clusters sharing a row, sm_90) with its register, shared-memory and re-read tiers, on
+    aligned and misaligned rows."""
     if C > 5003 and config == 0 and dtype == torch.float64:
         pytest.skip("large rows in the warp kernel are covered by float32 (float64 is slow there)")
     old_c = torch.ops.fastloss._set_option("ce_config", config)

@@ -20,7 +20,7 @@ def run():
     dev = "cuda"
     n = 0
     for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
-        for config, cap in [(0, -1), (1, -1), (1, 1), (2, -1), (2, 0), (2, 1)]:
+        for config, cap in [(0, -1), (1, -1), (1, 1), (2, -1), (2, 0), (2, 1), (3, -1), (3, 1)]:
             ops._set_option("ce_config", config)
             ops._set_option("ce_smem_vecs", cap)
             for C in [5, 131, 3001]:

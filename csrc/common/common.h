@@ -31,4 +31,17 @@ void check_same_device(const at::Tensor& a, const char* an, const at::Tensor& b,
 // Class-index targets: torch accepts int64 and uint8.
 void check_class_target_dtype(const at::Tensor& target, const char* op);
 
+// Calls f(uint8_t{}) or f(int64_t{}) for a (checked) class-target dtype.
+template <typename F>
+decltype(auto) dispatch_class_target(c10::ScalarType s, F&& f) {
+  if (s == c10::kByte) return f(uint8_t{});
+  return f(int64_t{});
+}
+
+// An optional floating tensor (weight, grad_loss) in the accumulate dtype and contiguous;
+// an absent one stays undefined.
+inline at::Tensor as_acc(const c10::optional<at::Tensor>& t, c10::ScalarType acc) {
+  return (t.has_value() && t->defined()) ? t->to(acc).contiguous() : at::Tensor();
+}
+
 }  // namespace fastloss

@@ -8,7 +8,8 @@ namespace fastloss {
 
 enum class Option : int {
   ValidateTargets = 0,  // 1 (default): CUDA class targets are checked with one host sync per call
-  CeConfig,             // -1 auto; CUDA cross_entropy row kernel (see launch_ce): 0 warp, 1 block256 x2/SM, 2 block1024
+  CeConfig,             // -1 auto; CUDA cross_entropy row kernel (see launch_ce): 0 warp, 1 block256 x2/SM, 2 block1024,
+                        //    3 two-block cluster per row (sm_90)
   CeSmemVecs,           // -1 auto; cap on the vectors per thread cached in shared memory
   Count
 };

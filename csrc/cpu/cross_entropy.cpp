@@ -303,7 +303,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const 
   Tensor x = (rows_path && input.dim() == 2 && input.stride(1) == 1) ? input : input.contiguous();
   const int64_t x_row_stride = (rows_path && input.dim() == 2) ? x.stride(0) : p.classes;
   Tensor tgt = p.prob_target ? target.to(dtype).contiguous() : target.contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
 
   Tensor row_loss = at::empty({p.rows()}, input.options().dtype(adt));
   Tensor lse = save_lse ? at::empty({p.rows()}, input.options().dtype(adt)) : at::empty({0}, input.options().dtype(adt));
@@ -336,10 +336,10 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const 
         ce_strided<scalar_t, target_t>(a, x.const_data_ptr<scalar_t>(), tp, wp, W, scale,
                                        row_loss.mutable_data_ptr<acc>(), lp, gp);
     };
-    if (!p.prob_target && tgt.scalar_type() == at::kByte)
-      run(uint8_t{});
+    if (p.prob_target)
+      run(int64_t{});  // target_t unused
     else
-      run(int64_t{});
+      dispatch_class_target(tgt.scalar_type(), run);
     return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype.value_or(dtype), p.row_shape),
                            grad, lse);
   });
@@ -366,13 +366,11 @@ Tensor cross_entropy_target_backward_cpu(const Tensor& grad_loss, const Tensor& 
   const auto dtype = input.scalar_type();
   const auto adt = acc_dtype(dtype);
   Tensor x = input.contiguous();
-  const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
-  const int64_t outer = input.dim() == 1 ? 1 : input.size(0);
-  const int64_t D = C == 0 || outer == 0 ? 1 : input.numel() / (outer * C);
+  const ClassView v = class_view(input);
+  const int64_t C = v.classes, outer = v.outer, D = v.inner, rows = v.rows();
   Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   Tensor out = at::empty(input.sizes(), input.options());
-  const int64_t rows = outer * D;
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_target_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const acc denom = input.numel() == 0 ? acc(0) : static_cast<acc>(rows);
@@ -406,7 +404,7 @@ std::tuple<Tensor, Tensor> nll_loss_cpu(const Tensor& input, const Tensor& targe
   const auto adt = acc_dtype(dtype);
   Tensor x = input.contiguous();
   Tensor tgt = target.contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   Tensor row_loss = at::empty({p.rows()}, input.options().dtype(adt));
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -428,7 +426,7 @@ std::tuple<Tensor, Tensor> nll_loss_cpu(const Tensor& input, const Tensor& targe
       return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype.value_or(dtype), p.row_shape),
                              at::scalar_tensor(static_cast<double>(denom), input.options().dtype(adt)));
     };
-    return tgt.scalar_type() == at::kByte ? run(uint8_t{}) : run(int64_t{});
+    return dispatch_class_target(tgt.scalar_type(), run);
   });
 }
 
@@ -439,12 +437,11 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
   const Reduction red = to_reduction(reduction, "fastloss.nll_loss_backward");
   const auto dtype = input.scalar_type();
   const auto adt = acc_dtype(dtype);
-  const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
-  const int64_t rows = target.numel();
-  const int64_t D = input.dim() <= 2 ? 1 : input.numel() / std::max<int64_t>(1, input.size(0) * C);
+  const ClassView v = class_view(input);
+  const int64_t C = v.classes, D = v.inner, rows = target.numel();
   Tensor tgt = target.contiguous();
   Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   Tensor out = at::zeros(input.sizes(), input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -464,10 +461,7 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
         }
       });
     };
-    if (tgt.scalar_type() == at::kByte)
-      run(uint8_t{});
-    else
-      run(int64_t{});
+    dispatch_class_target(tgt.scalar_type(), run);
   });
   return out;
 }

@@ -138,7 +138,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cuda(const Tensor& input, const
   Tensor x = (rows_path && input.dim() == 2 && input.stride(1) == 1) ? input : input.contiguous();
   const int64_t x_row_stride = (rows_path && input.dim() == 2) ? x.stride(0) : pl.classes;
   Tensor tgt = pl.prob_target ? target.to(dtype).contiguous() : target.contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   auto aopt = input.options().dtype(adt);
   Tensor row_loss = at::empty({pl.rows()}, aopt);
   Tensor lse = at::empty({save_lse ? pl.rows() : 0}, aopt);
@@ -188,7 +188,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cuda(const Tensor& input, const
       check.finish(tgt, pl.classes, ignore_index, op);
       return std::make_tuple(loss, grad, lse);
     };
-    return tgt.scalar_type() == at::kByte ? run(uint8_t{}) : run(int64_t{});
+    return dispatch_class_target(tgt.scalar_type(), run);
   });
 }
 
@@ -226,11 +226,10 @@ Tensor cross_entropy_target_backward_cuda(const Tensor& grad_loss, const Tensor&
   const auto dtype = input.scalar_type();
   const auto adt = acc_dtype(dtype);
   Tensor x = input.contiguous();
-  const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
-  const int64_t outer = input.dim() == 1 ? 1 : input.size(0);
-  const int64_t D = C == 0 || outer == 0 ? 1 : input.numel() / (outer * C);
+  const ClassView v = class_view(input);
+  const int64_t C = v.classes, outer = v.outer, D = v.inner;
   Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   Tensor out = at::empty(input.sizes(), input.options());
   if (input.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_target_bwd_cuda", [&] {
@@ -294,7 +293,7 @@ std::tuple<Tensor, Tensor> nll_loss_cuda(const Tensor& input, const Tensor& targ
   const auto adt = acc_dtype(dtype);
   Tensor x = input.contiguous();
   Tensor tgt = target.contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   Tensor row_loss = at::empty({pl.rows()}, input.options().dtype(adt));
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_cuda", [&] {
     using acc = acc_t<scalar_t>;
@@ -315,7 +314,7 @@ std::tuple<Tensor, Tensor> nll_loss_cuda(const Tensor& input, const Tensor& targ
       check.finish(tgt, pl.classes, ignore_index, op);
       return std::make_tuple(loss, denom);
     };
-    return tgt.scalar_type() == at::kByte ? run(uint8_t{}) : run(int64_t{});
+    return dispatch_class_target(tgt.scalar_type(), run);
   });
 }
 
@@ -327,11 +326,11 @@ Tensor nll_loss_backward_cuda(const Tensor& grad_loss, const Tensor& input, cons
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto dtype = input.scalar_type();
   const auto adt = acc_dtype(dtype);
-  const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
-  const int64_t D = input.dim() <= 2 ? 1 : input.numel() / std::max<int64_t>(1, input.size(0) * C);
+  const ClassView v = class_view(input);
+  const int64_t C = v.classes, D = v.inner;
   Tensor tgt = target.contiguous();
   Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = (weight.has_value() && weight->defined()) ? weight->to(adt).contiguous() : Tensor();
+  Tensor w = as_acc(weight, adt);
   Tensor tw = total_weight.to(adt);
   Tensor out = at::zeros(input.sizes(), input.options());
   const int64_t rows = tgt.numel();
@@ -346,10 +345,7 @@ Tensor nll_loss_backward_cuda(const Tensor& grad_loss, const Tensor& input, cons
           rows, C, std::max<int64_t>(D, 1), ignore_index, out.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (tgt.scalar_type() == at::kByte)
-      run(uint8_t{});
-    else
-      run(int64_t{});
+    dispatch_class_target(tgt.scalar_type(), run);
   });
   return out;
 }

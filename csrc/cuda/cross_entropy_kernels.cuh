@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
+#include <cooperative_groups.h>
 
 #include <limits>
 
@@ -87,7 +88,10 @@ __device__ __forceinline__ void online_update(RowState<acc>& st, const acc (&v)[
 // the rest streams through UNROLL loads in flight per thread. Rows are split into a head (up to the
 // first 16-byte boundary), nvec full vectors and a tail. In-row indices are 32-bit (C < 2^31 is
 // checked on the host); row offsets are 64-bit.
-template <typename scalar_t, typename target_t, bool PROB, int GROUP, int REG, int UNROLL>
+// SPLIT > 1: a cluster of SPLIT blocks (on different SMs) shares each row, block `rank` taking a
+// contiguous share of its vectors; the blocks' partial states meet through distributed shared
+// memory (xchg), so each SM keeps only its share of a row on chip and holds two rows' shares at once.
+template <typename scalar_t, typename target_t, bool PROB, int GROUP, int REG, int UNROLL, int SPLIT = 1>
 struct RowWorker {
   using acc = acc_t<scalar_t>;
   using P = Pack<scalar_t>;
@@ -96,6 +100,8 @@ struct RowWorker {
   const CEParams<scalar_t>& p;
   const int lane;
   uint4* smem_cache;  // [smem_vecs][GROUP], nullable
+  int rank = 0;                     // block rank in the cluster (SPLIT > 1)
+  RowState<acc>* xchg = nullptr;    // this block's partial state, read by the cluster (SPLIT > 1)
 
   __device__ __forceinline__ acc wgt(int c) const { return p.weight ? p.weight[c] : acc(1); }
 
@@ -205,6 +211,24 @@ struct RowWorker {
     return r;
   }
 
+  // Every block of the cluster ends with combine(state of rank 0, state of rank 1, ...), in rank
+  // order: bitwise the same everywhere.
+  __device__ __forceinline__ RowState<acc> cluster_combine(RowState<acc> st) const {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    namespace cg = cooperative_groups;
+    cg::cluster_group cluster = cg::this_cluster();
+    if (lane == 0) *xchg = st;
+    cluster.sync();
+    RowState<acc> total = *cluster.map_shared_rank(xchg, 0);
+#pragma unroll
+    for (int r = 1; r < SPLIT; ++r) combine(total, *cluster.map_shared_rank(xchg, r));
+    cluster.sync();  // every block has read every xchg before the next row overwrites it
+    return total;
+#else
+    return st;
+#endif
+  }
+
   __device__ void run_row(int64_t row, RowState<acc>* scratch) const {
     const int C = static_cast<int>(p.C);
     const scalar_t* xrow = p.x + row * p.x_row_stride;
@@ -218,12 +242,12 @@ struct RowWorker {
         // Ignored rows: loss 0, gradient 0, logits never read. Out-of-range targets (reachable only
         // with the host check off or inside graph capture): NaN, never an out-of-bounds access.
         const acc fill = ignored ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
-        if (lane == 0) {
+        if (lane == 0 && rank == 0) {
           p.row_loss[row] = fill;
           if (p.lse) p.lse[row] = fill;
         }
         if (grow)
-          for (int c = lane; c < C; c += GROUP) store_acc(grow, c, fill);
+          for (int c = rank * GROUP + lane; c < C; c += GROUP * SPLIT) store_acc(grow, c, fill);
         return;
       }
       t = static_cast<int>(t64);
@@ -233,9 +257,18 @@ struct RowWorker {
 
     const int misalign = static_cast<int>(reinterpret_cast<uintptr_t>(xrow) & 15) / static_cast<int>(sizeof(scalar_t));
     const int head = min(C, misalign == 0 ? 0 : VN - misalign);
-    const int nvec = (C - head) / VN;
-    const int tail0 = head + nvec * VN;
-    const uint4* xv = reinterpret_cast<const uint4*>(xrow + head);
+    const int nvec_row = (C - head) / VN;
+    const int tail0 = head + nvec_row * VN;
+    // This block's vectors: [vb, vb + nvec) of the row (all of them unless SPLIT > 1).
+    int vb = 0, nvec = nvec_row;
+    if (SPLIT > 1) {
+      const int per = (nvec_row + SPLIT - 1) / SPLIT;
+      vb = min(nvec_row, rank * per);
+      nvec = min(nvec_row, vb + per) - vb;
+    }
+    const bool mine_head = rank == 0, mine_tail = rank == SPLIT - 1;
+    const uint4* xv = reinterpret_cast<const uint4*>(xrow + head) + vb;
+    const int e0 = head + vb * VN;  // element index of this block's first vector
     const bool gvec = grow && (((reinterpret_cast<uintptr_t>(grow) ^ reinterpret_cast<uintptr_t>(xrow)) & 15) == 0);
     const bool qvec = PROB && (((reinterpret_cast<uintptr_t>(qrow) ^ reinterpret_cast<uintptr_t>(xrow)) & 15) == 0);
     const int smem_end = REG + p.smem_vecs;  // vector slots k < smem_end are on chip
@@ -257,7 +290,7 @@ struct RowWorker {
 #pragma unroll
     for (int k = 0; k < REG; ++k) {
       const int v = lane + k * GROUP;
-      if (v < nvec) pass1_vec(st, cache[k], qrow, qvec, head + v * VN, smooth, invC);
+      if (v < nvec) pass1_vec(st, cache[k], qrow, qvec, e0 + v * VN, smooth, invC);
     }
     for (int k0 = smem_end; lane + k0 * GROUP < nvec; k0 += UNROLL) {
       uint4 buf[UNROLL];
@@ -269,16 +302,17 @@ struct RowWorker {
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int v = lane + (k0 + u) * GROUP;
-        if (v < nvec) pass1_vec(st, buf[u], qrow, qvec, head + v * VN, smooth, invC);
+        if (v < nvec) pass1_vec(st, buf[u], qrow, qvec, e0 + v * VN, smooth, invC);
       }
     }
     cp_async_wait_all();
     for (int k = REG; k < smem_end && lane + k * GROUP < nvec; ++k)
-      pass1_vec(st, smem_cache[(k - REG) * GROUP + lane], qrow, qvec, head + (lane + k * GROUP) * VN, smooth, invC);
-    if (lane < head) pass1_scalar(st, xrow, qrow, lane, smooth, invC);
-    if (lane < C - tail0) pass1_scalar(st, xrow, qrow, tail0 + lane, smooth, invC);
+      pass1_vec(st, smem_cache[(k - REG) * GROUP + lane], qrow, qvec, e0 + (lane + k * GROUP) * VN, smooth, invC);
+    if (mine_head && lane < head) pass1_scalar(st, xrow, qrow, lane, smooth, invC);
+    if (mine_tail && lane < C - tail0) pass1_scalar(st, xrow, qrow, tail0 + lane, smooth, invC);
 
     st = reduce(st, scratch);
+    if (SPLIT > 1) st = cluster_combine(st);
     const acc m = st.m, log_s = ::log(st.s), lse = m + log_s, log2_s = ::log2(st.s);
     const acc scale = p.denom ? acc(1) / *p.denom : p.host_scale;
     acc loss, A, B1, B0;
@@ -295,7 +329,7 @@ struct RowWorker {
       B1 = k.b_smooth * scale;  // times w_c
       B0 = k.b_target * scale;  // at c == t
     }
-    if (lane == 0) {
+    if (lane == 0 && rank == 0) {
       p.row_loss[row] = loss;
       if (p.lse) p.lse[row] = lse;
     }
@@ -305,7 +339,7 @@ struct RowWorker {
 #pragma unroll
     for (int k = 0; k < REG; ++k) {
       const int v = lane + k * GROUP;
-      if (v < nvec) grad_vec(cache[k], grow, gvec, head + v * VN, m, log2_s, A, B1, B0, t, qrow, smooth);
+      if (v < nvec) grad_vec(cache[k], grow, gvec, e0 + v * VN, m, log2_s, A, B1, B0, t, qrow, smooth);
     }
     for (int k0 = REG; lane + k0 * GROUP < nvec; k0 += UNROLL) {
       uint4 buf[UNROLL];
@@ -317,7 +351,7 @@ struct RowWorker {
 #pragma unroll
       for (int u = 0; u < UNROLL; ++u) {
         const int v = lane + (k0 + u) * GROUP;
-        if (v < nvec) grad_vec(buf[u], grow, gvec, head + v * VN, m, log2_s, A, B1, B0, t, qrow, smooth);
+        if (v < nvec) grad_vec(buf[u], grow, gvec, e0 + v * VN, m, log2_s, A, B1, B0, t, qrow, smooth);
       }
     }
     auto scalar_grad = [&](int c) {
@@ -325,8 +359,8 @@ struct RowWorker {
       if (!PROB && c == t) g -= B0;
       store_acc(grow, c, g);
     };
-    if (lane < head) scalar_grad(lane);
-    if (lane < C - tail0) scalar_grad(tail0 + lane);
+    if (mine_head && lane < head) scalar_grad(lane);
+    if (mine_tail && lane < C - tail0) scalar_grad(tail0 + lane);
   }
 };
 
@@ -349,6 +383,24 @@ __global__ void __launch_bounds__(THREADS, MINB) ce_block_rows_kernel(const CEPa
   RowWorker<scalar_t, target_t, PROB, THREADS, REG, UNROLL> w{p, static_cast<int>(threadIdx.x),
                                                               reinterpret_cast<uint4*>(dyn_smem)};
   for (int64_t row = blockIdx.x; row < p.rows; row += gridDim.x) w.run_row(row, scratch);
+}
+
+// A cluster of two blocks per row, on two SMs (sm_90): each holds half of the row on chip, so a
+// 256 KB row fits with two blocks resident per SM, whose phases then overlap.
+template <typename scalar_t, typename target_t, bool PROB, int THREADS, int REG, int UNROLL, int MINB>
+__global__ void __launch_bounds__(THREADS, MINB) ce_cluster_rows_kernel(const CEParams<scalar_t> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  using acc = acc_t<scalar_t>;
+  __shared__ RowState<acc> scratch[THREADS / 32 + 1];
+  __shared__ RowState<acc> xchg;
+  extern __shared__ __align__(16) unsigned char dyn_smem[];
+  const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
+  RowWorker<scalar_t, target_t, PROB, THREADS, REG, UNROLL, 2> w{
+      p, static_cast<int>(threadIdx.x), reinterpret_cast<uint4*>(dyn_smem), rank, &xchg};
+  for (int64_t row = blockIdx.x / 2; row < p.rows; row += gridDim.x / 2) w.run_row(row, scratch);
+#else
+  __trap();  // never launched below sm_90 (launch_ce falls back)
+#endif
 }
 
 // K-D inputs: one thread per (n, s) row, classes strided by inner. Loads coalesce across threads.
@@ -456,10 +508,39 @@ void launch_ce(const CEParams<scalar_t>& p0, int device, cudaStream_t stream) {
     };
     // Few vectors in registers (more spill at these block sizes); shared memory holds the bulk.
     // (Also measured and dropped: 512 threads x 1 or 2 blocks per SM -- slower on every shape.)
-    if (config == 1)
+    if (config == 3 && info.major < 9) config = 2;  // clusters need sm_90
+    if (config == 1) {
       launch_block(ce_block_rows_kernel<scalar_t, target_t, PROB, 256, 4, 8, 2>, 256, 4, 2);
-    else
+    } else if (config == 2) {
       launch_block(ce_block_rows_kernel<scalar_t, target_t, PROB, 1024, 2, 4, 1>, 1024, 2, 1);
+    } else {
+      // 2-block clusters of 512 threads, two blocks per SM, each caching its half row.
+      constexpr int T = 512, REG = 2;
+      auto kernel = ce_cluster_rows_kernel<scalar_t, target_t, PROB, T, REG, 4, 2>;
+      const int64_t half = (nvec + 1) / 2;
+      const int64_t want = std::max<int64_t>(0, (half + T - 1) / T - REG);
+      const int64_t budget = std::min<int64_t>(info.smem_optin, info.smem_per_sm / 2 - 1024) - 1024;
+      int64_t smem_vecs = std::min(want, std::max<int64_t>(0, budget / (int64_t(T) * 16)));
+      const int64_t cap = option(Option::CeSmemVecs);
+      if (cap >= 0) smem_vecs = std::min(smem_vecs, cap);
+      p.smem_vecs = static_cast<int>(smem_vecs);
+      const int bytes = static_cast<int>(smem_vecs * T * 16);
+      if (bytes > 0)
+        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      cudaLaunchConfig_t cfg = {};
+      cfg.gridDim = dim3(static_cast<unsigned>(2 * std::min<int64_t>(p.rows, info.sm_count)));
+      cfg.blockDim = dim3(T);
+      cfg.dynamicSmemBytes = bytes;
+      cfg.stream = stream;
+      cudaLaunchAttribute attr[1];
+      attr[0].id = cudaLaunchAttributeClusterDimension;
+      attr[0].val.clusterDim.x = 2;
+      attr[0].val.clusterDim.y = 1;
+      attr[0].val.clusterDim.z = 1;
+      cfg.attrs = attr;
+      cfg.numAttrs = 1;
+      C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, p));
+    }
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -30,6 +30,19 @@ CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& t
                                     int64_t ignore_index, double label_smoothing, bool allow_prob,
                                     const char* op);
 
+// The same view of an input the forward already validated (for the backward ops).
+struct ClassView {
+  int64_t outer, classes, inner;
+  int64_t rows() const { return outer * inner; }
+};
+inline ClassView class_view(const at::Tensor& input) {
+  const int64_t C = input.dim() == 1 ? input.size(0) : input.size(1);
+  const int64_t outer = input.dim() == 1 ? 1 : input.size(0);
+  int64_t inner = 1;
+  for (int64_t d = 2; d < input.dim(); ++d) inner *= input.size(d);
+  return {outer, C, inner};
+}
+
 // Loss shape and dtype for the forward ops; shared by the kernels (the fake kernels mirror it in Python).
 std::vector<int64_t> loss_shape(const CrossEntropyPlan& p);
 

@@ -63,9 +63,23 @@ __device__ __forceinline__ float half_bits_to_float(unsigned b) {
 }
 __device__ __forceinline__ unsigned float_to_half_bits(float f) { return __half_as_ushort(__float2half_rn(f)); }
 
-template <>
-struct Pack<c10::BFloat16> {
+// Two 16-bit floats per 32-bit word; Conv supplies the two conversions.
+template <typename Conv>
+struct Pack16 {
   static constexpr int N = 8;
+  static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
+    Conv::unpack2(r.x, o);
+    Conv::unpack2(r.y, o + 2);
+    Conv::unpack2(r.z, o + 4);
+    Conv::unpack2(r.w, o + 6);
+  }
+  static __device__ __forceinline__ uint4 pack(const float* i) {
+    return make_uint4(Conv::pack2(i[0], i[1]), Conv::pack2(i[2], i[3]), Conv::pack2(i[4], i[5]),
+                      Conv::pack2(i[6], i[7]));
+  }
+};
+
+struct Bf16Conv {
   static __device__ __forceinline__ void unpack2(unsigned w, float* o) {
     o[0] = __uint_as_float(w << 16);
     o[1] = __uint_as_float(w & 0xffff0000u);
@@ -79,20 +93,9 @@ struct Pack<c10::BFloat16> {
     return float_to_bf16_bits(a) | (float_to_bf16_bits(b) << 16);
 #endif
   }
-  static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
-    unpack2(r.x, o);
-    unpack2(r.y, o + 2);
-    unpack2(r.z, o + 4);
-    unpack2(r.w, o + 6);
-  }
-  static __device__ __forceinline__ uint4 pack(const float* i) {
-    return make_uint4(pack2(i[0], i[1]), pack2(i[2], i[3]), pack2(i[4], i[5]), pack2(i[6], i[7]));
-  }
 };
 
-template <>
-struct Pack<c10::Half> {
-  static constexpr int N = 8;
+struct HalfConv {
   static __device__ __forceinline__ void unpack2(unsigned w, float* o) {
     o[0] = half_bits_to_float(w & 0xffffu);
     o[1] = half_bits_to_float(w >> 16);
@@ -106,16 +109,12 @@ struct Pack<c10::Half> {
     return float_to_half_bits(a) | (float_to_half_bits(b) << 16);
 #endif
   }
-  static __device__ __forceinline__ void unpack(const uint4& r, float* o) {
-    unpack2(r.x, o);
-    unpack2(r.y, o + 2);
-    unpack2(r.z, o + 4);
-    unpack2(r.w, o + 6);
-  }
-  static __device__ __forceinline__ uint4 pack(const float* i) {
-    return make_uint4(pack2(i[0], i[1]), pack2(i[2], i[3]), pack2(i[4], i[5]), pack2(i[6], i[7]));
-  }
 };
+
+template <>
+struct Pack<c10::BFloat16> : Pack16<Bf16Conv> {};
+template <>
+struct Pack<c10::Half> : Pack16<HalfConv> {};
 
 // Scalar element access through the same bit conversions.
 template <typename T>
@@ -215,6 +214,7 @@ struct DeviceInfo {
   int sm_count;
   int smem_optin;   // bytes of shared memory one block may ask for
   int smem_per_sm;  // bytes of shared memory per multiprocessor, shared by its resident blocks
+  int major;        // compute capability
 };
 
 inline DeviceInfo device_info(int device) {
@@ -231,6 +231,7 @@ inline DeviceInfo device_info(int device) {
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sm_count, cudaDevAttrMultiProcessorCount, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.smem_per_sm, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.major, cudaDevAttrComputeCapabilityMajor, device));
     cache[device] = d;
     have[device] = true;
   }
