@@ -77,7 +77,7 @@ if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0;10.0;12.0+PTX"  # SASS runs on later minors (8.0 -> 8.6, 8.9)
 
 sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/ops/*.cpp")
-                 + glob.glob("csrc/cpu/*.cpp"))
+                 + glob.glob("csrc/autograd/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 # -fopenmp: at::parallel_for is a header template; without it the OpenMP pragma inside is ignored
 # and every CPU kernel runs on one thread.
 cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi", "-fopenmp"]

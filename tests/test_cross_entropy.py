@@ -427,3 +427,22 @@ def test_cuda_peak_memory_one_gradient_buffer():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra <= x.numel() * x.element_size() + (1 << 20), extra
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_forward_gradient_buffer_becomes_input_grad(device):
+    """The fused path: backward scales the forward's gradient in place and hands that very buffer to
+    autograd (no copy, no second gradient-sized allocation); with retain_graph it must not."""
+    x = torch.randn(16, 300, device=device, requires_grad=True)
+    t = make_class_target((16, 300), device)
+    loss, grad, _ = torch.ops.fastloss.cross_entropy(x, t, None, 1, -100, 0.0, True, False, None)
+    ptr = grad.data_ptr()
+    del grad  # a live reference would make autograd copy instead of taking the buffer
+    (loss * 2.0).backward()
+    assert x.grad.data_ptr() == ptr
+    x.grad = None
+    loss, grad, _ = torch.ops.fastloss.cross_entropy(x, t, None, 1, -100, 0.0, True, False, None)
+    ptr = grad.data_ptr()
+    del grad
+    loss.backward(retain_graph=True)
+    assert x.grad.data_ptr() != ptr  # the saved gradient stays intact for a second backward

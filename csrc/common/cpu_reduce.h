@@ -15,7 +15,8 @@ acc fixed_order_sum(int64_t n, const F& f) {
   constexpr int64_t kChunk = 4096;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<acc> partial(static_cast<size_t>(chunks), acc(0));
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  // grain 2: a single chunk runs inline (no OpenMP region for small inputs)
+  at::parallel_for(0, chunks, 2, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       acc s = 0;
       const int64_t stop = std::min(n, (c + 1) * kChunk);

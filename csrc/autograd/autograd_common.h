@@ -1,0 +1,33 @@
+// What every family's C++ autograd (csrc/autograd/<family>.cpp) shares: calling the ops below
+// autograd, the fused backward (scale the gradient the forward already wrote), and the refusal of
+// double backward. Autograd lives in C++ because torch.library's Python autograd wrapper cost
+// ~150 us of host time per forward+backward (fill_defaults and friends): as much as the whole
+// step of a small loss.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <cstdint>
+
+namespace fastloss {
+
+// The typed handle of an op, looked up once: FASTLOSS_OP(handle_fn, "fastloss::name", Signature).
+#define FASTLOSS_OP(fn, name, Sig)                                                               \
+  static const c10::TypedOperatorHandle<Sig>& fn() {                                            \
+    static const auto h = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>(); \
+    return h;                                                                                    \
+  }
+
+// d(loss)/d(input) = grad (written by the forward) * grad_loss, per (outer, inner) row or overall.
+// In plain eager execution with a graph that autograd will not run again, this happens in place
+// (a factor of exactly 1 is skipped on the device, no host sync) and `grad` itself is returned:
+// no second gradient-sized buffer. Otherwise (retain_graph, tracing, fake or functional tensors)
+// it is out of place.
+at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner);
+
+// Raises when backward runs with grad mode on (create_graph=True): the first derivative comes from
+// a fused kernel and has no derivative of its own.
+void refuse_double_backward(const char* name);
+
+}  // namespace fastloss

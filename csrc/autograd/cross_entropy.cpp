@@ -1,0 +1,151 @@
+// Autograd of the cross_entropy family, for every device (TORCH_LIBRARY_IMPL(fastloss, Autograd)).
+//   cross_entropy: the forward op already computed d(loss)/d(input) (compute_grad); backward scales
+//     it by grad_output (autograd/autograd_common.cpp). Probability targets: d/d(target) by its own
+//     op; d/d(weight) (torch differentiates weight only there) composed of ATen ops -- documented,
+//     and it materializes input-sized temporaries, but only in this rare case.
+//   nll_loss: backward op writes the gradient (zeros but one entry per row).
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "autograd/autograd_common.h"
+#include "ops/cross_entropy.h"
+
+namespace fastloss {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using CeSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&, int64_t,
+                                                 int64_t, double, bool, bool, std::optional<c10::ScalarType>);
+using CeTargetBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, int64_t,
+                              double);
+using NllSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&, int64_t, int64_t,
+                                          std::optional<c10::ScalarType>);
+using NllBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, int64_t, int64_t,
+                         const Tensor&);
+FASTLOSS_OP(ce_op, "fastloss::cross_entropy", CeSig)
+FASTLOSS_OP(ce_target_bwd_op, "fastloss::cross_entropy_target_backward", CeTargetBwdSig)
+FASTLOSS_OP(nll_op, "fastloss::nll_loss", NllSig)
+FASTLOSS_OP(nll_bwd_op, "fastloss::nll_loss_backward", NllBwdSig)
+
+// d(loss)/d(w_c) for probability targets: sum over rows of g_r * scale * t'_rc * (lse_r - x_rc).
+Tensor prob_weight_grad(const Tensor& grad_loss, const Tensor& input, const Tensor& target, const Tensor& lse,
+                        int64_t reduction, double eps) {
+  const ClassView v = class_view(input);
+  const auto adt = lse.scalar_type();
+  Tensor x = input.reshape({v.outer, v.classes, v.inner}).to(adt);
+  Tensor t = target.reshape({v.outer, v.classes, v.inner}).to(adt) * (1.0 - eps) + eps / double(v.classes);
+  Tensor g = grad_loss.to(adt);
+  g = g.numel() > 1 ? g.reshape({v.outer, 1, v.inner}) : g.reshape({});
+  if (reduction == static_cast<int64_t>(Reduction::Mean))
+    g = input.numel() ? g / double(v.rows()) : g * std::numeric_limits<double>::quiet_NaN();
+  return (t * (lse.reshape({v.outer, 1, v.inner}) - x) * g).sum(at::IntArrayRef{0, 2}).to(input.scalar_type());
+}
+
+class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                               const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
+                               double label_smoothing, bool compute_grad, bool save_lse,
+                               std::optional<c10::ScalarType> out_dtype) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, grad, lse] = ce_op().call(input, target, weight, reduction, ignore_index, label_smoothing,
+                                          compute_grad, save_lse, out_dtype);
+    // Only the loss is differentiated: no zero gradients get built for the other two outputs.
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({grad, lse});
+    const ClassView v = class_view(input);
+    ctx->saved_data["classes"] = v.classes;
+    ctx->saved_data["inner"] = v.inner;
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    ctx->saved_data["compute_grad"] = compute_grad;
+    ctx->saved_data["has_weight"] = weight.has_value() && weight->defined();
+    if (save_lse)  // probability targets whose target or weight needs a gradient
+      ctx->save_for_backward({grad, input, target, lse, weight.value_or(Tensor())});
+    else
+      ctx->save_for_backward({grad, Tensor(), Tensor(), Tensor(), Tensor()});
+    return {loss, grad, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("cross_entropy");
+    variable_list out(9);
+    const Tensor& grad_loss = grads[0];
+    if (!grad_loss.defined()) return out;
+    // needs_input_grad counts tensor arguments only: input 0, target 1, weight 2 (when given).
+    auto saved = ctx->get_saved_variables();
+    const int64_t reduction = ctx->saved_data["reduction"].toInt();
+    const double eps = ctx->saved_data["label_smoothing"].toDouble();
+    if (ctx->needs_input_grad(0)) {
+      TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(),
+                  "fastloss.cross_entropy: the input gradient was not computed in forward (the op was called "
+                  "with compute_grad=False)");
+      out[0] = scale_saved_grad(saved[0], grad_loss, ctx->saved_data["classes"].toInt(),
+                                ctx->saved_data["inner"].toInt());
+    }
+    const std::optional<Tensor> weight = saved[4].defined() ? std::optional<Tensor>(saved[4]) : std::nullopt;
+    if (ctx->needs_input_grad(1))
+      out[1] = ce_target_bwd_op().call(grad_loss, saved[1], saved[3], weight, reduction, eps);
+    if (ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(2))
+      out[2] = prob_weight_grad(grad_loss, saved[1], saved[2], saved[3], reduction, eps);
+    return out;
+  }
+};
+
+class NllLossFn : public torch::autograd::Function<NllLossFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                               const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
+                               std::optional<c10::ScalarType> out_dtype) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, total_weight] = nll_op().call(input, target, weight, reduction, ignore_index, out_dtype);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({total_weight});
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->save_for_backward({input, target, weight.value_or(Tensor()), total_weight});
+    return {loss, total_weight};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward("nll_loss");
+    variable_list out(6);
+    const Tensor& grad_loss = grads[0];
+    if (!grad_loss.defined() || !ctx->needs_input_grad(0)) return out;
+    auto saved = ctx->get_saved_variables();
+    const std::optional<Tensor> weight = saved[2].defined() ? std::optional<Tensor>(saved[2]) : std::nullopt;
+    out[0] = nll_bwd_op().call(grad_loss, saved[0], saved[1], weight, ctx->saved_data["reduction"].toInt(),
+                               ctx->saved_data["ignore_index"].toInt(), saved[3]);
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> cross_entropy_autograd(const Tensor& input, const Tensor& target,
+                                                          const std::optional<Tensor>& weight, int64_t reduction,
+                                                          int64_t ignore_index, double label_smoothing,
+                                                          bool compute_grad, bool save_lse,
+                                                          std::optional<c10::ScalarType> out_dtype) {
+  auto r = CrossEntropyFn::apply(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
+                                 save_lse, out_dtype);
+  return {r[0], r[1], r[2]};
+}
+
+std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& target,
+                                             const std::optional<Tensor>& weight, int64_t reduction,
+                                             int64_t ignore_index, std::optional<c10::ScalarType> out_dtype) {
+  auto r = NllLossFn::apply(input, target, weight, reduction, ignore_index, out_dtype);
+  return {r[0], r[1]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
+  m.impl("cross_entropy", &cross_entropy_autograd);
+  m.impl("nll_loss", &nll_loss_autograd);
+}
+
+}  // namespace fastloss
