@@ -3,6 +3,7 @@
 
 #include <ATen/OpMathType.h>
 #include <ATen/core/Tensor.h>
+#include <c10/macros/Macros.h>
 #include <c10/util/Exception.h>
 #include <c10/util/Optional.h>
 
@@ -37,6 +38,14 @@ decltype(auto) dispatch_class_target(c10::ScalarType s, F&& f) {
   if (s == c10::kByte) return f(uint8_t{});
   return f(int64_t{});
 }
+
+// grad_loss as one factor per row: a single element (mean/sum) broadcasts to every row.
+template <typename acc>
+struct RowFactor {
+  const acc* p;
+  bool single;
+  C10_HOST_DEVICE acc operator()(int64_t r) const { return single ? p[0] : p[r]; }
+};
 
 // An optional floating tensor (weight, grad_loss) in the accumulate dtype and contiguous;
 // an absent one stays undefined.

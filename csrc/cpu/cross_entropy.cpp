@@ -185,12 +185,12 @@ void ce_rows(const CEArgs& a, const scalar_t* x, const void* target, const acc_t
         Ops::max_wsum(xr, w, C, smooth, &m, &sx);
         const acc s = Ops::exp_sum(xr, m, C, e);
         const acc log_s = std::log(s), lse = m + log_s;
-        const auto k = class_row_coef<acc>(m, log_s, xr[t], sx, w ? w[t] : acc(1), W, eps, Cf);
-        loss = k.loss;
+        const auto g = row_grad<acc>(false, m, log_s, sx, acc(0), xr[t], w ? w[t] : acc(1), W, eps, C, scale);
+        loss = g.loss;
         if (lse_out) lse_out[r] = lse;
         if (grow) {
-          Ops::axpw(e, C, k.a * scale / s, k.b_smooth * scale, smooth ? w : nullptr, e);
-          e[t] -= k.b_target * scale;
+          Ops::axpw(e, C, g.A / s, g.B1, smooth ? w : nullptr, e);
+          e[t] -= g.B0;
         }
       } else {
         const scalar_t* qraw = static_cast<const scalar_t*>(target) + r * C;
@@ -200,9 +200,10 @@ void ce_rows(const CEArgs& a, const scalar_t* x, const void* target, const acc_t
         Ops::prob_sums(xr, qr, w, C, acc(1) - eps, eps / Cf, &s1, &s2);
         const acc s = Ops::exp_sum(xr, m, C, e);
         const acc log_s = std::log(s), lse = m + log_s;
-        loss = prob_row_loss<acc>(m, log_s, s1, s2, C);
+        const auto g = row_grad<acc>(true, m, log_s, s1, s2, acc(0), acc(1), W, eps, C, scale);
+        loss = g.loss;
         if (lse_out) lse_out[r] = lse;
-        if (grow) Ops::prob_grad(e, qr, w, C, s1 * scale / s, (acc(1) - eps) * scale, eps / Cf * scale, e);
+        if (grow) Ops::prob_grad(e, qr, w, C, g.A / s, g.B1, g.B0, e);
       }
       row_loss[r] = loss;
       if (grow) narrow_row<scalar_t, acc>(e, C, grow);
@@ -222,7 +223,8 @@ void ce_strided(const CEArgs& a, const scalar_t* x, const void* target, const ac
   const acc eps = static_cast<acc>(a.eps), Cf = static_cast<acc>(C);
   const int64_t sblocks = (D + kS - 1) / kS;
   at::parallel_for(0, a.outer * sblocks, 1, [&](int64_t begin, int64_t end) {
-    acc m[kS], s[kS], s1[kS], s2[kS], ls[kS], ca[kS], cbs[kS], cbt[kS];
+    acc m[kS], s[kS], s1[kS], s2[kS], ls[kS];
+    RowGrad<acc> rg[kS];
     int64_t tt[kS];
     for (int64_t job = begin; job < end; ++job) {
       const int64_t n = job / sblocks, s0 = (job % sblocks) * kS, ns = std::min(kS, D - s0);
@@ -254,20 +256,14 @@ void ce_strided(const CEArgs& a, const scalar_t* x, const void* target, const ac
         const int64_t r = n * D + s0 + j;
         ls[j] = std::log(s[j]);
         if (lse_out) lse_out[r] = m[j] + ls[j];
-        if (a.prob) {
-          row_loss[r] = prob_row_loss<acc>(m[j], ls[j], s1[j], s2[j], C);
-          ca[j] = s1[j] * scale;
-        } else if (tt[j] == a.ignore_index) {
-          row_loss[r] = 0;
-          ca[j] = cbs[j] = cbt[j] = 0;
+        if (!a.prob && tt[j] == a.ignore_index) {
+          rg[j] = RowGrad<acc>{acc(0), acc(0), acc(0), acc(0)};
         } else {
-          const auto k = class_row_coef<acc>(m[j], ls[j], static_cast<acc>(xb[tt[j] * D + j]), s1[j],
-                                             w ? w[tt[j]] : acc(1), W, eps, Cf);
-          row_loss[r] = k.loss;
-          ca[j] = k.a * scale;
-          cbs[j] = k.b_smooth * scale;
-          cbt[j] = k.b_target * scale;
+          const acc x_t = a.prob ? acc(0) : static_cast<acc>(xb[tt[j] * D + j]);
+          const acc w_t = (a.prob || !w) ? acc(1) : w[tt[j]];
+          rg[j] = row_grad<acc>(a.prob, m[j], ls[j], s1[j], s2[j], x_t, w_t, W, eps, C, scale);
         }
+        row_loss[r] = rg[j].loss;
       }
       if (!gb) continue;
       for (int64_t c = 0; c < C; ++c) {
@@ -276,11 +272,11 @@ void ce_strided(const CEArgs& a, const scalar_t* x, const void* target, const ac
           const acc p = std::exp((static_cast<acc>(xb[c * D + j]) - m[j]) - ls[j]);
           acc g;
           if (a.prob) {
-            g = p * ca[j] - wc * (static_cast<acc>(qb[c * D + j]) * (acc(1) - eps) + eps / Cf) * scale;
+            g = p * rg[j].A - wc * (static_cast<acc>(qb[c * D + j]) * rg[j].B1 + rg[j].B0);
           } else if (tt[j] == a.ignore_index) {
             g = 0;
           } else {
-            g = p * ca[j] - cbs[j] * wc - (c == tt[j] ? cbt[j] : acc(0));
+            g = p * rg[j].A - rg[j].B1 * wc - (c == tt[j] ? rg[j].B0 : acc(0));
           }
           gb[c * D + j] = static_cast<scalar_t>(g);
         }
@@ -344,14 +340,6 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const 
                            grad, lse);
   });
 }
-
-// grad_loss as one factor per row: a single element (mean/sum) broadcasts to every row.
-template <typename acc>
-struct RowFactor {
-  const acc* p;
-  bool single;
-  acc operator()(int64_t r) const { return single ? p[0] : p[r]; }
-};
 
 template <typename acc>
 RowFactor<acc> row_factor(const Tensor& g) {

@@ -193,13 +193,6 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cuda(const Tensor& input, const
 }
 
 // ---------------------------------------------------------------------------------------------
-template <typename acc>
-struct RowFactor {
-  const acc* p;
-  bool single;
-  __device__ __forceinline__ acc operator()(int64_t r) const { return single ? p[0] : p[r]; }
-};
-
 // d(loss)/d(q) for probability targets, elementwise: g_r k w_c (lse_r - x_e).
 template <typename scalar_t>
 __global__ void ce_target_backward_kernel(const scalar_t* x, const acc_t<scalar_t>* lse, const acc_t<scalar_t>* w,

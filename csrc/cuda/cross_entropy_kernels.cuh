@@ -315,20 +315,9 @@ struct RowWorker {
     if (SPLIT > 1) st = cluster_combine(st);
     const acc m = st.m, log_s = ::log(st.s), lse = m + log_s, log2_s = ::log2(st.s);
     const acc scale = p.denom ? acc(1) / *p.denom : p.host_scale;
-    acc loss, A, B1, B0;
-    if (PROB) {
-      loss = prob_row_loss<acc>(m, log_s, st.a1, st.a2, C);
-      A = st.a1 * scale;
-      B1 = (acc(1) - p.eps) * scale;
-      B0 = p.eps * invC * scale;
-    } else {
-      const acc W = p.wsum ? *p.wsum : static_cast<acc>(C);
-      const auto k = class_row_coef<acc>(m, log_s, load_acc(xrow, t), st.a1, wgt(t), W, p.eps, static_cast<acc>(C));
-      loss = k.loss;
-      A = k.a * scale;
-      B1 = k.b_smooth * scale;  // times w_c
-      B0 = k.b_target * scale;  // at c == t
-    }
+    const auto rg = row_grad<acc>(PROB, m, log_s, st.a1, st.a2, PROB ? acc(0) : load_acc(xrow, t),
+                                  PROB ? acc(1) : wgt(t), p.wsum ? *p.wsum : static_cast<acc>(C), p.eps, C, scale);
+    const acc loss = rg.loss, A = rg.A, B1 = rg.B1, B0 = rg.B0;
     if (lane == 0 && rank == 0) {
       p.row_loss[row] = loss;
       if (p.lse) p.lse[row] = lse;
@@ -437,21 +426,11 @@ __global__ void __launch_bounds__(256) ce_strided_kernel(const CEParams<scalar_t
     }
     const acc m = st.m, log_s = ::log(st.s), lse = m + log_s, log2_s = ::log2(st.s);
     const acc scale = p.denom ? acc(1) / *p.denom : p.host_scale;
-    acc A, B1, B0;
-    if (PROB) {
-      p.row_loss[row] = prob_row_loss<acc>(m, log_s, st.a1, st.a2, C);
-      A = st.a1 * scale;
-      B1 = (acc(1) - p.eps) * scale;
-      B0 = p.eps * invC * scale;
-    } else {
-      const acc W = p.wsum ? *p.wsum : static_cast<acc>(C);
-      const auto k = class_row_coef<acc>(m, log_s, load_acc(xb, t * D), st.a1, p.weight ? p.weight[t] : acc(1), W,
-                                         p.eps, static_cast<acc>(C));
-      p.row_loss[row] = k.loss;
-      A = k.a * scale;
-      B1 = k.b_smooth * scale;
-      B0 = k.b_target * scale;
-    }
+    const auto rg = row_grad<acc>(PROB, m, log_s, st.a1, st.a2, PROB ? acc(0) : load_acc(xb, t * D),
+                                  (PROB || !p.weight) ? acc(1) : p.weight[t], p.wsum ? *p.wsum : static_cast<acc>(C),
+                                  p.eps, C, scale);
+    const acc A = rg.A, B1 = rg.B1, B0 = rg.B0;
+    p.row_loss[row] = rg.loss;
     if (p.lse) p.lse[row] = lse;
     if (!gb) continue;
     for (int64_t c = 0; c < C; ++c) {

@@ -84,4 +84,33 @@ C10_HOST_DEVICE inline acc prob_row_loss(acc m, acc log_s, acc s1, acc s2, int64
 // Probability targets q, t'_c = (1-eps) q_c + eps/C, S1 = sum_c w_c t'_c, S2 = sum_c w_c t'_c x_c:
 //   loss = lse S1 - S2,   dloss/dx_c = p_c S1 - w_c t'_c,   dloss/dq_c = (1-eps) w_c (lse - x_c).
 
+// One row's loss and gradient coefficients, the latter already times the reduction's `scale`:
+//   class targets:        g_c = p_c A - B1 w_c - [c == t] B0
+//   probability targets:  g_c = p_c A - w_c (B1 q_c + B0)
+// a1/a2 are the pass-1 sums (class: sum w_c x_c; probabilities: S1, S2). Every kernel, CPU and
+// CUDA, row and strided, takes its coefficients from here.
+template <typename acc>
+struct RowGrad {
+  acc loss, A, B1, B0;
+};
+
+template <typename acc>
+C10_HOST_DEVICE inline RowGrad<acc> row_grad(bool prob, acc m, acc log_s, acc a1, acc a2, acc x_t, acc w_t, acc W,
+                                             acc eps, int64_t C, acc scale) {
+  RowGrad<acc> r;
+  if (prob) {
+    r.loss = prob_row_loss<acc>(m, log_s, a1, a2, C);
+    r.A = a1 * scale;
+    r.B1 = (acc(1) - eps) * scale;
+    r.B0 = eps / static_cast<acc>(C) * scale;
+  } else {
+    const auto k = class_row_coef<acc>(m, log_s, x_t, a1, w_t, W, eps, static_cast<acc>(C));
+    r.loss = k.loss;
+    r.A = k.a * scale;
+    r.B1 = k.b_smooth * scale;
+    r.B0 = k.b_target * scale;
+  }
+  return r;
+}
+
 }  // namespace fastloss
