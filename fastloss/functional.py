@@ -3,6 +3,8 @@
 Each function validates its arguments exactly where torch does (reduction strings, legacy
 size_average/reduce, dtype rules), then calls one fused op in the `fastloss` namespace.
 """
+import warnings
+
 import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
@@ -10,7 +12,8 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from ._registrations._common import autocast_out_dtype
 
-__all__ = ["cross_entropy", "nll_loss"]
+__all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
+           "hinge_embedding_loss"]
 
 _ops = torch.ops.fastloss
 
@@ -93,3 +96,177 @@ def nll_loss(
     _check_weight("nll_loss", input, weight, autocast, differentiable=False)
     loss, _ = _ops.nll_loss(input, target, weight, red, ignore_index, autocast_out_dtype(input))
     return loss
+
+
+# ------------------------------------------------------------------------------------ pointwise
+# l1, mse, smooth_l1, huber, margin_ranking and hinge_embedding share one fused op,
+# fastloss::pointwise_loss(a, b, c, kind, param, reduction, grad_now, out_dtype); kinds as in
+# csrc/ops/pointwise.h.
+_L1, _MSE, _SMOOTH_L1, _HUBER, _MARGIN_RANKING, _HINGE = range(6)
+
+
+def _floating_common(name, *tensors):
+    """torch's type promotion over the given tensors (None skipped); integer results are refused."""
+    dtype = tensors[0].dtype
+    for t in tensors[1:]:
+        if t is not None:
+            dtype = torch.promote_types(dtype, t.dtype)
+    if dtype not in _TYPE_NAMES:
+        raise RuntimeError(f"fastloss.{name}: expected floating point inputs (float64, float32, float16 or "
+                           f"bfloat16), got {', '.join(str(t.dtype) for t in tensors if t is not None)}")
+    return dtype
+
+
+def _warn_size(input, target):
+    if target.size() != input.size():
+        warnings.warn(
+            f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
+            "This will likely lead to incorrect results due to broadcasting. "
+            "Please ensure they have the same size.",
+            stacklevel=3,
+        )
+
+
+def _pointwise(kind, a, b, c, param, red):
+    """One fused call. With mean/sum the forward also writes the gradients that will be needed (the
+    backward then only scales them), except for l1/mse with a weight under 'mean', whose denominator
+    sum(weight) is known only at the end of the pass."""
+    if a.shape != b.shape or (c is not None and c.shape != a.shape):
+        tensors = torch.broadcast_tensors(a, b) if c is None else torch.broadcast_tensors(a, b, c)
+        a, b = tensors[0], tensors[1]
+        c = tensors[2] if c is not None else None
+    grad_mode = torch.is_grad_enabled()
+    fused = red != 0 and not (c is not None and kind in (_L1, _MSE) and red == 1)
+    grad_now = [fused and grad_mode and t is not None and t.requires_grad for t in (a, b, c)]
+    out_dtype = autocast_out_dtype(a)
+    return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype)[0]
+
+
+def _regression(name, kind, input, target, weight, param, red):
+    _warn_size(input, target)
+    if weight is not None and weight.size() != input.size():
+        raise ValueError("Weights and input must have the same size.")
+    if kind == _HUBER:  # huber keeps the input's dtype (torch casts the target to it)
+        dtype = _floating_common(name, input)
+        if weight is not None:
+            dtype = torch.promote_types(dtype, weight.dtype)
+    else:
+        dtype = _floating_common(name, input, target, weight)
+    input, target = input.to(dtype), target.to(dtype)
+    weight = weight.to(dtype) if weight is not None else None
+    return _pointwise(kind, input, target, weight, param, red)
+
+
+def l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+) -> Tensor:
+    """torch.nn.functional.l1_loss, fused: one pass reads input and target and, for mean/sum, also
+    writes the gradient; no loss-sized temporary."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(l1_loss, (input, target, weight), input, target, size_average=size_average,
+                                     reduce=reduce, reduction=reduction, weight=weight)
+    red = _reduction_enum(size_average, reduce, reduction)
+    return _regression("l1_loss", _L1, input, target, weight, 0.0, red)
+
+
+def mse_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    weight: Tensor | None = None,
+) -> Tensor:
+    """torch.nn.functional.mse_loss, fused (see l1_loss)."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(mse_loss, (input, target, weight), input, target, size_average=size_average,
+                                     reduce=reduce, reduction=reduction, weight=weight)
+    red = _reduction_enum(size_average, reduce, reduction)
+    return _regression("mse_loss", _MSE, input, target, weight, 0.0, red)
+
+
+def smooth_l1_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    beta: float = 1.0,
+) -> Tensor:
+    """torch.nn.functional.smooth_l1_loss, fused (see l1_loss). beta == 0 is exactly l1_loss."""
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(smooth_l1_loss, (input, target), input, target, size_average=size_average,
+                                     reduce=reduce, reduction=reduction, beta=beta)
+    red = _reduction_enum(size_average, reduce, reduction)
+    if beta < 0:
+        raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
+    kind = _L1 if beta == 0.0 else _SMOOTH_L1
+    return _regression("smooth_l1_loss", kind, input, target, None, beta, red)
+
+
+def huber_loss(
+    input: Tensor,
+    target: Tensor,
+    reduction: str = "mean",
+    delta: float = 1.0,
+    weight: Tensor | None = None,
+) -> Tensor:
+    """torch.nn.functional.huber_loss, fused (see l1_loss). With a weight, 'mean' is mean(w * l)."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(huber_loss, (input, target, weight), input, target, reduction=reduction,
+                                     delta=delta, weight=weight)
+    red = _Reduction.get_enum(reduction)
+    if delta <= 0:
+        raise RuntimeError("huber_loss does not support non-positive values for delta.")
+    return _regression("huber_loss", _HUBER, input, target, weight, delta, red)
+
+
+def margin_ranking_loss(
+    input1: Tensor,
+    input2: Tensor,
+    target: Tensor,
+    margin: float = 0,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.margin_ranking_loss, fused: max(0, -target * (input1 - input2) + margin)
+    and its gradients (target's too) in one pass."""
+    if has_torch_function_variadic(input1, input2, target):
+        return handle_torch_function(margin_ranking_loss, (input1, input2, target), input1, input2, target,
+                                     margin=margin, size_average=size_average, reduce=reduce, reduction=reduction)
+    red = _reduction_enum(size_average, reduce, reduction)
+    if input1.dim() != input2.dim() or input1.dim() != target.dim():
+        raise RuntimeError(
+            f"margin_ranking_loss : All input tensors should have same dimension but got sizes: "
+            f"input1: {input1.size()}, input2: {input2.size()}, target: {target.size()} "
+        )
+    dtype = _floating_common("margin_ranking_loss", input1, input2, target)
+    return _pointwise(_MARGIN_RANKING, input1.to(dtype), input2.to(dtype), target.to(dtype), margin, red)
+
+
+def hinge_embedding_loss(
+    input: Tensor,
+    target: Tensor,
+    margin: float = 1.0,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.hinge_embedding_loss, fused. Where target != 1 the loss adds
+    max(0, margin - input), where target != -1 it adds input (both for any other value)."""
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(hinge_embedding_loss, (input, target), input, target, margin=margin,
+                                     size_average=size_average, reduce=reduce, reduction=reduction)
+    red = _reduction_enum(size_average, reduce, reduction)
+    dtype = _floating_common("hinge_embedding_loss", input)
+    target = target.detach()  # only compared with +-1: no gradient, as in torch
+    if target.dtype != dtype:
+        # keep exactly what torch compares: 1, -1, or anything else (0 here)
+        target = (target == 1).to(dtype) - (target == -1).to(dtype)
+    return _pointwise(_HINGE, input, target, None, margin, red)

@@ -5,7 +5,8 @@ from torch import Tensor, nn
 
 from . import functional as F
 
-__all__ = ["CrossEntropyLoss", "NLLLoss"]
+__all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
+           "HingeEmbeddingLoss"]
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -22,3 +23,45 @@ class NLLLoss(nn.NLLLoss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
                           reduction=self.reduction)
+
+
+class L1Loss(nn.L1Loss):
+    __doc__ = nn.L1Loss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.l1_loss(input, target, reduction=self.reduction)
+
+
+class MSELoss(nn.MSELoss):
+    __doc__ = nn.MSELoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.mse_loss(input, target, reduction=self.reduction)
+
+
+class SmoothL1Loss(nn.SmoothL1Loss):
+    __doc__ = nn.SmoothL1Loss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
+
+
+class HuberLoss(nn.HuberLoss):
+    __doc__ = nn.HuberLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
+
+
+class MarginRankingLoss(nn.MarginRankingLoss):
+    __doc__ = nn.MarginRankingLoss.__doc__
+
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
+        return F.margin_ranking_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class HingeEmbeddingLoss(nn.HingeEmbeddingLoss):
+    __doc__ = nn.HingeEmbeddingLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.hinge_embedding_loss(input, target, margin=self.margin, reduction=self.reduction)

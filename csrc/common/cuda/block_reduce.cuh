@@ -271,6 +271,12 @@ __global__ void __launch_bounds__(kSumThreads) final_sum_kernel(const acc* parti
   if (threadIdx.x == 0) out[0] = static_cast<out_t>(s / (divisor ? *divisor : host_divisor));
 }
 
+template <typename T>
+struct ElementReader {  // reads T, sums in its accumulate type
+  const T* p;
+  __device__ acc_t<T> operator()(int64_t i) const { return load_acc(p, i); }
+};
+
 template <typename acc>
 struct ArrayReader {
   const acc* p;
@@ -279,17 +285,25 @@ struct ArrayReader {
 
 // Sum f over [0, n) into out (a one-element tensor of any floating dtype), divided by *divisor
 // (device scalar) when given, else by host_divisor.
+// out[0] = sum(partial[0..parts)) / (divisor ? *divisor : host_divisor), in out's dtype: the second
+// stage of every fused reduction.
+template <typename acc>
+void launch_final_sum(const acc* partial, int parts, const acc* divisor, acc host_divisor, const at::Tensor& out,
+                      cudaStream_t stream) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastloss_final_sum", [&] {
+    final_sum_kernel<acc, scalar_t><<<1, kSumThreads, 0, stream>>>(partial, parts, divisor, host_divisor,
+                                                                     out.mutable_data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 template <typename acc, typename F>
 void launch_sum(F f, int64_t n, const acc* divisor, acc host_divisor, const at::Tensor& out, cudaStream_t stream) {
   const int parts = sum_blocks(n);
   at::Tensor partial = at::empty({parts}, out.options().dtype(c10::CppTypeToScalarType<acc>::value));
   partial_sum_kernel<acc, F><<<parts, kSumThreads, 0, stream>>>(f, n, partial.mutable_data_ptr<acc>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastloss_final_sum", [&] {
-    final_sum_kernel<acc, scalar_t><<<1, kSumThreads, 0, stream>>>(partial.const_data_ptr<acc>(), parts, divisor,
-                                                                     host_divisor, out.mutable_data_ptr<scalar_t>());
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_final_sum<acc>(partial.const_data_ptr<acc>(), parts, divisor, host_divisor, out, stream);
 }
 
 // Per-row losses -> the op's result ('none': the rows; 'sum': their sum; 'mean': sum / denominator).

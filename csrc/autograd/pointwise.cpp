@@ -1,0 +1,91 @@
+// Autograd of the pointwise family (l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
+// With mean/sum the forward already wrote the gradients asked for in grad_now (one pass reads the
+// inputs and writes the gradient); backward scales them by grad_output, in place when it can
+// (autograd/autograd_common.cpp). Anything else (reduction 'none', a weight's gradient, l1/mse with
+// a weight) comes from pointwise_loss_backward, one pass over the inputs and grad_output.
+#include <ATen/ATen.h>
+#include <torch/autograd.h>
+#include <torch/library.h>
+
+#include "autograd/autograd_common.h"
+#include "ops/pointwise.h"
+
+namespace fastloss {
+namespace {
+
+using at::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+using PwSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                                         int64_t, double, int64_t, std::array<bool, 3>,
+                                                         std::optional<c10::ScalarType>);
+using PwBwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                                    const std::optional<Tensor>&, int64_t, double, int64_t,
+                                                    const Tensor&, std::array<bool, 3>);
+FASTLOSS_OP(pw_op, "fastloss::pointwise_loss", PwSig)
+FASTLOSS_OP(pw_bwd_op, "fastloss::pointwise_loss_backward", PwBwdSig)
+
+class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
+ public:
+  static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b, const std::optional<Tensor>& c,
+                               int64_t kind, double param, int64_t reduction, std::array<bool, 3> grad_now,
+                               std::optional<c10::ScalarType> out_dtype) {
+    at::AutoDispatchBelowADInplaceOrView below;
+    auto [loss, ga, gb, gc] = pw_op().call(a, b, c, kind, param, reduction, grad_now, out_dtype);
+    ctx->set_materialize_grads(false);
+    ctx->mark_non_differentiable({ga, gb, gc});
+    ctx->saved_data["kind"] = kind;
+    ctx->saved_data["param"] = param;
+    ctx->saved_data["reduction"] = reduction;
+    ctx->saved_data["has_c"] = c.has_value() && c->defined();
+    for (int j = 0; j < 3; ++j) ctx->saved_data["now" + std::to_string(j)] = grad_now[j];
+    ctx->save_for_backward({a, b, c.value_or(Tensor()), loss, ga, gb, gc});
+    return {loss, ga, gb, gc};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    refuse_double_backward(pw_name(to_pw_kind(ctx->saved_data["kind"].toInt())) + 9);  // drop "fastloss."
+    variable_list out(8);
+    const Tensor& grad_loss = grads[0];
+    if (!grad_loss.defined()) return out;
+    auto saved = ctx->get_saved_variables();
+    const bool has_c = ctx->saved_data["has_c"].toBool();
+    // needs_input_grad counts tensor arguments only: a 0, b 1, c 2 (when given)
+    const std::array<bool, 3> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                                   has_c && ctx->needs_input_grad(2)};
+    std::array<bool, 3> rest{false, false, false};
+    for (int j = 0; j < 3; ++j) {
+      if (!need[j]) continue;
+      if (ctx->saved_data["now" + std::to_string(j)].toBool())
+        out[j] = scale_saved_grad(saved[4 + j], grad_loss, 1, 1);
+      else
+        rest[j] = true;
+    }
+    if (rest[0] || rest[1] || rest[2]) {
+      const std::optional<Tensor> c = has_c ? std::optional<Tensor>(saved[2]) : std::nullopt;
+      auto [ga, gb, gc] = pw_bwd_op().call(grad_loss, saved[0], saved[1], c, ctx->saved_data["kind"].toInt(),
+                                           ctx->saved_data["param"].toDouble(), ctx->saved_data["reduction"].toInt(),
+                                           saved[3], rest);
+      if (rest[0]) out[0] = ga;
+      if (rest[1]) out[1] = gb;
+      if (rest[2]) out[2] = gc;
+    }
+    return out;
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_autograd(const Tensor& a, const Tensor& b,
+                                                              const std::optional<Tensor>& c, int64_t kind,
+                                                              double param, int64_t reduction,
+                                                              std::array<bool, 3> grad_now,
+                                                              std::optional<c10::ScalarType> out_dtype) {
+  auto r = PointwiseFn::apply(a, b, c, kind, param, reduction, grad_now, out_dtype);
+  return {r[0], r[1], r[2], r[3]};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(fastloss, Autograd, m) { m.impl("pointwise_loss", &pointwise_autograd); }
+
+}  // namespace fastloss

@@ -1,0 +1,90 @@
+// Schemas of the pointwise family (ops/pointwise.h) and the argument checks both devices share.
+#include "ops/pointwise.h"
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "common/errors.h"
+
+namespace fastloss {
+
+PwKind to_pw_kind(int64_t kind) {
+  TORCH_CHECK_VALUE(kind >= 0 && kind <= 5, "fastloss.pointwise_loss: unknown kind ", num(kind));
+  return static_cast<PwKind>(kind);
+}
+
+const char* pw_name(PwKind k) {
+  switch (k) {
+    case PwKind::L1: return "fastloss.l1_loss";
+    case PwKind::MSE: return "fastloss.mse_loss";
+    case PwKind::SmoothL1: return "fastloss.smooth_l1_loss";
+    case PwKind::Huber: return "fastloss.huber_loss";
+    case PwKind::MarginRanking: return "fastloss.margin_ranking_loss";
+    default: return "fastloss.hinge_embedding_loss";
+  }
+}
+
+PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, int64_t kind,
+                      double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype) {
+  const PwKind k = to_pw_kind(kind);
+  const char* op = pw_name(k);
+  check_floating(a, "input", op);
+  check_same_device(a, "input", b, "target", op);
+  TORCH_CHECK(b.scalar_type() == a.scalar_type(), op, ": expected target of dtype ", a.scalar_type(), ", got ",
+              b.scalar_type());
+  TORCH_CHECK(a.sizes() == b.sizes(), op, ": expected input and target of one shape (broadcast them first), got ",
+              shape(a.sizes()), " and ", shape(b.sizes()));
+  if (c.has_value() && c->defined()) {
+    check_same_device(a, "input", *c, "third tensor", op);
+    TORCH_CHECK(c->scalar_type() == a.scalar_type() && c->sizes() == a.sizes(), op,
+                ": the third tensor must have the input's dtype and shape ", shape(a.sizes()), ", got ",
+                c->scalar_type(), " ", shape(c->sizes()));
+  }
+  TORCH_CHECK(k != PwKind::SmoothL1 || param > 0.0, op, ": beta must be positive (beta == 0 is l1_loss), got ",
+              num(param));
+  TORCH_CHECK(k != PwKind::Huber || param > 0.0, "huber_loss does not support non-positive values for delta.");
+  PwPlan p;
+  p.kind = k;
+  p.reduction = to_reduction(reduction, op);
+  p.n = a.numel();
+  p.a = a.contiguous();
+  p.b = b.contiguous();
+  const bool has_c = c.has_value() && c->defined();
+  if (has_c) p.c = c->contiguous();
+  p.by_weight_sum = pw_mean_by_weight_sum(k, has_c) && p.reduction == Reduction::Mean;
+  p.out_dtype = out_dtype.value_or(a.scalar_type());
+  p.out_acc = p.out_dtype != a.scalar_type();
+  TORCH_CHECK(!p.out_acc || p.out_dtype == acc_dtype(a.scalar_type()), op, ": out_dtype must be the input's dtype or ",
+              acc_dtype(a.scalar_type()), ", got ", p.out_dtype);
+  return p;
+}
+
+at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted) {
+  return wanted ? at::empty_like(p.a) : at::empty({0}, p.a.options());
+}
+
+at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const at::Tensor& weight_sum) {
+  at::Tensor k = grad_loss.to(acc_dtype(p.a.scalar_type())).reshape({1});
+  if (p.reduction != Reduction::Mean) return k;
+  if (p.by_weight_sum) return k / weight_sum;
+  return k / static_cast<double>(p.n);  // n == 0: inf, never read
+}
+
+}  // namespace fastloss
+
+TORCH_LIBRARY_FRAGMENT(fastloss, m) {
+  // Forward: one pass reads a, b (and c) once and writes the loss (per element for 'none', else the
+  // reduced scalar through a fixed-order two-stage sum). grad_now[i] also writes d(loss)/d(a|b|c)
+  // in the same pass, already divided by the mean's denominator (reduction mean/sum only, and not
+  // for l1/mse with a weight, whose denominator sum(weight) is not known before the pass ends);
+  // backward then only scales it by grad_output. Unrequested gradients come back as empty tensors.
+  m.def(
+      "pointwise_loss(Tensor a, Tensor b, Tensor? c, int kind, float param, int reduction, bool[3] grad_now, "
+      "ScalarType? out_dtype) -> (Tensor loss, Tensor grad_a, Tensor grad_b, Tensor grad_c)");
+  // Backward from scratch (reduction 'none', or gradients the forward did not write): reads a, b (c)
+  // and grad_loss once, writes each requested gradient once. `loss` is the forward's result, used
+  // only by the weight gradient of weighted-mean l1/mse: grad_loss * (l_i - loss) / sum(weight).
+  m.def(
+      "pointwise_loss_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor? c, int kind, float param, "
+      "int reduction, Tensor loss, bool[3] output_mask) -> (Tensor grad_a, Tensor grad_b, Tensor grad_c)");
+}
