@@ -1,8 +1,20 @@
 """`python -m fastloss.bench`: fastloss vs torch eager, forward + backward, on the current device.
 
 Prints one table: median time of each, the speed-up, and on CUDA the bandwidth fastloss reaches
-counting the minimal bytes (inputs read once, gradient written once) and its fraction of the
-device's measured copy bandwidth. benchmarks/ holds the fuller comparisons (torch.compile, peers).
+counting the minimal bytes (each input read once, each gradient and output written once) and its
+fraction of the device's measured copy bandwidth. benchmarks/ holds the fuller comparisons
+(forward-only, torch.compile, peers, more sizes and dtypes).
+
+Examples:
+    python -m fastloss.bench                                   # every family's default cases
+    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|all
+    python -m fastloss.bench --loss cross_entropy,nll_loss --shape 8192x128256 --dtype bf16
+    python -m fastloss.bench --loss mse,smooth_l1 --shape 64M --dtype fp32 --reduction none
+    python -m fastloss.bench --loss triplet_margin_loss --shape 65536x512 --swap
+
+--shape is ROWSxCLASSES for cross_entropy/nll_loss, NxD for triplet_margin[_with_distance] and
+cosine_embedding, and the input's shape (or element count: 64M, 4194304) for the elementwise losses
+(l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
 """
 import argparse
 import statistics
@@ -24,25 +36,46 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def time_once(fn, device):
+    """Seconds of one fn() call (CUDA: events around it; CPU: wall clock)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1e3
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def timeit(fn, device, repeats=20, warmup=3):
     """Median seconds of fn() (CUDA: events around each call; CPU: wall clock)."""
     for _ in range(warmup):
         fn()
     sync(device)
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
+    return statistics.median(time_once(fn, device) for _ in range(repeats))
+
+
+def compare(fns, device, repeats=20, warmup=3, min_seconds=0.0, max_repeats=200):
+    """Median seconds of each of `fns` (a dict name -> callable), timed in interleaved rounds
+    (a, b, a, b, ...) so that drifts of the machine (clock, other load, page faults on a VM) fall on
+    all of them alike rather than on whichever ran second. After `repeats` rounds, rounds go on until
+    `min_seconds` have been spent in total (at most `max_repeats`): cheap cases get more samples."""
+    for fn in fns.values():
+        for _ in range(warmup):
             fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    sync(device)
+    times = {name: [] for name in fns}
+    spent, rounds = 0.0, 0
+    while rounds < repeats or (spent < min_seconds and rounds < max_repeats):
+        for name, fn in fns.items():
+            t = time_once(fn, device)
+            times[name].append(t)
+            spent += t
+        rounds += 1
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def copy_bandwidth(device, nbytes=1 << 30):
@@ -66,21 +99,136 @@ def peak_extra_memory(fn, device):
     return torch.cuda.max_memory_allocated(device) - base
 
 
+def fwd_bwd(fn, inputs, grad_output=None):
+    """A closure running fn(*inputs) and its backward (with `grad_output`: None for a scalar loss)
+    after clearing the .grad of every input that requires grad."""
+    leaves = [t for t in inputs if isinstance(t, torch.Tensor) and t.requires_grad]
+
+    def run():
+        for t in leaves:
+            t.grad = None
+        fn(*inputs).backward(grad_output)
+
+    return run
+
+
+def fwd_only(fn, inputs):
+    """A closure running fn(*inputs) under no_grad: the loss alone, no gradient work."""
+    def run():
+        with torch.no_grad():
+            fn(*inputs)
+
+    return run
+
+
 # ---------------------------------------------------------------------------------------- cases
-class Case:
-    """One loss at one size: inputs, the minimal bytes of forward + backward, and the two calls."""
+def fmt_count(n):
+    """4194304 -> '4M', 1536 -> '1.5K', 1000 -> '1000'."""
+    for unit, size in (("G", 2**30), ("M", 2**20), ("K", 2**10)):
+        if n >= size and (n * 2) % size == 0:
+            return f"{n / size:g}{unit}"
+    return str(n)
 
-    def __init__(self, loss, rows, classes, dtype, device, weight=False, ignore_frac=0.0, label_smoothing=0.0):
-        self.loss, self.rows, self.classes, self.dtype, self.device = loss, rows, classes, dtype, device
-        self.weight, self.ignore_frac, self.label_smoothing = weight, ignore_frac, label_smoothing
 
-    def name(self):
-        extra = "".join([" w" if self.weight else "", f" ign{self.ignore_frac:g}" if self.ignore_frac else "",
-                         f" ls{self.label_smoothing:g}" if self.label_smoothing else ""])
-        return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.rows}x{self.classes}{extra}"
+def fmt_shape(shape):
+    return fmt_count(shape[0]) if len(shape) == 1 else "x".join(str(s) for s in shape)
+
+
+def parse_shape(s):
+    """'8192x128256' -> (8192, 128256); '64M' -> (67108864,); '4K' -> (4096,)."""
+    dims = []
+    for part in s.lower().split("x"):
+        mult = {"k": 2**10, "m": 2**20, "g": 2**30}.get(part[-1:], 1)
+        dims.append(int(float(part[:-1] if mult > 1 else part) * mult))
+    return tuple(dims)
+
+
+class LossCase:
+    """One loss at one size and dtype: builds its inputs (a tuple of tensors, the ones the loss
+    differentiates requiring grad), calls an implementation on them (`call`), and counts the
+    minimal bytes a forward (+ backward) must move (`min_bytes`). One subclass per family."""
+
+    family = None
+    losses = ()
+
+    def __init__(self, loss, dtype, device, reduction="mean"):
+        if loss not in self.losses:
+            raise ValueError(f"{type(self).__name__}: unknown loss {loss!r} (one of {', '.join(self.losses)})")
+        self.loss, self.dtype, self.device, self.reduction = loss, dtype, torch.device(device), reduction
+
+    # subclasses define these
+    def shape_label(self):
+        raise NotImplementedError
+
+    def extras(self):
+        """Non-default arguments, for the case's name (e.g. ' swap')."""
+        return ""
 
     def inputs(self):
-        g = torch.Generator(device=self.device).manual_seed(0)
+        raise NotImplementedError
+
+    def call(self, fn, *inputs):
+        """fn (fastloss's or torch's function, or a compiled wrapper of torch's) on the inputs."""
+        raise NotImplementedError
+
+    def min_bytes(self, backward=True):
+        raise NotImplementedError
+
+    # shared
+    @property
+    def elem(self):
+        return torch.finfo(self.dtype).bits // 8
+
+    def generator(self):
+        return torch.Generator(device=self.device).manual_seed(0)
+
+    def name(self):
+        red = f" {self.reduction}" if self.reduction != "mean" else ""
+        return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.shape_label()}{self.extras()}{red}"
+
+    def function(self, impl):
+        """The loss function of `impl` ('fastloss' or 'torch'); None when fastloss lacks it."""
+        return getattr(fastloss.functional if impl == "fastloss" else F, self.loss, None)
+
+    def bound(self, fn):
+        """fn with this case's arguments bound: a callable on the inputs tuple."""
+        return lambda *inputs: self.call(fn, *inputs)
+
+    def grad_output(self, inputs):
+        """The upstream gradient of backward: None for a scalar loss (backward uses 1), a fixed
+        random tensor of the loss's shape for reduction='none'."""
+        if self.reduction != "none":
+            return None
+        with torch.no_grad():
+            out = self.call(getattr(F, self.loss), *inputs)
+        return torch.rand(out.shape, dtype=out.dtype, device=out.device, generator=self.generator())
+
+    def step(self, impl, *inputs):
+        """Forward + backward of `impl` on the inputs, as a closure."""
+        return fwd_bwd(self.bound(self.function(impl)), inputs, self.grad_output(inputs))
+
+
+class CrossEntropyCase(LossCase):
+    """cross_entropy / nll_loss on (rows, classes) logits, class-index targets."""
+
+    family = "cross_entropy"
+    losses = ("cross_entropy", "nll_loss")
+
+    def __init__(self, loss, rows, classes, dtype, device, weight=False, ignore_frac=0.0, label_smoothing=0.0,
+                 reduction="mean"):
+        super().__init__(loss, dtype, device, reduction)
+        self.rows, self.classes = rows, classes
+        self.weight, self.ignore_frac, self.label_smoothing = weight, ignore_frac, label_smoothing
+
+    def shape_label(self):
+        return f"{self.rows}x{self.classes}"
+
+    def extras(self):
+        return "".join([" w" if self.weight else "", f" ign{self.ignore_frac:g}" if self.ignore_frac else "",
+                        f" ls{self.label_smoothing:g}" if self.label_smoothing else ""])
+
+    def inputs(self):
+        g = self.generator()
         x = torch.randn(self.rows, self.classes, device=self.device, dtype=self.dtype, generator=g)
         if self.loss == "nll_loss":
             x = x.float().log_softmax(1).to(self.dtype)
@@ -90,61 +238,284 @@ class Case:
         w = torch.rand(self.classes, device=self.device, dtype=self.dtype, generator=g) if self.weight else None
         return x.requires_grad_(), t, w
 
-    def min_bytes(self):
-        """Logits read once + gradient written once + targets (+ weights)."""
-        e = torch.finfo(self.dtype).bits // 8
-        return self.rows * self.classes * 2 * e + self.rows * 8 + (self.classes * e if self.weight else 0)
-
-    def step(self, impl, x, t, w):
-        kwargs = {"weight": w}
+    def call(self, fn, x, t, w):
+        kwargs = {"weight": w, "reduction": self.reduction}
         if self.loss == "cross_entropy":
             kwargs["label_smoothing"] = self.label_smoothing
-        fn = getattr(fastloss.functional if impl == "fastloss" else F, self.loss)
+        return fn(x, t, **kwargs)
 
-        def run():
-            x.grad = None
-            fn(x, t, **kwargs).backward()
+    def min_bytes(self, backward=True):
+        """Logits read once + int64 targets (+ weights) [+ gradient written once] [+ the per-row
+        loss written (+ its upstream gradient read) for reduction='none']."""
+        e = self.elem
+        n = self.rows * self.classes * e + self.rows * 8 + (self.classes * e if self.weight else 0)
+        if backward:
+            n += self.rows * self.classes * e
+        if self.reduction == "none":
+            n += self.rows * e * (2 if backward else 1)
+        return n
 
-        return run
+
+Case = CrossEntropyCase  # the name benchmarks/bench_cross_entropy.py (and older scripts) use
 
 
-def default_cases(device):
+class RegressionCase(LossCase):
+    """l1 / mse / smooth_l1 / huber: input (requires grad) and target (does not), same shape."""
+
+    family = "regression"
+    losses = ("l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss")
+
+    def __init__(self, loss, shape, dtype, device, reduction="mean", beta=1.0, delta=1.0):
+        super().__init__(loss, dtype, device, reduction)
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        self.beta, self.delta = beta, delta
+
+    @property
+    def numel(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def shape_label(self):
+        return fmt_shape(self.shape)
+
+    def extras(self):
+        if self.loss == "smooth_l1_loss" and self.beta != 1.0:
+            return f" beta{self.beta:g}"
+        if self.loss == "huber_loss" and self.delta != 1.0:
+            return f" delta{self.delta:g}"
+        return ""
+
+    def inputs(self):
+        g = self.generator()
+        x = torch.randn(self.shape, device=self.device, dtype=self.dtype, generator=g)
+        y = torch.randn(self.shape, device=self.device, dtype=self.dtype, generator=g)  # |x - y| ~ 1.1: both branches
+        return x.requires_grad_(), y
+
+    def call(self, fn, x, y):
+        if self.loss == "smooth_l1_loss":
+            return fn(x, y, reduction=self.reduction, beta=self.beta)
+        if self.loss == "huber_loss":
+            return fn(x, y, reduction=self.reduction, delta=self.delta)
+        return fn(x, y, reduction=self.reduction)
+
+    def min_bytes(self, backward=True):
+        """mean/sum: input read + target read [+ input gradient written] = (2 [+1]) * N * elem.
+        none: + loss written [+ upstream gradient read] = (3 [+2]) * N * elem.
+        (With backward a separate pass, something must be re-read there; this lower bound counts
+        each tensor once, the convention of every table.)"""
+        n, e = self.numel, self.elem
+        return n * e * (2 + (1 if backward else 0) + ((1 + (1 if backward else 0)) if self.reduction == "none" else 0))
+
+
+class EmbeddingCase(LossCase):
+    """The embedding family.
+    triplet_margin_loss, triplet_margin_with_distance_loss (default distance): anchor, positive,
+        negative (N, D), all requiring grad.
+    cosine_embedding_loss: input1, input2 (N, D) requiring grad, target (N,) of +-1.
+    margin_ranking_loss: input1, input2 (shape) requiring grad, target (shape) of +-1.
+    hinge_embedding_loss: input (shape, >= 0 like distances) requiring grad, target (shape) of +-1.
+    Targets have the inputs' dtype."""
+
+    family = "embedding"
+    losses = ("triplet_margin_loss", "triplet_margin_with_distance_loss", "margin_ranking_loss",
+              "cosine_embedding_loss", "hinge_embedding_loss")
+    ROW_LOSSES = ("triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss")
+
+    def __init__(self, loss, shape, dtype, device, reduction="mean", swap=False, margin=None, p=2.0):
+        super().__init__(loss, dtype, device, reduction)
+        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        if loss in self.ROW_LOSSES and len(self.shape) != 2:
+            raise ValueError(f"{loss}: shape must be NxD, got {self.shape}")
+        if swap and not loss.startswith("triplet"):
+            raise ValueError(f"{loss} has no swap argument")
+        if p != 2.0 and loss != "triplet_margin_loss":
+            raise ValueError(f"{loss} has no p argument")
+        self.swap, self.margin, self.p = swap, margin, p
+
+    @property
+    def numel(self):
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    def shape_label(self):
+        return fmt_shape(self.shape)
+
+    def extras(self):
+        return "".join([f" p{self.p:g}" if self.p != 2.0 else "", " swap" if self.swap else "",
+                        f" margin{self.margin:g}" if self.margin is not None else ""])
+
+    def inputs(self):
+        g = self.generator()
+        dev, dt = self.device, self.dtype
+
+        def randn(shape, grad=True):
+            return torch.randn(shape, device=dev, dtype=dt, generator=g).requires_grad_(grad)
+
+        def sign(shape):  # +-1 targets, half each
+            return (torch.randint(0, 2, shape, device=dev, generator=g) * 2 - 1).to(dt)
+
+        if self.loss.startswith("triplet"):
+            return randn(self.shape), randn(self.shape), randn(self.shape)
+        if self.loss == "cosine_embedding_loss":
+            return randn(self.shape), randn(self.shape), sign(self.shape[:1])
+        if self.loss == "margin_ranking_loss":
+            return randn(self.shape), randn(self.shape), sign(self.shape)
+        # hinge_embedding_loss: distances in [0, 2), so margin 1 is active for about half the -1 targets
+        x = (2 * torch.rand(self.shape, device=dev, dtype=dt, generator=g)).requires_grad_()
+        return x, sign(self.shape)
+
+    def call(self, fn, *inputs):
+        kw = {"reduction": self.reduction}
+        if self.margin is not None:
+            kw["margin"] = self.margin
+        if self.loss.startswith("triplet"):
+            kw["swap"] = self.swap
+            if self.loss == "triplet_margin_loss" and self.p != 2.0:
+                kw["p"] = self.p
+        return fn(*inputs, **kw)
+
+    def min_bytes(self, backward=True):
+        """Each input read once [+ each input's gradient written once] [+ the loss written (+ its
+        upstream gradient read) for reduction='none'; scalar outputs are not counted]:
+          triplet:        3 reads of N*D [+ 3 gradient writes of N*D]      (+ none: N [+ N])
+          cosine:         2 reads of N*D + target N [+ 2 gradient writes]  (+ none: N [+ N])
+          margin_ranking: 2 reads + target read [+ 2 gradient writes], all N elements (+ none: N [+ N])
+          hinge:          1 read + target read [+ 1 gradient write], all N elements (+ none: N [+ N])
+        Targets have the inputs' dtype here (elem bytes each)."""
+        e = self.elem
+        if self.loss.startswith("triplet") or self.loss == "cosine_embedding_loss":
+            rows, d = self.shape
+            k = 3 if self.loss.startswith("triplet") else 2  # differentiable (N, D) inputs
+            n = k * rows * d * e * (2 if backward else 1)
+            if self.loss == "cosine_embedding_loss":
+                n += rows * e  # target
+            out = rows
+        else:
+            k = 2 if self.loss == "margin_ranking_loss" else 1  # differentiable inputs
+            n = (k * (2 if backward else 1) + 1) * self.numel * e  # + 1: the target
+            out = self.numel
+        if self.reduction == "none":
+            n += out * e * (2 if backward else 1)
+        return n
+
+
+FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase)}
+LOSS_FAMILY = {loss: c for c in FAMILIES.values() for loss in c.losses}
+
+
+def loss_name(s):
+    """Accept 'mse' for 'mse_loss', 'triplet_margin' for 'triplet_margin_loss'."""
+    s = s.strip()
+    if s in LOSS_FAMILY:
+        return s
+    if s + "_loss" in LOSS_FAMILY:
+        return s + "_loss"
+    raise ValueError(f"unknown loss {s!r}; known: {', '.join(LOSS_FAMILY)}")
+
+
+# Sizes of the default cases. CUDA: large enough to be bandwidth-bound (>= 64 MB per tensor).
+# CPU (2 cores in CI): the whole default table must finish in about a minute.
+DEFAULT_SHAPES = {
+    "cuda": {"cross_entropy": (8192, 32000), "regression": (64 * 2**20,), "embedding_rows": (65536, 512),
+             "embedding_elementwise": (16 * 2**20,)},
+    "cpu": {"cross_entropy": (1024, 32000), "regression": (4 * 2**20,), "embedding_rows": (4096, 512),
+            "embedding_elementwise": (2**20,)},
+}
+
+
+def make_case(loss, shape, dtype, device, reduction="mean", swap=False):
+    """A case for any known loss; shape None takes the device's default size for that loss."""
+    device = torch.device(device)
+    cls = LOSS_FAMILY[loss]
+    sizes = DEFAULT_SHAPES["cuda" if device.type == "cuda" else "cpu"]
+    if cls is CrossEntropyCase:
+        rows, classes = shape or sizes["cross_entropy"]
+        return CrossEntropyCase(loss, rows, classes, dtype, device, reduction=reduction)
+    if cls is RegressionCase:
+        return RegressionCase(loss, shape or sizes["regression"], dtype, device, reduction=reduction)
+    key = "embedding_rows" if loss in EmbeddingCase.ROW_LOSSES else "embedding_elementwise"
+    return EmbeddingCase(loss, shape or sizes[key], dtype, device, reduction=reduction, swap=swap)
+
+
+def default_cases(device, family="all"):
+    device = torch.device(device)
+    fp32, bf16 = torch.float32, torch.bfloat16
+    cases = []
     if device.type == "cuda":
-        return [
-            Case("cross_entropy", 8192, 128256, torch.bfloat16, device),
-            Case("cross_entropy", 16384, 32000, torch.float32, device),
-            Case("cross_entropy", 8192, 128256, torch.bfloat16, device, weight=True, ignore_frac=0.1,
-                 label_smoothing=0.1),
-            Case("cross_entropy", 32768, 50257, torch.bfloat16, device),
-            Case("cross_entropy", 65536, 128, torch.float32, device),
-            Case("nll_loss", 16384, 32000, torch.float32, device),
+        if family in ("all", "cross_entropy"):
+            cases += [
+                CrossEntropyCase("cross_entropy", 8192, 128256, bf16, device),
+                CrossEntropyCase("cross_entropy", 16384, 32000, fp32, device),
+                CrossEntropyCase("cross_entropy", 8192, 128256, bf16, device, weight=True, ignore_frac=0.1,
+                                 label_smoothing=0.1),
+                CrossEntropyCase("cross_entropy", 32768, 50257, bf16, device),
+                CrossEntropyCase("cross_entropy", 65536, 128, fp32, device),
+                CrossEntropyCase("nll_loss", 16384, 32000, fp32, device),
+            ]
+        if family in ("all", "regression"):
+            n = 64 * 2**20
+            cases += [RegressionCase(loss, n, dtype, device) for dtype in (fp32, bf16) for loss in
+                      ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss")]
+        if family in ("all", "embedding"):
+            cases += [
+                EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device),
+                EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device, swap=True),
+                EmbeddingCase("cosine_embedding_loss", (65536, 512), fp32, device),
+                EmbeddingCase("margin_ranking_loss", 16 * 2**20, fp32, device),
+                EmbeddingCase("hinge_embedding_loss", 16 * 2**20, fp32, device),
+            ]
+        return cases
+    if family in ("all", "cross_entropy"):
+        cases += [
+            CrossEntropyCase("cross_entropy", 1024, 32000, fp32, device),
+            CrossEntropyCase("cross_entropy", 1024, 32000, fp32, device, weight=True, ignore_frac=0.1,
+                             label_smoothing=0.1),
+            CrossEntropyCase("cross_entropy", 256, 32000, bf16, device),
+            CrossEntropyCase("cross_entropy", 8192, 100, fp32, device),
+            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device),
         ]
-    return [
-        Case("cross_entropy", 1024, 32000, torch.float32, device),
-        Case("cross_entropy", 1024, 32000, torch.float32, device, weight=True, ignore_frac=0.1, label_smoothing=0.1),
-        Case("cross_entropy", 256, 32000, torch.bfloat16, device),
-        Case("cross_entropy", 8192, 100, torch.float32, device),
-        Case("nll_loss", 1024, 32000, torch.float32, device),
-    ]
+    if family in ("all", "regression"):
+        cases += [RegressionCase(loss, 4 * 2**20, fp32, device)
+                  for loss in ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss")]
+    if family in ("all", "embedding"):
+        cases += [
+            EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device),
+            EmbeddingCase("cosine_embedding_loss", (4096, 512), fp32, device),
+            EmbeddingCase("margin_ranking_loss", 2**20, fp32, device),
+            EmbeddingCase("hinge_embedding_loss", 2**20, fp32, device),
+        ]
+    return cases
 
 
-def run_cases(cases, repeats, out=sys.stdout, progress=True):
+def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
+    """Time fastloss and torch on each case (interleaved); on CPU, cheap cases get extra rounds up to
+    `min_seconds` per case (default 0.5 s) because single runs there vary by +-30%."""
     device = cases[0].device
     bw = copy_bandwidth(device) if device.type == "cuda" else None
+    if min_seconds is None:
+        min_seconds = 0.0 if device.type == "cuda" else 0.5
     rows = []
     for i, case in enumerate(cases):
+        if case.function("fastloss") is None:
+            print(f"\rskipping {case.name()}: fastloss.functional has no {case.loss} in this build".ljust(70),
+                  file=sys.stderr, flush=True)
+            continue
         if progress:
             print(f"\r[{i + 1}/{len(cases)}] {case.name()} ...".ljust(70), end="", file=sys.stderr, flush=True)
-        x, t, w = case.inputs()
+        inputs = case.inputs()
         res = {"case": case.name()}
-        for impl in ["fastloss", "torch"]:
-            res[impl] = timeit(case.step(impl, x, t, w), device, repeats=repeats)
+        res.update(compare({impl: case.step(impl, *inputs) for impl in ["fastloss", "torch"]}, device,
+                           repeats=repeats, min_seconds=min_seconds))
         res["speedup"] = res["torch"] / res["fastloss"]
         if bw:
             res["gbps"] = case.min_bytes() / res["fastloss"] / 1e9
             res["bw_frac"] = case.min_bytes() / res["fastloss"] / bw
         rows.append(res)
-        del x, t, w
+        del inputs
     if progress:
         print("\r".ljust(72) + "\r", end="", file=sys.stderr, flush=True)
     return rows, bw
@@ -170,31 +541,131 @@ def format_table(rows, bw, device):
     return "\n".join(lines)
 
 
-def parse_shape(s):
-    r, c = s.lower().split("x")
-    return int(r), int(c)
+# ------------------------------------------------- side by side (the benchmarks/bench_<family>.py scripts)
+def torch_compiled(case):
+    """torch.compile (fullgraph, static shapes) of torch's function with the case's arguments bound.
+    Dynamo's caches are reset first: every case compiles afresh, so cases neither share compiled code
+    nor run into the recompile limit (past it torch.compile silently runs eager)."""
+    torch._dynamo.reset()
+    return torch.compile(case.bound(case.function("torch")), fullgraph=True, dynamic=False)
+
+
+def measure_impls(case, impls, repeats, min_seconds=0.0):
+    """For each implementation (name -> callable on the case's inputs): median forward+backward and
+    forward-only (no_grad) seconds, timed interleaved across the implementations, and on CUDA the peak
+    memory allocated above the steady state during forward+backward. Returns name -> (fwd+bwd s,
+    fwd s, peak extra bytes or None). An implementation that fails is reported on stderr and gets NaN."""
+    inputs = case.inputs()
+    g = case.grad_output(inputs)
+    fb = {n: fwd_bwd(f, inputs, g) for n, f in impls.items()}
+    fo = {n: fwd_only(f, inputs) for n, f in impls.items()}
+    ok = []
+    for n in impls:
+        try:  # the first calls compile (torch.compile) and show whether it runs at all
+            fb[n]()
+            fo[n]()
+            sync(case.device)
+            ok.append(n)
+        except Exception as e:  # noqa: BLE001 - a failing implementation is reported, not fatal
+            print(f"\n  {case.name()}: {n} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+    t_fb = compare({n: fb[n] for n in ok}, case.device, repeats=repeats, min_seconds=min_seconds) if ok else {}
+    t_fo = compare({n: fo[n] for n in ok}, case.device, repeats=repeats, min_seconds=min_seconds) if ok else {}
+    nan = float("nan")
+    res = {n: (t_fb.get(n, nan), t_fo.get(n, nan), peak_extra_memory(fb[n], case.device) if n in ok else None)
+           for n in impls}
+    del inputs, g, fb, fo
+    return res
+
+
+def fastloss_commit():
+    """`git describe`-like commit of the fastloss checkout ('' outside a git checkout)."""
+    import os
+    import subprocess
+    try:
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return head + ("+changes" if head and dirty else "")
+    except Exception:  # noqa: BLE001
+        return ""
+
+
+def side_by_side_markdown(title, device, bw, results, notes=()):
+    """The markdown the benchmarks/ scripts print (and RESULTS.md pastes): a header with device,
+    torch version, date and commit; one row per (case, implementation); notes below.
+    results: list of (case, {impl: (fwd+bwd s, fwd s, peak bytes)}), torch eager among the impls."""
+    import datetime
+    if device.type == "cuda":
+        dev = torch.cuda.get_device_name(device)
+        cuda = f" · CUDA {torch.version.cuda}"
+    else:
+        dev, cuda = f"CPU ({torch.get_num_threads()} threads)", ""
+    commit = fastloss_commit()
+    lines = [f"## {title}, {dev}", "",
+             f"{datetime.date.today().isoformat()} · torch {torch.__version__}{cuda}"
+             + (f" · copy bandwidth {bw / 1e9:.0f} GB/s (read+write)" if bw else "")
+             + (f" · fastloss {commit}" if commit else ""), ""]
+    head = "| case | impl | fwd+bwd ms | fwd ms | fwd+bwd vs torch | fwd vs torch |"
+    sep = "|---|---|---:|---:|---:|---:|"
+    if bw:
+        head += " GB/s (min bytes) | of copy BW | fwd of copy BW | peak extra MiB |"
+        sep += "---:|---:|---:|---:|"
+    lines += [head, sep]
+    for case, res in results:
+        base_fb, base_fo = res["torch"][0], res["torch"][1]
+        for impl, (fb, fo, mem) in res.items():
+            if fb != fb:  # NaN: the implementation failed (reason on stderr)
+                lines.append(f"| {case.name()} | {impl} | failed |" + " - |" * (len(sep.split("|")) - 5))
+                continue
+            row = (f"| {case.name()} | {impl} | {fb * 1e3:.3f} | {fo * 1e3:.3f} | {base_fb / fb:.2f}x |"
+                   f" {base_fo / fo:.2f}x |")
+            if bw:
+                mb, mf = case.min_bytes(backward=True), case.min_bytes(backward=False)
+                row += (f" {mb / fb / 1e9:.0f} | {100 * mb / fb / bw:.0f}% | {100 * mf / fo / bw:.0f}% |"
+                        + (f" {mem / 2**20:.0f} |" if mem is not None else " - |"))
+            lines.append(row)
+    lines.append("")
+    lines += list(notes)
+    return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m fastloss.bench", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--loss", help="comma-separated: cross_entropy,nll_loss (default: the built-in cases)")
-    ap.add_argument("--shape", help="ROWSxCLASSES, e.g. 8192x128256")
+    ap.add_argument("--family", default="all", choices=["all"] + list(FAMILIES),
+                    help="default cases of one family only (default: all)")
+    ap.add_argument("--loss", help="comma-separated loss names, e.g. cross_entropy,nll_loss or mse,smooth_l1 "
+                                   f"(known: {', '.join(LOSS_FAMILY)}; default: the built-in cases)")
+    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss), NxD (triplet, cosine) or the "
+                                    "input's shape / element count (elementwise losses), e.g. 8192x128256, 64M")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")
-    ap.add_argument("--repeats", type=int, default=None, help="timed repetitions (median is reported)")
+    ap.add_argument("--reduction", choices=["mean", "sum", "none"], help="with --loss (default mean)")
+    ap.add_argument("--swap", action="store_true", help="triplet losses: swap=True")
+    ap.add_argument("--repeats", type=int, default=None,
+                    help="timed repetitions (median is reported; on CPU cheap cases get more, up to 0.5 s each)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not fastloss.cuda_built():
         ap.error("this fastloss build has no CUDA kernels")
-    if args.loss or args.shape or args.dtype:
-        losses = (args.loss or "cross_entropy").split(",")
-        rows, classes = parse_shape(args.shape) if args.shape else (
-            (8192, 32000) if device.type == "cuda" else (1024, 32000))
-        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        cases = [Case(l, rows, classes, dtype, device) for l in losses]
+    if args.loss or args.shape or args.dtype or args.reduction or args.swap:
+        try:
+            if args.loss:
+                losses = [loss_name(s) for s in args.loss.split(",")]
+            elif args.family != "all":
+                losses = list(FAMILIES[args.family].losses)
+            else:
+                losses = ["cross_entropy"]
+            shape = parse_shape(args.shape) if args.shape else None
+            dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+            cases = [make_case(l, shape, dtype, device, reduction=args.reduction or "mean",
+                               swap=args.swap and l.startswith("triplet")) for l in losses]
+        except ValueError as e:
+            ap.error(str(e))
     else:
-        cases = default_cases(device)
+        cases = default_cases(device, args.family)
     repeats = args.repeats or (20 if device.type == "cuda" else 5)
     rows, bw = run_cases(cases, repeats)
     print(format_table(rows, bw, device))

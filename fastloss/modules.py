@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from . import functional as F
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
-           "HingeEmbeddingLoss"]
+           "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss"]
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -65,3 +65,28 @@ class HingeEmbeddingLoss(nn.HingeEmbeddingLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.hinge_embedding_loss(input, target, margin=self.margin, reduction=self.reduction)
+
+
+class TripletMarginLoss(nn.TripletMarginLoss):
+    __doc__ = nn.TripletMarginLoss.__doc__
+
+    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, eps=self.eps,
+                                     swap=self.swap, reduction=self.reduction)
+
+
+class TripletMarginWithDistanceLoss(nn.TripletMarginWithDistanceLoss):
+    __doc__ = nn.TripletMarginWithDistanceLoss.__doc__
+
+    def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
+        # torch's module stores nn.PairwiseDistance() when given None: functional fuses that one too
+        return F.triplet_margin_with_distance_loss(anchor, positive, negative,
+                                                   distance_function=self.distance_function, margin=self.margin,
+                                                   swap=self.swap, reduction=self.reduction)
+
+
+class CosineEmbeddingLoss(nn.CosineEmbeddingLoss):
+    __doc__ = nn.CosineEmbeddingLoss.__doc__
+
+    def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
+        return F.cosine_embedding_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)

@@ -8,6 +8,9 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <torch/autograd.h>
+
+#include <array>
 #include <cstdint>
 
 namespace fastloss {
@@ -25,6 +28,27 @@ namespace fastloss {
 // no second gradient-sized buffer. Otherwise (retain_graph, tracing, fake or functional tensors)
 // it is out of place.
 at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner);
+
+// The backward of a loss whose forward may already have written some gradients (grad_now): for each
+// input j that needs one, out[j] is its saved buffer scaled by grad_loss when now[j], else it is left
+// to the family's backward op -- the returned mask.
+template <size_t N>
+std::array<bool, N> take_fused_grads(const std::array<bool, N>& need, const std::array<bool, N>& now,
+                                     const at::Tensor* saved_grads, const at::Tensor& grad_loss,
+                                     torch::autograd::variable_list& out) {
+  std::array<bool, N> rest{};
+  for (size_t j = 0; j < N; ++j) {
+    if (need[j] && now[j]) out[j] = scale_saved_grad(saved_grads[j], grad_loss, 1, 1);
+    rest[j] = need[j] && !now[j];
+  }
+  return rest;
+}
+
+inline bool any_of(const bool* m, size_t n) {
+  for (size_t j = 0; j < n; ++j)
+    if (m[j]) return true;
+  return false;
+}
 
 // Raises when backward runs with grad mode on (create_graph=True): the first derivative comes from
 // a fused kernel and has no derivative of its own.

@@ -54,15 +54,10 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
     // needs_input_grad counts tensor arguments only: a 0, b 1, c 2 (when given)
     const std::array<bool, 3> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    has_c && ctx->needs_input_grad(2)};
-    std::array<bool, 3> rest{false, false, false};
-    for (int j = 0; j < 3; ++j) {
-      if (!need[j]) continue;
-      if (ctx->saved_data["now" + std::to_string(j)].toBool())
-        out[j] = scale_saved_grad(saved[4 + j], grad_loss, 1, 1);
-      else
-        rest[j] = true;
-    }
-    if (rest[0] || rest[1] || rest[2]) {
+    std::array<bool, 3> now{};
+    for (int j = 0; j < 3; ++j) now[j] = ctx->saved_data["now" + std::to_string(j)].toBool();
+    const std::array<bool, 3> rest = take_fused_grads(need, now, &saved[4], grad_loss, out);
+    if (any_of(rest.data(), 3)) {
       const std::optional<Tensor> c = has_c ? std::optional<Tensor>(saved[2]) : std::nullopt;
       auto [ga, gb, gc] = pw_bwd_op().call(grad_loss, saved[0], saved[1], c, ctx->saved_data["kind"].toInt(),
                                            ctx->saved_data["param"].toDouble(), ctx->saved_data["reduction"].toInt(),
