@@ -142,3 +142,39 @@ def test_no_torch_loss_is_called(monkeypatch):
     CE(x, q, weight=w).backward()
     fastloss.functional.nll_loss(x, t).backward()
     assert x.grad is not None and w.grad is not None
+
+
+def _pointwise_and_row_op_cases(device):
+    """The regression / embedding ops, forward with and without gradients in the forward, and their
+    backward ops (which autograd calls for reduction='none')."""
+    ops = torch.ops.fastloss
+    x, y, w = (torch.randn(5, 7, device=device, requires_grad=True) for _ in range(3))
+    xb = torch.randn(33, device=device, dtype=torch.bfloat16)
+    a, p, n = (torch.randn(6, 9, device=device, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    t = torch.tensor([1.0, -1.0, 0.0, 1.0, -1.0, 1.0], device=device, dtype=torch.float64)
+    g = torch.rand(5, 7, device=device)
+    xd, yd, wd, ad, pd, nd = (v.detach() for v in (x, y, w, a, p, n))  # the backward ops are not differentiable
+    return [
+        (ops.pointwise_loss.default, (x, y, None, 1, 0.0, 1, [True, True, False], None)),
+        (ops.pointwise_loss.default, (x, y, w, 3, 0.5, 2, [True, False, True], None)),
+        (ops.pointwise_loss.default, (x, y, None, 2, 0.7, 0, [False, False, False], None)),
+        (ops.pointwise_loss.default, (xb, xb.flip(0), None, 0, 0.0, 1, [False, False, False], torch.float32)),
+        (ops.pointwise_loss.default, (x, y, torch.sign(w.detach()), 4, 0.2, 1, [True, True, True], None)),
+        (ops.pointwise_loss_backward.default, (g[0, 0], xd, yd, wd, 0, 0.0, 1, torch.tensor(0.5, device=device),
+                                               [True, True, True])),
+        (ops.pointwise_loss_backward.default, (g, xd, yd, None, 5, 1.0, 0, g, [True, False, False])),
+        (ops.triplet_margin.default, (a, p, n, 1.0, 2.0, 1e-6, False, 1, [True, True, True], None)),
+        (ops.triplet_margin.default, (a, p, n, 0.5, 3.0, 1e-6, True, 0, [False, False, False], None)),
+        (ops.triplet_margin_backward.default, (torch.rand(6, device=device, dtype=torch.float64), ad, pd, nd, 1.0,
+                                               float("inf"), 1e-6, True, 0, [True, False, True])),
+        (ops.cosine_embedding.default, (a, p, t, 0.1, 2, [True, True], None)),
+        (ops.cosine_embedding_backward.default, (torch.rand(6, device=device, dtype=torch.float64), ad, pd, t, 0.1,
+                                                 0, [True, True])),
+    ]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("case", range(12))
+def test_opcheck_regression_embedding(device, case):
+    op, args = _pointwise_and_row_op_cases(device)[case]
+    torch.library.opcheck(op, args)
