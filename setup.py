@@ -80,7 +80,7 @@ sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/common/*.cpp") +
                  + glob.glob("csrc/autograd/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
 # -fopenmp: at::parallel_for is a header template; without it the OpenMP pragma inside is ignored
 # and every CPU kernel runs on one thread.
-cxx_flags = ["-O3", "-fno-math-errno", "-Wno-psabi", "-fopenmp"]
+cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi", "-fopenmp"]
 link_flags = ["-fopenmp"]
 include_dirs = [os.path.join(ROOT, "csrc")]
 define_macros = []

@@ -6,6 +6,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <vector>
+
 #include "common/common.h"
 #include "common/cpu_reduce.h"
 #include "common/errors.h"
@@ -32,20 +35,85 @@ struct PwIo {
   acc sub;                  // subtracted from d/dc before scaling (weighted-mean weight gradient)
 };
 
+// Elements are processed in tiles: convert the tile's inputs to the accumulate type, evaluate the
+// loss and derivatives into small arrays, then sum / scale / store in separate loops. Every loop
+// is branch-free over its elements, so the compiler vectorizes them; the per-call choices (weight
+// or not, which gradients) are taken once per tile.
+constexpr int64_t kTile = 256;
+
+template <typename scalar_t>
+inline void load_tile(const scalar_t* src, acc_t<scalar_t>* dst, int64_t m) {
+  for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<acc_t<scalar_t>>(src[i]);
+}
+
+template <typename scalar_t>
+inline void store_tile(scalar_t* dst, const acc_t<scalar_t>* v, const acc_t<scalar_t>* k, acc_t<scalar_t> sub,
+                       int64_t m) {
+  for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<scalar_t>((v[i] - sub) * k[i]);
+}
+
+// Runs elements [begin, end); returns the sum of their losses, in a fixed order: lane j of 8
+// accumulates the tile's elements j, j + 8, ..., then the lanes are added pairwise.
 template <PwKind K, typename scalar_t>
-inline acc_t<scalar_t> pw_element(const PwIo<scalar_t>& io, int64_t i) {
+acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
   using acc = acc_t<scalar_t>;
-  const acc c = io.c ? static_cast<acc>(io.c[i]) : acc(1);
-  const PwOut<acc> o = pw_eval<K, acc>(static_cast<acc>(io.a[i]), static_cast<acc>(io.b[i]), c, io.param);
-  if (io.loss_s) io.loss_s[i] = static_cast<scalar_t>(o.loss);
-  if (io.loss_a) io.loss_a[i] = o.loss;
-  acc k = io.gscale;
-  if (io.gl_s) k *= static_cast<acc>(io.gl_s[i]);
-  if (io.gl_a) k *= io.gl_a[i];
-  if (io.g[0]) io.g[0][i] = static_cast<scalar_t>(o.da * k);
-  if (io.g[1]) io.g[1][i] = static_cast<scalar_t>(o.db * k);
-  if (io.g[2]) io.g[2][i] = static_cast<scalar_t>((o.dc - io.sub) * k);
-  return o.loss;
+  acc A[kTile], B[kTile], C[kTile], L[kTile], DA[kTile], DB[kTile], DC[kTile], KK[kTile];
+  acc lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  const bool any_grad = io.g[0] || io.g[1] || io.g[2];
+  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
+    const int64_t m = std::min(kTile, end - t0);
+    load_tile(io.a + t0, A, m);
+    load_tile(io.b + t0, B, m);
+    if (io.c) {
+      load_tile(io.c + t0, C, m);
+    } else {
+      for (int64_t i = 0; i < m; ++i) C[i] = acc(1);
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const PwOut<acc> o = pw_eval<K, acc>(A[i], B[i], C[i], io.param);
+      L[i] = o.loss;
+      DA[i] = o.da;
+      DB[i] = o.db;
+      DC[i] = o.dc;
+    }
+    int64_t i = 0;
+    for (; i + 8 <= m; i += 8)
+      for (int j = 0; j < 8; ++j) lane[j] += L[i + j];
+    for (int j = 0; i + j < m; ++j) lane[j] += L[i + j];
+    if (io.loss_s)
+      for (int64_t e = 0; e < m; ++e) io.loss_s[t0 + e] = static_cast<scalar_t>(L[e]);
+    if (io.loss_a) std::copy(L, L + m, io.loss_a + t0);
+    if (!any_grad) continue;
+    if (io.gl_s) {
+      load_tile(io.gl_s + t0, KK, m);
+      for (int64_t e = 0; e < m; ++e) KK[e] *= io.gscale;
+    } else if (io.gl_a) {
+      for (int64_t e = 0; e < m; ++e) KK[e] = io.gl_a[t0 + e] * io.gscale;
+    } else {
+      for (int64_t e = 0; e < m; ++e) KK[e] = io.gscale;
+    }
+    if (io.g[0]) store_tile(io.g[0] + t0, DA, KK, acc(0), m);
+    if (io.g[1]) store_tile(io.g[1] + t0, DB, KK, acc(0), m);
+    if (io.g[2]) store_tile(io.g[2] + t0, DC, KK, io.sub, m);
+  }
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+
+// All n elements, in parallel over fixed 16384-element chunks; the chunk sums are added in order,
+// so the result does not depend on the thread count.
+template <PwKind K, typename scalar_t>
+acc_t<scalar_t> pw_run(const PwIo<scalar_t>& io, int64_t n) {
+  using acc = acc_t<scalar_t>;
+  constexpr int64_t kChunk = 16384;
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  std::vector<acc> partial(static_cast<size_t>(chunks), acc(0));
+  at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
+    for (int64_t ch = b; ch < e; ++ch)
+      partial[static_cast<size_t>(ch)] = pw_range<K>(io, ch * kChunk, std::min(n, (ch + 1) * kChunk));
+  });
+  acc total = 0;
+  for (acc v : partial) total += v;
+  return total;
 }
 
 template <typename scalar_t>
@@ -97,12 +165,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_loss_cpu(const Tensor& a, c
         loss = at::empty(p.a.sizes(), p.a.options().dtype(p.out_dtype));
         if (p.out_acc) io.loss_a = loss.mutable_data_ptr<acc>();
         else io.loss_s = loss.mutable_data_ptr<scalar_t>();
-        at::parallel_for(0, p.n, 32768, [&](int64_t begin, int64_t end) {
-          for (int64_t i = begin; i < end; ++i) pw_element<K>(io, i);
-        });
+        pw_run<K>(io, p.n);
         return;
       }
-      acc total = fixed_order_sum<acc>(p.n, [&io](int64_t i) { return pw_element<K>(io, i); });
+      acc total = pw_run<K>(io, p.n);
       if (p.reduction == Reduction::Mean) {
         const acc denom = p.by_weight_sum ? weight_sum(p).const_data_ptr<acc>()[0] : static_cast<acc>(p.n);
         total = total / denom;
@@ -148,9 +214,7 @@ std::tuple<Tensor, Tensor, Tensor> pointwise_loss_backward_cpu(const Tensor& gra
     if (p.by_weight_sum && g[2].numel()) io.sub = static_cast<acc>(loss.item<double>());
     dispatch_pw_kind(p.kind, [&](auto kc) {
       constexpr PwKind K = decltype(kc)::value;
-      at::parallel_for(0, p.n, 32768, [&](int64_t begin, int64_t end) {
-        for (int64_t i = begin; i < end; ++i) pw_element<K>(io, i);
-      });
+      pw_run<K>(io, p.n);
     });
   });
   return {g[0], g[1], g[2]};

@@ -40,6 +40,13 @@ C10_HOST_DEVICE inline acc pw_relu(acc u) {
   return u > acc(0) || u != u ? u : acc(0);
 }
 
+// lo if x < lo, hi if x > hi, else x (NaN stays NaN).
+template <typename acc>
+C10_HOST_DEVICE inline acc pw_clamp(acc x, acc lo, acc hi) {
+  const acc y = x < lo ? lo : x;
+  return y > hi ? hi : y;
+}
+
 template <PwKind K, typename acc>
 C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc param) {
   PwOut<acc> o;
@@ -53,13 +60,17 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc param) {
       f = d * d;
       fp = acc(2) * d;
     } else if constexpr (K == PwKind::SmoothL1) {  // param = beta > 0
+      // Both branches computed, then selected: selects of plain values vectorize, a division
+      // inside a ?: does not (it might trap). fp is torch's d < -beta ? -1 : d > beta ? 1 : d/beta.
       const acc z = d < acc(0) ? -d : d;
-      f = z < param ? acc(0.5) * d * d / param : z - acc(0.5) * param;
-      fp = d < -param ? acc(-1) : (d > param ? acc(1) : d / param);
+      const acc quad = acc(0.5) * d * d / param, lin = z - acc(0.5) * param;
+      f = z < param ? quad : lin;
+      fp = pw_clamp(d / param, acc(-1), acc(1));
     } else {  // Huber, param = delta > 0
       const acc z = d < acc(0) ? -d : d;
-      f = z < param ? acc(0.5) * d * d : param * (z - acc(0.5) * param);
-      fp = d < -param ? -param : (d > param ? param : d);
+      const acc quad = acc(0.5) * d * d, lin = param * (z - acc(0.5) * param);
+      f = z < param ? quad : lin;
+      fp = pw_clamp(d, -param, param);
     }
     o.loss = c * f;
     o.da = c * fp;
