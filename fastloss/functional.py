@@ -128,7 +128,7 @@ def _warn_size(input, target):
         )
 
 
-def _pointwise(kind, a, b, c, param, red):
+def _pointwise(kind, a, b, c, param, red, autocast=True):
     """One fused call. With mean/sum the forward also writes the gradients that will be needed (the
     backward then only scales them), except for l1/mse with a weight under 'mean', whose denominator
     sum(weight) is known only at the end of the pass."""
@@ -139,7 +139,7 @@ def _pointwise(kind, a, b, c, param, red):
     grad_mode = torch.is_grad_enabled()
     fused = red != 0 and not (c is not None and kind in (_L1, _MSE) and red == 1)
     grad_now = [fused and grad_mode and t is not None and t.requires_grad for t in (a, b, c)]
-    out_dtype = autocast_out_dtype(a)
+    out_dtype = autocast_out_dtype(a) if autocast else None
     return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype)[0]
 
 
@@ -155,7 +155,13 @@ def _regression(name, kind, input, target, weight, param, red):
         dtype = _floating_common(name, input, target, weight)
     input, target = input.to(dtype), target.to(dtype)
     weight = weight.to(dtype) if weight is not None else None
-    return _pointwise(kind, input, target, weight, param, red)
+    if (weight is not None and red == 1 and kind in (_L1, _MSE)
+            and weight.shape != torch.broadcast_shapes(input.shape, target.shape)):
+        # torch divides by the sum of the weight as given, not of its broadcast: the fused sum over
+        # the broadcast shape, then that one division (rare: the input itself was broadcast)
+        return _pointwise(kind, input, target, weight, param, 2, autocast=False) / weight.sum()
+    # torch's weighted l1/mse are plain tensor ops, which autocast leaves in the input's dtype
+    return _pointwise(kind, input, target, weight, param, red, autocast=weight is None or kind == _HUBER)
 
 
 def l1_loss(
@@ -284,7 +290,7 @@ def _check_same_ndim(anchor, positive, negative):
         )
 
 
-def _triplet(anchor, positive, negative, margin, p, eps, swap, red):
+def _triplet(anchor, positive, negative, margin, p, eps, swap, red, autocast=True):
     """The fused triplet op on broadcast inputs of one floating dtype (rows = all but the last dim)."""
     _check_same_ndim(anchor, positive, negative)
     dtype = _floating_common("triplet_margin_loss", anchor, positive, negative)
@@ -294,7 +300,7 @@ def _triplet(anchor, positive, negative, margin, p, eps, swap, red):
     grad_mode = torch.is_grad_enabled() and red != 0
     grad_now = [grad_mode and t.requires_grad for t in (a, pos, neg)]
     return _ops.triplet_margin(a, pos, neg, float(margin), float(p), float(eps), bool(swap), red, grad_now,
-                               autocast_out_dtype(a))[0]
+                               autocast_out_dtype(a) if autocast else None)[0]
 
 
 def triplet_margin_loss(
@@ -346,10 +352,12 @@ def triplet_margin_with_distance_loss(
     _check_same_ndim(anchor, positive, negative)
     red = _Reduction.get_enum(reduction)
     if distance_function is None:
-        return _triplet(anchor, positive, negative, margin, 2.0, 1e-6, swap, red)
+        # torch composes pairwise_distance etc., which autocast does not upcast
+        return _triplet(anchor, positive, negative, margin, 2.0, 1e-6, swap, red, autocast=False)
     if type(distance_function) is torch.nn.PairwiseDistance and not distance_function.keepdim:
         # what nn.TripletMarginWithDistanceLoss holds by default: the same p-norm distance, fused
-        return _triplet(anchor, positive, negative, margin, distance_function.norm, distance_function.eps, swap, red)
+        return _triplet(anchor, positive, negative, margin, distance_function.norm, distance_function.eps, swap, red,
+                        autocast=False)
     # the documented torch-code path: the user's distance, then torch's own composition
     dist_pos = distance_function(anchor, positive)
     dist_neg = distance_function(anchor, negative)

@@ -185,7 +185,8 @@ struct CosineMath {
     s[2] += o[2];
   }
   C10_HOST_DEVICE Row finish(const acc* s, acc target, acc k) const {
-    const acc m1 = s[1] + acc(1e-12), m2 = s[2] + acc(1e-12);
+    constexpr float kEps = 1e-12f;  // torch's EPSILON is a float: 9.99999996e-13 in float64 too
+    const acc m1 = s[1] + acc(kEps), m2 = s[2] + acc(kEps);
     const acc den = std::sqrt(m1 * m2);
     const acc cos = s[0] / den;
     Row r;

@@ -79,11 +79,11 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc param) {
   } else if constexpr (K == PwKind::MarginRanking) {  // c = target
     const acc diff = a - b;
     const acc u = -c * diff + param;
-    const bool on = u > acc(0);
+    const acc gate = u > acc(0) ? acc(1) : acc(0);  // multiplied, as torch: a NaN operand gives NaN
     o.loss = pw_relu(u);
-    o.da = on ? -c : acc(0);
-    o.db = on ? c : acc(0);
-    o.dc = on ? -diff : acc(0);
+    o.da = -c * gate;
+    o.db = c * gate;
+    o.dc = -diff * gate;
   } else {  // HingeEmbedding: b = target; target != 1 adds max(margin - a, 0), target != -1 adds a
     const acc u = param - a;
     const bool not_pos = b != acc(1), not_neg = b != acc(-1);
