@@ -1,0 +1,127 @@
+"""Embedding losses side by side: fastloss, torch eager and torch.compile.
+
+    python benchmarks/bench_embedding.py [--device cuda] [--quick] [--no-compile]
+        [--loss triplet_margin,cosine_embedding,...] [--dtype fp32,bf16] [--reduction mean,none]
+        [--repeats N] [--out FILE]
+
+triplet_margin_loss (p=2, also swap=True), triplet_margin_with_distance_loss (default distance),
+cosine_embedding_loss (margin 0) on (N, D) rows; margin_ranking_loss (margin 0) and
+hinge_embedding_loss (margin 1) on N elements. Every input requires grad except the +-1 targets
+(which have the inputs' dtype). For each case: forward+backward and forward-only (no_grad)
+medians, the ratio to torch eager, and on CUDA the bandwidth counting the minimal bytes and its
+fraction of the device's measured copy bandwidth, and the peak extra memory of forward+backward.
+
+Minimal bytes (EmbeddingCase.min_bytes; elem = bytes per element):
+  triplet (anchor, positive, negative: N x D):  fwd+bwd 3 reads + 3 gradient writes = 6 N D elem; fwd 3 N D elem
+  cosine (input1, input2: N x D, target: N):    fwd+bwd 4 N D elem + N elem;          fwd 2 N D elem + N elem
+  margin_ranking (input1, input2, target: N):   fwd+bwd 3 reads + 2 writes = 5 N elem; fwd 3 N elem
+  hinge (input, target: N):                      fwd+bwd 2 reads + 1 write  = 3 N elem; fwd 2 N elem
+  reduction='none' adds the per-sample loss written and, with backward, its upstream gradient read.
+Liger-Kernel has no counterpart of these losses, so no peer column. Timing lives here, never in a test.
+The markdown printed is what benchmarks/RESULTS.md pastes.
+"""
+import argparse
+import sys
+
+import torch
+
+from fastloss.bench import (DTYPES, EmbeddingCase, copy_bandwidth, loss_name, measure_impls,
+                            side_by_side_markdown, torch_compiled)
+
+LOSSES = EmbeddingCase.losses
+M = 2**20
+TRIPLET, TRIPLET_D = "triplet_margin_loss", "triplet_margin_with_distance_loss"
+COSINE, RANKING, HINGE = "cosine_embedding_loss", "margin_ranking_loss", "hinge_embedding_loss"
+
+
+def case_specs(device, quick):
+    """(loss, shape, dtype name, reduction, swap) for every case, in print order."""
+    if device.type == "cuda":
+        rows = (65536, 512)  # 128 MB per fp32 input
+        return [
+            (TRIPLET, rows, "fp32", "mean", False), (TRIPLET, rows, "fp32", "mean", True),
+            (TRIPLET, rows, "fp32", "none", False), (TRIPLET, rows, "bf16", "mean", False),
+            (TRIPLET, rows, "bf16", "mean", True), (TRIPLET, (16384, 4096), "fp32", "mean", False),
+            (TRIPLET, (1048576, 64), "fp32", "mean", False), (TRIPLET, (16384, 4096), "bf16", "mean", False),
+            (TRIPLET_D, rows, "fp32", "mean", False), (TRIPLET_D, rows, "bf16", "mean", False),
+            (COSINE, rows, "fp32", "mean", False), (COSINE, rows, "fp32", "none", False),
+            (COSINE, rows, "bf16", "mean", False), (COSINE, (16384, 4096), "fp32", "mean", False),
+            (COSINE, (1048576, 64), "fp32", "mean", False),
+            (RANKING, (16 * M,), "fp32", "mean", False), (RANKING, (16 * M,), "fp32", "none", False),
+            (RANKING, (16 * M,), "bf16", "mean", False), (RANKING, (64 * M,), "fp32", "mean", False),
+            (HINGE, (16 * M,), "fp32", "mean", False), (HINGE, (16 * M,), "fp32", "none", False),
+            (HINGE, (16 * M,), "bf16", "mean", False), (HINGE, (64 * M,), "fp32", "mean", False),
+        ]
+    rows, n = ((1024, 256), (256 * 1024,)) if quick else ((4096, 512), (M,))
+    return [
+        (TRIPLET, rows, "fp32", "mean", False), (TRIPLET, rows, "fp32", "mean", True),
+        (TRIPLET, rows, "fp32", "none", False), (TRIPLET, rows, "bf16", "mean", False),
+        (TRIPLET_D, rows, "fp32", "mean", False),
+        (COSINE, rows, "fp32", "mean", False), (COSINE, rows, "fp32", "none", False),
+        (COSINE, rows, "bf16", "mean", False),
+        (RANKING, n, "fp32", "mean", False), (RANKING, n, "fp32", "none", False), (RANKING, n, "bf16", "mean", False),
+        (HINGE, n, "fp32", "mean", False), (HINGE, n, "fp32", "none", False), (HINGE, n, "bf16", "mean", False),
+    ]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and few repeats (CPU smoke test); torch.compile on each loss's first case only")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile time is long)")
+    ap.add_argument("--loss", help="comma-separated subset, e.g. triplet_margin,hinge_embedding")
+    ap.add_argument("--dtype", help="comma-separated subset of fp32,bf16,fp16,fp64")
+    ap.add_argument("--reduction", help="comma-separated subset of mean,none")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", help="also write the markdown here")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    try:
+        losses = [loss_name(s) for s in args.loss.split(",")] if args.loss else LOSSES
+    except ValueError as e:
+        ap.error(str(e))
+    dtypes = args.dtype.split(",") if args.dtype else list(DTYPES)
+    reductions = args.reduction.split(",") if args.reduction else ["mean", "none"]
+    specs = [s for s in case_specs(dev, args.quick) if s[0] in losses and s[2] in dtypes and s[3] in reductions]
+    if not specs:
+        ap.error("no case left after the filters")
+    if dev.type == "cuda":
+        repeats, min_seconds = args.repeats or (10 if args.quick else 30), 0.0
+    else:  # CPU times vary run to run: interleave, and give cheap cases more rounds
+        repeats, min_seconds = args.repeats or (3 if args.quick else 7), (0.2 if args.quick else 0.5)
+
+    bw = copy_bandwidth(dev) if dev.type == "cuda" else None
+    results, compiled_losses = [], set()
+    for i, (loss, shape, dt, red, swap) in enumerate(specs):
+        case = EmbeddingCase(loss, shape, DTYPES[dt], dev, reduction=red, swap=swap)
+        if case.function("fastloss") is None:
+            print(f"skipping {case.name()}: fastloss.functional has no {loss}", file=sys.stderr)
+            continue
+        impls = {"fastloss": case.bound(case.function("fastloss")), "torch": case.bound(case.function("torch"))}
+        if not args.no_compile and (not args.quick or loss not in compiled_losses):
+            impls["torch.compile"] = torch_compiled(case)
+            compiled_losses.add(loss)
+        print(f"\r[{i + 1}/{len(specs)}] {case.name()} ...".ljust(80), end="", file=sys.stderr, flush=True)
+        results.append((case, measure_impls(case, impls, repeats, min_seconds)))
+    print("\r".ljust(82) + "\r", end="", file=sys.stderr)
+
+    notes = [
+        "forward+backward and forward-only (no_grad) medians; every input requires grad except the +-1 targets;",
+        "triplet p=2 margin 1 (swap where named), triplet_with_distance default distance, cosine margin 0,",
+        "margin_ranking margin 0, hinge margin 1 on inputs in [0, 2). Inputs standard normal.",
+        "Minimal bytes: each input read once, each input gradient written once (fwd: reads only);",
+        "reduction='none' adds the per-sample loss written and, in backward, its upstream gradient read.",
+    ]
+    if args.quick and not args.no_compile:
+        notes.append("--quick: torch.compile measured on each loss's first case only.")
+    text = side_by_side_markdown("embedding losses (triplet_margin, cosine_embedding, margin_ranking, "
+                                 "hinge_embedding)", dev, bw, results, notes)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
