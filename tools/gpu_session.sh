@@ -36,6 +36,9 @@ for what in "${@:-all}"; do
     step bench
     $PY -m fastloss.bench > "$OUT/bench_default.md" 2>/dev/null; cat "$OUT/bench_default.md"
     $PY benchmarks/bench_cross_entropy.py --out "$OUT/bench_cross_entropy.md" 2>"$OUT/bench_ce.err" | tail -40
+    # (48 regression cases, each compiled: split by dtype to stay under the 10-minute call limit)
+    $PY benchmarks/bench_regression.py --dtype fp32,bf16 --out "$OUT/bench_regression.md" 2>"$OUT/bench_reg.err" | tail -40
+    $PY benchmarks/bench_embedding.py --out "$OUT/bench_embedding.md" 2>"$OUT/bench_emb.err" | tail -40
   fi
 done
 step end

@@ -58,8 +58,43 @@ def run():
     fastloss.set_target_validation(False)
     CE(x, torch.tensor([0, -7, 1000, 2], device=dev), reduction="none").sum().backward()
     fastloss.set_target_validation(True)
+    n += pointwise_and_row_cases(dev)
     torch.cuda.synchronize()
     print(f"sanitize cases done: {n + 4} calls", file=sys.stderr)
+
+
+def pointwise_and_row_cases(dev):
+    """Every pointwise kind and both row losses: aligned and misaligned (offset 1) data, odd sizes
+    (vector tails, trailing empty blocks), reductions, fused-forward and backward-op gradients."""
+    Fl = fastloss.functional
+    n = 0
+    for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
+        for size, offset in [(1, 0), (37, 0), (37, 1), (4099, 0), (4099, 1)]:
+            base = torch.randn(3, size + 1, device=dev, dtype=dtype)
+            x = base[0, offset:offset + size].detach().requires_grad_()
+            y = base[1, offset:offset + size].detach().requires_grad_()
+            w = base[2, offset:offset + size].abs().detach().requires_grad_()
+            s = torch.sign(base[2, :size]).detach()
+            for red in ["none", "mean", "sum"]:
+                for loss in [Fl.l1_loss(x, y, reduction=red), Fl.mse_loss(x, y, reduction=red, weight=w),
+                             Fl.smooth_l1_loss(x, y, reduction=red, beta=0.5),
+                             Fl.huber_loss(x, y, reduction=red, delta=0.7, weight=w),
+                             Fl.margin_ranking_loss(x, y, s, margin=0.1, reduction=red),
+                             Fl.hinge_embedding_loss(x, s, reduction=red)]:
+                    loss.backward(torch.rand_like(loss))
+                    n += 1
+        for rows, D in [(1, 1), (5, 33), (9, 512), (3, 2050)]:
+            a, p, q = (torch.randn(rows, D, device=dev, dtype=dtype, requires_grad=True) for _ in range(3))
+            for red in ["none", "mean"]:
+                for pn, swap in [(2.0, False), (1.0, True), (float("inf"), True), (1.5, False)]:
+                    loss = Fl.triplet_margin_loss(a, p, q, p=pn, swap=swap, reduction=red)
+                    loss.backward(torch.rand_like(loss))
+                    n += 1
+                t = torch.tensor([1.0, -1.0, 0.0] * rows, device=dev)[:rows]
+                loss = Fl.cosine_embedding_loss(a, p, t, margin=0.1, reduction=red)
+                loss.backward(torch.rand_like(loss))
+                n += 1
+    return n
 
 
 if __name__ == "__main__":
