@@ -12,6 +12,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 
 namespace fastloss {
 
@@ -28,6 +29,19 @@ namespace fastloss {
 // no second gradient-sized buffer. Otherwise (retain_graph, tracing, fake or functional tensors)
 // it is out of place.
 at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner);
+
+// Which gradients the forward wrote (grad_now), kept in the context for backward.
+template <size_t N>
+void save_now(torch::autograd::AutogradContext* ctx, const std::array<bool, N>& now) {
+  for (size_t j = 0; j < N; ++j) ctx->saved_data["now" + std::to_string(j)] = now[j];
+}
+
+template <size_t N>
+std::array<bool, N> load_now(torch::autograd::AutogradContext* ctx) {
+  std::array<bool, N> now{};
+  for (size_t j = 0; j < N; ++j) now[j] = ctx->saved_data["now" + std::to_string(j)].toBool();
+  return now;
+}
 
 // The backward of a loss whose forward may already have written some gradients (grad_now): for each
 // input j that needs one, out[j] is its saved buffer scaled by grad_loss when now[j], else it is left

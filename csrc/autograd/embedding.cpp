@@ -29,18 +29,6 @@ FASTLOSS_OP(triplet_bwd_op, "fastloss::triplet_margin_backward", TripletBwdSig)
 FASTLOSS_OP(cosine_op, "fastloss::cosine_embedding", CosineSig)
 FASTLOSS_OP(cosine_bwd_op, "fastloss::cosine_embedding_backward", CosineBwdSig)
 
-template <size_t N>
-void save_now(AutogradContext* ctx, const std::array<bool, N>& now) {
-  for (size_t j = 0; j < N; ++j) ctx->saved_data["now" + std::to_string(j)] = now[j];
-}
-
-template <size_t N>
-std::array<bool, N> load_now(AutogradContext* ctx) {
-  std::array<bool, N> now{};
-  for (size_t j = 0; j < N; ++j) now[j] = ctx->saved_data["now" + std::to_string(j)].toBool();
-  return now;
-}
-
 class TripletFn : public torch::autograd::Function<TripletFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& pos, const Tensor& neg,

@@ -39,7 +39,7 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
     ctx->saved_data["param"] = param;
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["has_c"] = c.has_value() && c->defined();
-    for (int j = 0; j < 3; ++j) ctx->saved_data["now" + std::to_string(j)] = grad_now[j];
+    save_now(ctx, grad_now);
     ctx->save_for_backward({a, b, c.value_or(Tensor()), loss, ga, gb, gc});
     return {loss, ga, gb, gc};
   }
@@ -54,9 +54,7 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
     // needs_input_grad counts tensor arguments only: a 0, b 1, c 2 (when given)
     const std::array<bool, 3> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    has_c && ctx->needs_input_grad(2)};
-    std::array<bool, 3> now{};
-    for (int j = 0; j < 3; ++j) now[j] = ctx->saved_data["now" + std::to_string(j)].toBool();
-    const std::array<bool, 3> rest = take_fused_grads(need, now, &saved[4], grad_loss, out);
+    const std::array<bool, 3> rest = take_fused_grads(need, load_now<3>(ctx), &saved[4], grad_loss, out);
     if (any_of(rest.data(), 3)) {
       const std::optional<Tensor> c = has_c ? std::optional<Tensor>(saved[2]) : std::nullopt;
       auto [ga, gb, gc] = pw_bwd_op().call(grad_loss, saved[0], saved[1], c, ctx->saved_data["kind"].toInt(),

@@ -11,29 +11,13 @@
 
 #include "common/common.h"
 #include "common/cpu_reduce.h"
-#include "common/errors.h"
-#include "ops/pointwise.h"
+#include "ops/pointwise_ops.h"
 
 namespace fastloss {
 namespace cpu {
 namespace {
 
 using at::Tensor;
-
-// Pointers of one call; null = absent / not wanted.
-template <typename scalar_t>
-struct PwIo {
-  using acc = acc_t<scalar_t>;
-  const scalar_t *a, *b, *c;
-  acc param;
-  scalar_t* loss_s;  // per-element loss, input dtype
-  acc* loss_a;       // per-element loss, accumulate dtype (autocast)
-  scalar_t* g[3];
-  acc gscale;               // constant factor of every gradient (forward: 1/n or 1)
-  const scalar_t* gl_s;     // per-element grad_loss (backward, 'none')
-  const acc* gl_a;
-  acc sub;                  // subtracted from d/dc before scaling (weighted-mean weight gradient)
-};
 
 // Elements are processed in tiles: convert the tile's inputs to the accumulate type, evaluate the
 // loss and derivatives into small arrays, then sum / scale / store in separate loops. Every loop
@@ -60,6 +44,8 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
   acc A[kTile], B[kTile], C[kTile], L[kTile], DA[kTile], DB[kTile], DC[kTile], KK[kTile];
   acc lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   const bool any_grad = io.g[0] || io.g[1] || io.g[2];
+  const acc k0 = io.gscale * (io.kdev ? *io.kdev : acc(1));
+  const acc sub = io.sub ? *io.sub : acc(0);
   for (int64_t t0 = begin; t0 < end; t0 += kTile) {
     const int64_t m = std::min(kTile, end - t0);
     load_tile(io.a + t0, A, m);
@@ -86,15 +72,15 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
     if (!any_grad) continue;
     if (io.gl_s) {
       load_tile(io.gl_s + t0, KK, m);
-      for (int64_t e = 0; e < m; ++e) KK[e] *= io.gscale;
+      for (int64_t e = 0; e < m; ++e) KK[e] *= k0;
     } else if (io.gl_a) {
-      for (int64_t e = 0; e < m; ++e) KK[e] = io.gl_a[t0 + e] * io.gscale;
+      for (int64_t e = 0; e < m; ++e) KK[e] = io.gl_a[t0 + e] * k0;
     } else {
-      for (int64_t e = 0; e < m; ++e) KK[e] = io.gscale;
+      for (int64_t e = 0; e < m; ++e) KK[e] = k0;
     }
     if (io.g[0]) store_tile(io.g[0] + t0, DA, KK, acc(0), m);
     if (io.g[1]) store_tile(io.g[1] + t0, DB, KK, acc(0), m);
-    if (io.g[2]) store_tile(io.g[2] + t0, DC, KK, io.sub, m);
+    if (io.g[2]) store_tile(io.g[2] + t0, DC, KK, sub, m);
   }
   return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
 }
@@ -116,116 +102,45 @@ acc_t<scalar_t> pw_run(const PwIo<scalar_t>& io, int64_t n) {
   return total;
 }
 
-template <typename scalar_t>
-PwIo<scalar_t> make_io(const PwPlan& p, double param) {
-  PwIo<scalar_t> io{};
-  io.a = p.a.const_data_ptr<scalar_t>();
-  io.b = p.b.const_data_ptr<scalar_t>();
-  io.c = p.c.defined() ? p.c.const_data_ptr<scalar_t>() : nullptr;
-  io.param = static_cast<acc_t<scalar_t>>(param);
-  io.gscale = 1;
-  return io;
-}
-
-template <typename scalar_t>
-void set_grads(PwIo<scalar_t>& io, const std::array<Tensor, 3>& g) {
-  for (int j = 0; j < 3; ++j) io.g[j] = g[j].numel() ? g[j].mutable_data_ptr<scalar_t>() : nullptr;
-}
-
-Tensor weight_sum(const PwPlan& p) {
-  Tensor w = at::empty({1}, p.a.options().dtype(acc_dtype(p.a.scalar_type())));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.c.scalar_type(), "fastloss_weight_sum_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const scalar_t* c = p.c.const_data_ptr<scalar_t>();
-    w.mutable_data_ptr<acc>()[0] = fixed_order_sum<acc>(p.n, [c](int64_t i) { return static_cast<acc>(c[i]); });
-  });
-  return w;
-}
-
-std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_loss_cpu(const Tensor& a, const Tensor& b,
-                                                              const c10::optional<Tensor>& c, int64_t kind,
-                                                              double param, int64_t reduction,
-                                                              std::array<bool, 3> grad_now,
-                                                              c10::optional<c10::ScalarType> out_dtype) {
-  const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, out_dtype);
-  const bool any_grad = grad_now[0] || grad_now[1] || grad_now[2];
-  TORCH_CHECK(!any_grad || (p.reduction != Reduction::None && !p.by_weight_sum), pw_name(p.kind),
-              ": grad_now needs reduction mean or sum (and, for l1/mse with a weight, sum)");
-  std::array<Tensor, 3> g{pw_grad_buffer(p, grad_now[0]), pw_grad_buffer(p, grad_now[1]),
-                          pw_grad_buffer(p, grad_now[2] && p.c.defined())};
-  Tensor loss;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.a.scalar_type(), "fastloss_pointwise_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    PwIo<scalar_t> io = make_io<scalar_t>(p, param);
-    set_grads(io, g);
-    if (p.reduction == Reduction::Mean) io.gscale = acc(1) / static_cast<acc>(p.n);
-    dispatch_pw_kind(p.kind, [&](auto kc) {
-      constexpr PwKind K = decltype(kc)::value;
-      if (p.reduction == Reduction::None) {
-        loss = at::empty(p.a.sizes(), p.a.options().dtype(p.out_dtype));
-        if (p.out_acc) io.loss_a = loss.mutable_data_ptr<acc>();
-        else io.loss_s = loss.mutable_data_ptr<scalar_t>();
-        pw_run<K>(io, p.n);
-        return;
-      }
-      acc total = pw_run<K>(io, p.n);
-      if (p.reduction == Reduction::Mean) {
-        const acc denom = p.by_weight_sum ? weight_sum(p).const_data_ptr<acc>()[0] : static_cast<acc>(p.n);
-        total = total / denom;
-      }
-      loss = at::scalar_tensor(static_cast<double>(total), p.a.options().dtype(p.out_dtype));
+// The device half of PointwiseOps (ops/pointwise_ops.h).
+struct CpuPointwise {
+  // sum(c) in the accumulate type, as a one-element tensor (fixed-order sum).
+  static Tensor weight_sum(const PwPlan& p) {
+    Tensor w = at::empty({1}, p.a.options().dtype(acc_dtype(p.a.scalar_type())));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.c.scalar_type(), "fastloss_weight_sum_cpu", [&] {
+      using acc = acc_t<scalar_t>;
+      const scalar_t* c = p.c.const_data_ptr<scalar_t>();
+      w.mutable_data_ptr<acc>()[0] = fixed_order_sum<acc>(p.n, [c](int64_t i) { return static_cast<acc>(c[i]); });
     });
-  });
-  return {loss, g[0], g[1], g[2]};
-}
-
-std::tuple<Tensor, Tensor, Tensor> pointwise_loss_backward_cpu(const Tensor& grad_loss, const Tensor& a,
-                                                               const Tensor& b, const c10::optional<Tensor>& c,
-                                                               int64_t kind, double param, int64_t reduction,
-                                                               const Tensor& loss, std::array<bool, 3> mask) {
-  const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, c10::nullopt);
-  const char* op = pw_name(p.kind);
-  check_same_device(a, "input", grad_loss, "grad_loss", op);
-  std::array<Tensor, 3> g{pw_grad_buffer(p, mask[0]), pw_grad_buffer(p, mask[1]),
-                          pw_grad_buffer(p, mask[2] && p.c.defined())};
-  if (p.n == 0) return {g[0], g[1], g[2]};
-  Tensor gl, wsum, single;
-  if (p.reduction == Reduction::None) {
-    TORCH_CHECK(grad_loss.numel() == p.n, op, ": grad_loss must have ", num(p.n), " elements, got ",
-                num(grad_loss.numel()));
-    gl = grad_loss.contiguous();
-  } else {
-    TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must have 1 element, got ", num(grad_loss.numel()));
-    if (p.by_weight_sum) wsum = weight_sum(p);
-    single = pw_single_factor(p, grad_loss, wsum);
+    return w;
   }
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.a.scalar_type(), "fastloss_pointwise_bwd_cpu", [&] {
+
+  template <typename scalar_t>
+  static void forward(const PwPlan& p, const PwIo<scalar_t>& io, const Tensor& loss, const Tensor& wsum) {
     using acc = acc_t<scalar_t>;
-    PwIo<scalar_t> io = make_io<scalar_t>(p, param);
-    set_grads(io, g);
-    if (single.defined()) io.gscale = single.const_data_ptr<acc>()[0];
-    if (gl.defined()) {
-      TORCH_CHECK(gl.scalar_type() == p.a.scalar_type() || gl.scalar_type() == acc_dtype(p.a.scalar_type()), op,
-                  ": grad_loss must have the input's dtype or ", acc_dtype(p.a.scalar_type()), ", got ",
-                  gl.scalar_type());
-      if (gl.scalar_type() == p.a.scalar_type()) io.gl_s = gl.const_data_ptr<scalar_t>();
-      else io.gl_a = gl.const_data_ptr<acc>();
-    }
-    if (p.by_weight_sum && g[2].numel()) io.sub = static_cast<acc>(loss.item<double>());
     dispatch_pw_kind(p.kind, [&](auto kc) {
-      constexpr PwKind K = decltype(kc)::value;
-      pw_run<K>(io, p.n);
+      acc total = pw_run<decltype(kc)::value>(io, p.n);
+      if (p.reduction == Reduction::None) return;
+      if (p.reduction == Reduction::Mean)
+        total = total / (wsum.defined() ? wsum.const_data_ptr<acc>()[0] : static_cast<acc>(p.n));
+      loss.fill_(static_cast<double>(total));
     });
-  });
-  return {g[0], g[1], g[2]};
-}
+  }
+
+  template <typename scalar_t>
+  static void backward(const PwPlan& p, const PwIo<scalar_t>& io) {
+    dispatch_pw_kind(p.kind, [&](auto kc) { pw_run<decltype(kc)::value>(io, p.n); });
+  }
+};
+
+using Ops = PointwiseOps<CpuPointwise>;
 
 }  // namespace
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
-  m.impl("pointwise_loss", &cpu::pointwise_loss_cpu);
-  m.impl("pointwise_loss_backward", &cpu::pointwise_loss_backward_cpu);
+  m.impl("pointwise_loss", &cpu::Ops::forward);
+  m.impl("pointwise_loss_backward", &cpu::Ops::backward);
 }
 
 }  // namespace fastloss

@@ -100,6 +100,26 @@ inline bool pw_mean_by_weight_sum(PwKind k, bool has_c) {
   return has_c && (k == PwKind::L1 || k == PwKind::MSE);
 }
 
+// The pointers of one kernel call, filled on the host by make_pw_io (ops/pointwise_ops.h) and read
+// by both devices' loops; null = absent / not wanted.
+template <typename scalar_t>
+struct PwIo {
+  using acc = acc_t<scalar_t>;
+  const scalar_t *a, *b, *c;  // c null: 1
+  acc param;
+  int64_t n, per;             // elements; elements per CUDA block (a multiple of 8)
+  scalar_t* loss_s;           // per-element loss in the input dtype ('none'), or null
+  acc* loss_a;                // per-element loss in the accumulate dtype (autocast), or null
+  acc* partial;               // one sum per CUDA block (mean/sum), or null
+  scalar_t* g[3];             // gradients, null = not wanted
+  acc gscale;                 // constant gradient factor (forward: 1/n or 1)
+  const acc* kdev;            // gradient factor in the tensors' memory (backward mean/sum), or null
+  const scalar_t* gl_s;       // per-element grad_loss (backward 'none'), or null
+  const acc* gl_a;            // the same in the accumulate dtype (autocast), or null
+  const acc* sub;             // subtracted from d/dc before scaling (weighted-mean weight gradient), or null
+  bool vec;                   // CUDA: every pointer 16-byte aligned
+};
+
 PwKind to_pw_kind(int64_t kind);
 const char* pw_name(PwKind k);
 
