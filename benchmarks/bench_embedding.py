@@ -20,13 +20,7 @@ Minimal bytes (EmbeddingCase.min_bytes; elem = bytes per element):
 Liger-Kernel has no counterpart of these losses, so no peer column. Timing lives here, never in a test.
 The markdown printed is what benchmarks/RESULTS.md pastes.
 """
-import argparse
-import sys
-
-import torch
-
-from fastloss.bench import (DTYPES, EmbeddingCase, copy_bandwidth, loss_name, measure_impls,
-                            side_by_side_markdown, torch_compiled)
+from fastloss.bench import DTYPES, EmbeddingCase, side_by_side_main
 
 LOSSES = EmbeddingCase.losses
 M = 2**20
@@ -64,63 +58,24 @@ def case_specs(device, quick):
     ]
 
 
+NOTES = [
+    "forward+backward and forward-only (no_grad) medians; every input requires grad except the +-1 targets;",
+    "triplet p=2 margin 1 (swap where named), triplet_with_distance default distance, cosine margin 0,",
+    "margin_ranking margin 0, hinge margin 1 on inputs in [0, 2). Inputs standard normal.",
+    "Minimal bytes: each input read once, each input gradient written once (fwd: reads only);",
+    "reduction='none' adds the per-sample loss written and, in backward, its upstream gradient read.",
+]
+
+
+def build(spec, device):
+    loss, shape, dtype, reduction = spec[:4]
+    return EmbeddingCase(loss, shape, DTYPES[dtype], device, reduction=reduction, swap=spec[4])
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--quick", action="store_true",
-                    help="small sizes and few repeats (CPU smoke test); torch.compile on each loss's first case only")
-    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile time is long)")
-    ap.add_argument("--loss", help="comma-separated subset, e.g. triplet_margin,hinge_embedding")
-    ap.add_argument("--dtype", help="comma-separated subset of fp32,bf16,fp16,fp64")
-    ap.add_argument("--reduction", help="comma-separated subset of mean,none")
-    ap.add_argument("--repeats", type=int, default=None)
-    ap.add_argument("--out", help="also write the markdown here")
-    args = ap.parse_args(argv)
-    dev = torch.device(args.device)
-    try:
-        losses = [loss_name(s) for s in args.loss.split(",")] if args.loss else LOSSES
-    except ValueError as e:
-        ap.error(str(e))
-    dtypes = args.dtype.split(",") if args.dtype else list(DTYPES)
-    reductions = args.reduction.split(",") if args.reduction else ["mean", "none"]
-    specs = [s for s in case_specs(dev, args.quick) if s[0] in losses and s[2] in dtypes and s[3] in reductions]
-    if not specs:
-        ap.error("no case left after the filters")
-    if dev.type == "cuda":
-        repeats, min_seconds = args.repeats or (10 if args.quick else 30), 0.0
-    else:  # CPU times vary run to run: interleave, and give cheap cases more rounds
-        repeats, min_seconds = args.repeats or (3 if args.quick else 7), (0.2 if args.quick else 0.5)
-
-    bw = copy_bandwidth(dev) if dev.type == "cuda" else None
-    results, compiled_losses = [], set()
-    for i, (loss, shape, dt, red, swap) in enumerate(specs):
-        case = EmbeddingCase(loss, shape, DTYPES[dt], dev, reduction=red, swap=swap)
-        if case.function("fastloss") is None:
-            print(f"skipping {case.name()}: fastloss.functional has no {loss}", file=sys.stderr)
-            continue
-        impls = {"fastloss": case.bound(case.function("fastloss")), "torch": case.bound(case.function("torch"))}
-        if not args.no_compile and (not args.quick or loss not in compiled_losses):
-            impls["torch.compile"] = torch_compiled(case)
-            compiled_losses.add(loss)
-        print(f"\r[{i + 1}/{len(specs)}] {case.name()} ...".ljust(80), end="", file=sys.stderr, flush=True)
-        results.append((case, measure_impls(case, impls, repeats, min_seconds)))
-    print("\r".ljust(82) + "\r", end="", file=sys.stderr)
-
-    notes = [
-        "forward+backward and forward-only (no_grad) medians; every input requires grad except the +-1 targets;",
-        "triplet p=2 margin 1 (swap where named), triplet_with_distance default distance, cosine margin 0,",
-        "margin_ranking margin 0, hinge margin 1 on inputs in [0, 2). Inputs standard normal.",
-        "Minimal bytes: each input read once, each input gradient written once (fwd: reads only);",
-        "reduction='none' adds the per-sample loss written and, in backward, its upstream gradient read.",
-    ]
-    if args.quick and not args.no_compile:
-        notes.append("--quick: torch.compile measured on each loss's first case only.")
-    text = side_by_side_markdown("embedding losses (triplet_margin, cosine_embedding, margin_ranking, "
-                                 "hinge_embedding)", dev, bw, results, notes)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    side_by_side_main(argv, __doc__, case_specs, build,
+                      "embedding losses (triplet_margin, cosine_embedding, margin_ranking, hinge_embedding)", NOTES,
+                      "triplet_margin,hinge_embedding")
 
 
 if __name__ == "__main__":

@@ -259,16 +259,12 @@ class CrossEntropyCase(LossCase):
 Case = CrossEntropyCase  # the name benchmarks/bench_cross_entropy.py (and older scripts) use
 
 
-class RegressionCase(LossCase):
-    """l1 / mse / smooth_l1 / huber: input (requires grad) and target (does not), same shape."""
+class ShapedCase(LossCase):
+    """A case whose inputs are described by one shape (an int is a 1-D shape)."""
 
-    family = "regression"
-    losses = ("l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss")
-
-    def __init__(self, loss, shape, dtype, device, reduction="mean", beta=1.0, delta=1.0):
+    def __init__(self, loss, shape, dtype, device, reduction="mean"):
         super().__init__(loss, dtype, device, reduction)
         self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
-        self.beta, self.delta = beta, delta
 
     @property
     def numel(self):
@@ -279,6 +275,17 @@ class RegressionCase(LossCase):
 
     def shape_label(self):
         return fmt_shape(self.shape)
+
+
+class RegressionCase(ShapedCase):
+    """l1 / mse / smooth_l1 / huber: input (requires grad) and target (does not), same shape."""
+
+    family = "regression"
+    losses = ("l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss")
+
+    def __init__(self, loss, shape, dtype, device, reduction="mean", beta=1.0, delta=1.0):
+        super().__init__(loss, shape, dtype, device, reduction)
+        self.beta, self.delta = beta, delta
 
     def extras(self):
         if self.loss == "smooth_l1_loss" and self.beta != 1.0:
@@ -309,7 +316,7 @@ class RegressionCase(LossCase):
         return n * e * (2 + (1 if backward else 0) + ((1 + (1 if backward else 0)) if self.reduction == "none" else 0))
 
 
-class EmbeddingCase(LossCase):
+class EmbeddingCase(ShapedCase):
     """The embedding family.
     triplet_margin_loss, triplet_margin_with_distance_loss (default distance): anchor, positive,
         negative (N, D), all requiring grad.
@@ -324,8 +331,7 @@ class EmbeddingCase(LossCase):
     ROW_LOSSES = ("triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss")
 
     def __init__(self, loss, shape, dtype, device, reduction="mean", swap=False, margin=None, p=2.0):
-        super().__init__(loss, dtype, device, reduction)
-        self.shape = (shape,) if isinstance(shape, int) else tuple(shape)
+        super().__init__(loss, shape, dtype, device, reduction)
         if loss in self.ROW_LOSSES and len(self.shape) != 2:
             raise ValueError(f"{loss}: shape must be NxD, got {self.shape}")
         if swap and not loss.startswith("triplet"):
@@ -333,16 +339,6 @@ class EmbeddingCase(LossCase):
         if p != 2.0 and loss != "triplet_margin_loss":
             raise ValueError(f"{loss} has no p argument")
         self.swap, self.margin, self.p = swap, margin, p
-
-    @property
-    def numel(self):
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    def shape_label(self):
-        return fmt_shape(self.shape)
 
     def extras(self):
         return "".join([f" p{self.p:g}" if self.p != 2.0 else "", " swap" if self.swap else "",
@@ -629,6 +625,62 @@ def side_by_side_markdown(title, device, bw, results, notes=()):
     lines.append("")
     lines += list(notes)
     return "\n".join(lines)
+
+
+def side_by_side_main(argv, doc, specs_fn, build, title, notes, loss_example):
+    """The command line of the benchmarks/ side-by-side scripts: filters, timing of fastloss, torch
+    eager and torch.compile per case, and the markdown table (printed, and written with --out).
+    specs_fn(device, quick) -> [(loss, shape, dtype name, reduction, ...)]; build(spec, device) -> case."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--quick", action="store_true",
+                    help="small sizes and few repeats (CPU smoke test); torch.compile on each loss's first case only")
+    ap.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile time is long)")
+    ap.add_argument("--loss", help=f"comma-separated subset, e.g. {loss_example}")
+    ap.add_argument("--dtype", help="comma-separated subset of fp32,bf16,fp16,fp64")
+    ap.add_argument("--reduction", help="comma-separated subset of mean,none")
+    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--out", help="also write the markdown here")
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    try:
+        losses = [loss_name(s) for s in args.loss.split(",")] if args.loss else None
+    except ValueError as e:
+        ap.error(str(e))
+    dtypes = args.dtype.split(",") if args.dtype else list(DTYPES)
+    reductions = args.reduction.split(",") if args.reduction else ["mean", "none"]
+    specs = [s for s in specs_fn(dev, args.quick)
+             if (losses is None or s[0] in losses) and s[2] in dtypes and s[3] in reductions]
+    if not specs:
+        ap.error("no case left after the filters")
+    if dev.type == "cuda":
+        repeats, min_seconds = args.repeats or (10 if args.quick else 30), 0.0
+    else:  # CPU times vary run to run: interleave, and give cheap cases more rounds
+        repeats, min_seconds = args.repeats or (3 if args.quick else 7), (0.2 if args.quick else 0.5)
+
+    bw = copy_bandwidth(dev) if dev.type == "cuda" else None
+    results, compiled_losses = [], set()
+    for i, spec in enumerate(specs):
+        case = build(spec, dev)
+        if case.function("fastloss") is None:
+            print(f"skipping {case.name()}: fastloss.functional has no {case.loss}", file=sys.stderr)
+            continue
+        impls = {"fastloss": case.bound(case.function("fastloss")), "torch": case.bound(case.function("torch"))}
+        if not args.no_compile and (not args.quick or case.loss not in compiled_losses):
+            impls["torch.compile"] = torch_compiled(case)
+            compiled_losses.add(case.loss)
+        print(f"\r[{i + 1}/{len(specs)}] {case.name()} ...".ljust(80), end="", file=sys.stderr, flush=True)
+        results.append((case, measure_impls(case, impls, repeats, min_seconds)))
+    print("\r".ljust(82) + "\r", end="", file=sys.stderr)
+
+    notes = list(notes)
+    if args.quick and not args.no_compile:
+        notes.append("--quick: torch.compile measured on each loss's first case only.")
+    text = side_by_side_markdown(title, dev, bw, results, notes)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
 
 
 def main(argv=None):
