@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "common/cuda/block_reduce.cuh"
+#include "common/cuda/target_check.cuh"
 #include "common/errors.h"
 #include "common/options.h"
 #include "cuda/cross_entropy_launch.cuh"
@@ -54,52 +55,6 @@ __global__ void __launch_bounds__(kSumThreads) class_target_kernel(const target_
   s = block_sum<kSumThreads>(s, scratch);
   if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
-
-// The host side of target validation. begin() queues a copy of the first invalid position into
-// pinned host memory and an event right after the small target kernel; the caller then launches the
-// main kernel, and finish() waits on that event only -- the host blocks for the target check, never
-// for the loss kernel, so the GPU stays busy. Skipped inside CUDA graph capture and when turned off
-// (fastloss.set_target_validation): the kernels never index out of bounds either way.
-class TargetCheck {
- public:
-  void begin(const Tensor& first_bad, cudaStream_t stream) {
-    active_ = option(Option::ValidateTargets) && !capturing();
-    if (!active_) return;
-    Slot& s = slot(first_bad.get_device());
-    C10_CUDA_CHECK(cudaMemcpyAsync(s.host, first_bad.const_data_ptr<int64_t>(), sizeof(int64_t),
-                                   cudaMemcpyDeviceToHost, stream));
-    C10_CUDA_CHECK(cudaEventRecord(s.event, stream));
-    slot_ = &s;
-  }
-  void finish(const Tensor& target, int64_t C, int64_t ignore_index, const char* op) {
-    if (!active_) return;
-    C10_CUDA_CHECK(cudaEventSynchronize(slot_->event));
-    const int64_t pos = *slot_->host;
-    if (pos == std::numeric_limits<int64_t>::max()) return;
-    raise_target_out_of_bounds(op, target.reshape({-1})[pos].item<int64_t>(), C, ignore_index, pos);
-  }
-
- private:
-  struct Slot {
-    int64_t* host = nullptr;  // pinned
-    cudaEvent_t event = nullptr;
-  };
-  static bool capturing() {
-    return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-  }
-  static Slot& slot(int device) {  // one per thread and device, created once, never freed
-    thread_local std::vector<Slot> slots;
-    if (device >= static_cast<int>(slots.size())) slots.resize(device + 1);
-    Slot& s = slots[device];
-    if (!s.host) {
-      C10_CUDA_CHECK(cudaHostAlloc(reinterpret_cast<void**>(&s.host), sizeof(int64_t), cudaHostAllocDefault));
-      C10_CUDA_CHECK(cudaEventCreateWithFlags(&s.event, cudaEventDisableTiming));
-    }
-    return s;
-  }
-  bool active_ = false;
-  Slot* slot_ = nullptr;
-};
 
 // Launches class_target_kernel + the final sum: returns (denominator tensor, first_bad tensor).
 template <typename acc, typename target_t>
@@ -185,7 +140,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cuda(const Tensor& input, const
       launch_ce<scalar_t, target_t, false>(p, device, stream);
       Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1),
                                      out_dtype.value_or(dtype), pl.row_shape, stream);
-      check.finish(tgt, pl.classes, ignore_index, op);
+      if (const int64_t bad = check.finish(); bad >= 0)
+        raise_target_out_of_bounds(op, tgt.reshape({-1})[bad].item<int64_t>(), pl.classes, ignore_index, bad);
       return std::make_tuple(loss, grad, lse);
     };
     return dispatch_class_target(tgt.scalar_type(), run);
@@ -304,7 +260,8 @@ std::tuple<Tensor, Tensor> nll_loss_cuda(const Tensor& input, const Tensor& targ
       }
       Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1),
                                      out_dtype.value_or(dtype), pl.row_shape, stream);
-      check.finish(tgt, pl.classes, ignore_index, op);
+      if (const int64_t bad = check.finish(); bad >= 0)
+        raise_target_out_of_bounds(op, tgt.reshape({-1})[bad].item<int64_t>(), pl.classes, ignore_index, bad);
       return std::make_tuple(loss, denom);
     };
     return dispatch_class_target(tgt.scalar_type(), run);
