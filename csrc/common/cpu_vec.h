@@ -27,6 +27,11 @@ struct VecOps {
   // bfloat16 <-> float32 (round to nearest even, NaN kept NaN)
   void (*bf16_to_f32)(const uint16_t* in, int64_t n, float* out);
   void (*f32_to_bf16)(const float* in, int64_t n, uint16_t* out);
+  // out_s = log(exp(x0_s) + exp(x1_s) + exp(x2_s + mask_s)) + add_s (mask 0 or -inf): a CTC alpha/beta step
+  void (*ctc_lse3)(const float* x0, const float* x1, const float* x2, const float* mask, const float* add,
+                   int64_t n, float* out);
+  // out_i = exp(x_i + y_i + shift) (y may be null), any argument range
+  void (*exp_add)(const float* x, const float* y, float shift, int64_t n, float* out);
   const char* isa;
 };
 
