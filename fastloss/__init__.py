@@ -11,16 +11,17 @@ from ._registrations import grad_scale as _grad_scale_registration  # noqa: F401
 from ._registrations import cross_entropy as _cross_entropy_registration  # noqa: F401
 from ._registrations import pointwise as _pointwise_registration  # noqa: F401
 from ._registrations import embedding as _embedding_registration  # noqa: F401
+from ._registrations import ctc as _ctc_registration  # noqa: F401
 from . import functional  # noqa: E402
 from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
                       MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
-                      CosineEmbeddingLoss)
+                      CosineEmbeddingLoss, CTCLoss)
 
 __version__ = "0.1.0"
 
 __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss",
            "MarginRankingLoss", "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss",
-           "CosineEmbeddingLoss", "cuda_built", "set_target_validation"]
+           "CosineEmbeddingLoss", "CTCLoss", "cuda_built", "set_target_validation"]
 
 
 def cuda_built() -> bool:

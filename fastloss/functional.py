@@ -14,7 +14,8 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from ._registrations._common import autocast_out_dtype
 
 __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
-           "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss"]
+           "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
+           "ctc_loss"]
 
 _ops = torch.ops.fastloss
 
@@ -411,3 +412,53 @@ def cosine_embedding_loss(
     grad_mode = torch.is_grad_enabled() and red != 0
     grad_now = [grad_mode and x1.requires_grad, grad_mode and x2.requires_grad]
     return _ops.cosine_embedding(x1, x2, target, float(margin), red, grad_now, autocast_out_dtype(x1))[0]
+
+
+def _lengths(x, name):
+    """input_lengths / target_lengths as torch takes them (list, tuple or integer tensor, on any
+    device; a Python int for one sample): an integer tensor; values are read on the host by the op."""
+    if isinstance(x, Tensor):
+        return x
+    if isinstance(x, int):
+        return torch.tensor([x], dtype=torch.int64)
+    if isinstance(x, (list, tuple)):
+        if not all(isinstance(v, int) or (isinstance(v, Tensor) and v.numel() == 1) for v in x):
+            raise TypeError(f"fastloss.ctc_loss: {name} must be a list/tuple of ints or an integer tensor, got {x!r}")
+        return torch.tensor([int(v) for v in x], dtype=torch.int64)
+    raise TypeError(f"fastloss.ctc_loss: {name} must be a list/tuple of ints or an integer tensor, "
+                    f"got {type(x).__name__}")
+
+
+def ctc_loss(
+    log_probs: Tensor,
+    targets: Tensor,
+    input_lengths,
+    target_lengths,
+    blank: int = 0,
+    reduction: str = "mean",
+    zero_infinity: bool = False,
+) -> Tensor:
+    """torch.nn.functional.ctc_loss, fused: one op computes the alpha recursion, the loss and, when
+    log_probs requires grad, the beta recursion and the gradient (backward only scales it). Also takes
+    bfloat16/float16 log_probs (accumulated in float32), and refuses illegal targets and lengths."""
+    if has_torch_function_variadic(log_probs, targets, input_lengths, target_lengths):
+        return handle_torch_function(ctc_loss, (log_probs, targets, input_lengths, target_lengths), log_probs,
+                                     targets, input_lengths, target_lengths, blank=blank, reduction=reduction,
+                                     zero_infinity=zero_infinity)
+    red = _Reduction.get_enum(reduction)
+    batched = log_probs.dim() == 3
+    if log_probs.dim() == 2:  # unbatched (T, C): targets (S,), one length each
+        log_probs = log_probs.unsqueeze(1)
+        if targets.dim() != 1:
+            raise RuntimeError(f"fastloss.ctc_loss: unbatched log_probs (T, C) take 1-D targets (S,), got shape "
+                               f"{tuple(targets.shape)}")
+        targets = targets.unsqueeze(0)
+    il = _lengths(input_lengths, "input_lengths")
+    tl = _lengths(target_lengths, "target_lengths")
+    if autocast_out_dtype(log_probs) is not None:
+        log_probs = log_probs.float()  # torch's autocast policy for ctc_loss: computed and returned in float32
+    grad_now = torch.is_grad_enabled() and log_probs.requires_grad
+    loss, _ = _ops.ctc_loss(log_probs, targets, il, tl, blank, red, zero_infinity, grad_now)
+    if not batched and red == 0:
+        loss = loss.squeeze(0)
+    return loss

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from . import functional as F
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
-           "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss"]
+           "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss", "CTCLoss"]
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -90,3 +90,11 @@ class CosineEmbeddingLoss(nn.CosineEmbeddingLoss):
 
     def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
         return F.cosine_embedding_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
+
+
+class CTCLoss(nn.CTCLoss):
+    __doc__ = nn.CTCLoss.__doc__
+
+    def forward(self, log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
+        return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=self.blank,
+                          reduction=self.reduction, zero_infinity=self.zero_infinity)
