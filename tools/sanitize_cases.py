@@ -59,6 +59,7 @@ def run():
     CE(x, torch.tensor([0, -7, 1000, 2], device=dev), reduction="none").sum().backward()
     fastloss.set_target_validation(True)
     n += pointwise_and_row_cases(dev)
+    n += ctc_cases(dev)
     torch.cuda.synchronize()
     print(f"sanitize cases done: {n + 4} calls", file=sys.stderr)
 
@@ -95,6 +96,40 @@ def pointwise_and_row_cases(dev):
                 loss.backward(torch.rand_like(loss))
                 n += 1
     return n
+
+
+def ctc_cases(dev):
+    """ctc_loss: every dtype, padded and concatenated targets, repeats, target length 0, input length 0,
+    impossible samples, K = 1 and K = 2 states per thread (2S+1 > 1024), and a bad device target
+    (checked, then unchecked: NaN, no out-of-bounds read)."""
+    ctc = fastloss.functional.ctc_loss
+    n = 0
+    for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
+        for T, N, C, S in [(1, 1, 2, 1), (7, 3, 5, 3), (40, 4, 33, 12), (20, 2, 7, 600)]:
+            lp = torch.randn(T, N, C, device=dev, dtype=torch.float32).log_softmax(-1).to(dtype).requires_grad_()
+            tg = torch.randint(1, C, (N, S), device=dev)
+            tg[0, 1:] = tg[0, :-1].clone()  # repeats
+            il = torch.randint(0, T + 1, (N,))
+            tl = torch.randint(0, S + 1, (N,))
+            il[0], tl[-1] = T, 0
+            for red in ["none", "mean", "sum"]:
+                for zi in [False, True]:
+                    loss = ctc(lp, tg, il, tl, reduction=red, zero_infinity=zi)
+                    loss.backward(torch.rand_like(loss))
+                    flat = torch.cat([tg[i, :tl[i]] for i in range(N)])
+                    ctc(lp, flat, il.to(dev), tl.to(dev), reduction=red, zero_infinity=zi).sum().backward()
+                    n += 2
+    lp = torch.randn(5, 2, 4, device=dev).log_softmax(-1).requires_grad_()
+    bad = torch.tensor([[1, 9], [0, 2]], device=dev)
+    try:
+        ctc(lp, bad, [5, 5], [2, 2])
+        raise SystemExit("an out-of-range CTC target was accepted")
+    except IndexError:
+        pass
+    fastloss.set_target_validation(False)
+    ctc(lp, bad, [5, 5], [2, 2]).backward()
+    fastloss.set_target_validation(True)
+    return n + 2
 
 
 if __name__ == "__main__":

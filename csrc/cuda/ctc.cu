@@ -1,0 +1,365 @@
+// CUDA kernels of ctc_loss (schema and plan in ops/ctc.cpp, conventions in ops/ctc.h).
+//
+// 1. ctc_recursion_kernel, grid (N, 1 or 3): block (n, 0) runs the alpha recursion of sample n over all
+//    its time steps in one launch (one state per thread, K states per thread for long targets; the
+//    previous row in shared memory, one barrier per step) and writes nll[n]; with the gradient wanted,
+//    block (n, 1) runs the beta recursion backward in time at the same time, and both store their rows
+//    (N, T, 2S+1) for step 2, and block (n, 2) links the states of repeated labels. The log_probs
+//    each state needs (its label's column) are loaded kPrefetch steps ahead so the global-load
+//    latency leaves the sequential chain.
+// 2. ctc_grad_kernel, one block per (t, n) row: writes exp(lp[t, n, :]) * f for every class, then
+//    overwrites the target's classes with (exp(lp) - sum of occupancies) * f. Occupancies of one label
+//    are summed by the one thread that owns its first state, along a precomputed chain of its
+//    repeats; the blank's by a fixed-order block reduction. No atomics: bitwise deterministic.
+// 3. ctc_loss_out_kernel: the per-sample losses to the output (none), or their mean/sum in a fixed order.
+// Moves: log_probs gathered by label in step 1 (2S+1 values per t and sample, twice), read once more
+// and the gradient written once in step 2, plus the alpha/beta rows (8 * T * (2S+1) bytes per sample
+// in float32) written once and read once.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <limits>
+
+#include "common/cuda/block_reduce.cuh"
+#include "common/cuda/target_check.cuh"
+#include "common/errors.h"
+#include "ops/ctc.h"
+
+namespace fastloss {
+namespace cuda {
+namespace {
+
+using at::Tensor;
+
+constexpr int kPrefetch = 4;
+constexpr int kGradThreads = 128;
+// link[n][s] chains the states of one label: the next state with the same label (-1: none). A state
+// whose label already occurred (and every blank) stores -(next + 3) instead, so only a chain's head
+// reads >= -1 and its owner sums the chain.
+__host__ __device__ __forceinline__ int32_t encode_link(bool head, int32_t next) { return head ? next : -(next + 3); }
+__host__ __device__ __forceinline__ int32_t link_next(int32_t v) { return v >= -1 ? v : -v - 3; }
+
+template <typename acc>
+__device__ __forceinline__ acc ninf() {
+  return -std::numeric_limits<acc>::infinity();
+}
+
+template <typename acc>
+__device__ __forceinline__ acc lse3(acc a, acc b, acc c) {
+  if (a != a || b != b || c != c) return a + b + c;
+  acc m = a > b ? a : b;
+  m = m > c ? m : c;
+  if (m == ninf<acc>()) return m;
+  return m + log(exp(a - m) + exp(b - m) + exp(c - m));
+}
+
+struct Sample {
+  int64_t Tn, L, off;
+};
+
+__device__ __forceinline__ Sample sample_of(const int64_t* meta, int64_t N, int64_t n) {
+  return {meta[n], meta[N + n], meta[2 * N + n]};
+}
+
+// Label of state s (blank for even s); an invalid label is recorded in first_bad and read as blank.
+template <typename target_t>
+__device__ __forceinline__ int64_t label_of(const target_t* tg, const Sample& S, int64_t s, int64_t C, int64_t blank,
+                                            unsigned long long* first_bad) {
+  if ((s & 1) == 0 || s >= 2 * S.L + 1) return blank;
+  const int64_t pos = S.off + (s - 1) / 2;
+  const int64_t v = static_cast<int64_t>(tg[pos]);
+  if (ctc_label_ok(v, C, blank)) return v;
+  if (first_bad) atomicMin(first_bad, static_cast<unsigned long long>(pos));
+  return -1;
+}
+
+template <typename scalar_t, typename target_t, int K>
+__global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg,
+                                     const int64_t* __restrict__ meta, int64_t T, int64_t N, int64_t C, int64_t blank,
+                                     int64_t W, acc_t<scalar_t>* alpha_tab, acc_t<scalar_t>* beta_tab,
+                                     int32_t* link, acc_t<scalar_t>* nll, unsigned long long* first_bad) {
+  using acc = acc_t<scalar_t>;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  acc* rows = reinterpret_cast<acc*>(smem_raw);  // 2 rows of W + 2: alpha at [2, 2 + W), beta at [0, W)
+  const int64_t n = blockIdx.x;
+  const bool backward = blockIdx.y == 1;
+  const Sample S = sample_of(meta, N, n);
+  const int64_t Sp = 2 * S.L + 1;
+  const int64_t R = W + 2;
+  if (blockIdx.y == 2) {  // the chains of repeated labels, for the gradient kernel, beside the recursions
+    for (int64_t s = threadIdx.x; s < W; s += blockDim.x) {
+      int32_t v = encode_link(false, -1);
+      if ((s & 1) && s < Sp) {
+        const int64_t l = label_of(tg, S, s, C, blank, nullptr);
+        bool head = true;
+        for (int64_t q = 1; q < s && head; q += 2) head = label_of(tg, S, q, C, blank, nullptr) != l;
+        int32_t next = -1;
+        for (int64_t q = s + 2; q < Sp && next < 0; q += 2)
+          if (label_of(tg, S, q, C, blank, nullptr) == l) next = static_cast<int32_t>(q);
+        v = encode_link(head, next);
+      }
+      link[n * W + s] = v;
+    }
+    return;
+  }
+  for (int64_t i = threadIdx.x; i < 2 * R; i += blockDim.x) rows[i] = ninf<acc>();
+
+  // this thread's states, their labels and whether the skip transition is allowed
+  int64_t lab[K];
+  bool skip[K];
+  bool bad = false;
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
+    const int64_t l = label_of(tg, S, s, C, blank, backward ? nullptr : first_bad);
+    bad |= l < 0;
+    lab[j] = l < 0 ? blank : l;
+    skip[j] = false;
+    if ((s & 1) && s < Sp) {
+      const int64_t other = backward ? s + 2 : s - 2;  // alpha: from s - 2; beta: from s + 2
+      if (other >= 1 && other < Sp) {
+        const int64_t lo = label_of(tg, S, other, C, blank, nullptr);
+        skip[j] = lo != l;
+      }
+    }
+  }
+  bad = __syncthreads_or(bad);  // also orders the -inf fill before the first row
+  const int64_t Tn = S.Tn;
+  if (Tn == 0 || bad) {
+    if (!backward && threadIdx.x == 0)
+      nll[n] = bad ? std::numeric_limits<acc>::quiet_NaN() : (S.L == 0 ? -acc(0) : -ninf<acc>());
+    return;
+  }
+  acc* tab = backward ? beta_tab : alpha_tab;
+  const int64_t stride_t = N * C;
+  auto lp_at = [&](int64_t t, int64_t l) -> acc { return load_acc(lp, t * stride_t + n * C + l); };
+  auto store = [&](int64_t t, int64_t s, acc v) {
+    if (tab) tab[(n * T + t) * W + s] = v;
+  };
+  const int base = backward ? 0 : 2;  // where state 0 sits in a row
+
+  // first step: t = 0 (alpha) or t = Tn - 1 (beta)
+  const int64_t t_first = backward ? Tn - 1 : 0;
+  acc* cur = rows + (t_first & 1) * R;
+#pragma unroll
+  for (int j = 0; j < K; ++j) {
+    const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
+    if (s >= Sp) continue;
+    const bool start = backward ? (s == Sp - 1 || (S.L > 0 && s == Sp - 2)) : (s == 0 || (S.L > 0 && s == 1));
+    const acc v = start ? lp_at(t_first, lab[j]) : ninf<acc>();
+    cur[base + s] = v;
+    store(t_first, s, v);
+  }
+
+  // the remaining Tn - 1 steps, label columns prefetched kPrefetch steps ahead
+  acc pre[kPrefetch][K];
+  const int64_t dir = backward ? -1 : 1;
+#pragma unroll
+  for (int d = 0; d < kPrefetch; ++d)
+#pragma unroll
+    for (int j = 0; j < K; ++j) {
+      const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
+      const int64_t k = 1 + d;  // step index (1 .. Tn - 1)
+      pre[d][j] = (s < Sp && k < Tn) ? lp_at(t_first + dir * k, lab[j]) : acc(0);
+    }
+  __syncthreads();
+  for (int64_t k0 = 1; k0 < Tn; k0 += kPrefetch) {
+#pragma unroll
+    for (int d = 0; d < kPrefetch; ++d) {
+      const int64_t k = k0 + d;
+      if (k >= Tn) break;  // uniform over the block
+      const int64_t t = t_first + dir * k;
+      const acc* prev = rows + ((t - dir) & 1) * R;
+      acc* out = rows + (t & 1) * R;
+#pragma unroll
+      for (int j = 0; j < K; ++j) {
+        const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
+        if (s >= Sp) continue;
+        acc v;
+        if (backward) v = lse3(prev[s], prev[s + 1], skip[j] ? prev[s + 2] : ninf<acc>());
+        else v = lse3(prev[s + 2], prev[s + 1], skip[j] ? prev[s] : ninf<acc>());
+        v += pre[d][j];
+        out[base + s] = v;
+        store(t, s, v);
+        const int64_t kn = k + kPrefetch;
+        if (kn < Tn) pre[d][j] = lp_at(t_first + dir * kn, lab[j]);
+      }
+      __syncthreads();
+    }
+  }
+  if (!backward && threadIdx.x == 0) {
+    const acc* last = rows + ((Tn - 1) & 1) * R + 2;
+    acc r;
+    if (S.L == 0) {
+      r = -last[0];
+    } else {  // torch's final log-sum-exp of the two end states
+      const acc a = last[Sp - 1], b = last[Sp - 2];
+      acc m = a > b ? a : b;
+      if (m == ninf<acc>()) m = 0;
+      r = -(log(exp(a - m) + exp(b - m)) + m);
+    }
+    nll[n] = r;
+  }
+}
+
+template <typename scalar_t, typename target_t>
+__global__ void __launch_bounds__(kGradThreads)
+    ctc_grad_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg, const int64_t* __restrict__ meta,
+                    int64_t N, int64_t C, int64_t blank, int64_t W, const acc_t<scalar_t>* __restrict__ alpha_tab,
+                    const acc_t<scalar_t>* __restrict__ beta_tab, const int32_t* __restrict__ link,
+                    const acc_t<scalar_t>* __restrict__ nll, int64_t T, bool mean, bool zero_infinity,
+                    scalar_t* __restrict__ grad) {
+  using acc = acc_t<scalar_t>;
+  __shared__ acc scratch[kGradThreads / 32 + 1];
+  const int64_t r = blockIdx.x;  // row (t, n) of the (T, N, C) layout
+  const int64_t t = r / N, n = r % N;
+  const Sample S = sample_of(meta, N, n);
+  const scalar_t* x = lp + r * C;
+  scalar_t* g = grad + r * C;
+  const acc nl = nll[n];
+  if (t >= S.Tn || !(nl < -ninf<acc>())) {  // past the input length; or an impossible alignment / NaN
+    // torch's exp(lse + nll - lp) is NaN in every class then (0 with zero_infinity for an inf loss)
+    const acc v = (t >= S.Tn || (zero_infinity && nl == -ninf<acc>())) ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
+    for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, v);
+    return;
+  }
+  const acc f = mean ? acc(1) / acc(S.L > 1 ? S.L : 1) / acc(N) : acc(1);
+  for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, exp(load_acc(x, c)) * f);
+
+  const int64_t Sp = 2 * S.L + 1;
+  const acc* a = alpha_tab + (n * T + t) * W;
+  const acc* b = beta_tab + (n * T + t) * W;
+  const acc lpb = load_acc(x, blank);
+  auto occ = [&](int64_t s, acc lpl) { return exp(a[s] + b[s] + nl - lpl); };
+  acc blank_sum = 0;  // fixed order: thread's states in turn, then the block tree
+  for (int64_t s = 2 * threadIdx.x; s < Sp; s += 2 * kGradThreads) blank_sum += occ(s, lpb);
+  blank_sum = block_sum<kGradThreads>(blank_sum, scratch);  // its barriers order the row writes above
+  for (int64_t s = 2 * threadIdx.x + 1; s < Sp; s += 2 * kGradThreads) {
+    const int32_t v = link[n * W + s];
+    if (v < -1) continue;  // not the first state of its label
+    const int64_t l = static_cast<int64_t>(tg[S.off + (s - 1) / 2]);
+    if (!ctc_label_ok(l, C, blank)) continue;  // reported by the recursion kernel; never indexed
+    const acc lpl = load_acc(x, l);
+    acc sum = occ(s, lpl);
+    for (int32_t q = v; q >= 0; q = link_next(link[n * W + q])) sum += occ(q, lpl);
+    store_acc(g, l, (exp(lpl) - sum) * f);
+  }
+  if (threadIdx.x == 0) store_acc(g, blank, (exp(lpb) - blank_sum) * f);
+}
+
+// The per-sample losses (zero_infinity applied) to `out`: as they are for reduction none, else their
+// sum or mean (each divided by its target length clamped to 1), summed by one thread in sample order.
+template <typename scalar_t>
+__global__ void ctc_loss_out_kernel(const acc_t<scalar_t>* __restrict__ nll, const int64_t* __restrict__ meta,
+                                    int64_t N, int reduction, bool zero_infinity, scalar_t* __restrict__ out) {
+  using acc = acc_t<scalar_t>;
+  auto loss = [&](int64_t n) {
+    const acc v = nll[n];
+    return zero_infinity && v == -ninf<acc>() ? acc(0) : v;
+  };
+  if (reduction == static_cast<int>(Reduction::None)) {
+    for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x)
+      store_acc(out, n, loss(n));
+    return;
+  }
+  if (blockIdx.x != 0 || threadIdx.x != 0) return;
+  const bool mean = reduction == static_cast<int>(Reduction::Mean);
+  acc s = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int64_t L = meta[N + n];
+    s += mean ? loss(n) / acc(L > 1 ? L : 1) : loss(n);
+  }
+  store_acc(out, 0, mean ? s / acc(N) : s);
+}
+
+template <typename scalar_t, typename target_t, int K>
+void launch_recursion(const CtcPlan& p, const int64_t* meta, int64_t W, int threads, size_t smem, bool grad,
+                      acc_t<scalar_t>* alpha, acc_t<scalar_t>* beta, int32_t* link, acc_t<scalar_t>* nll,
+                      unsigned long long* first_bad, cudaStream_t stream) {
+  auto kernel = ctc_recursion_kernel<scalar_t, target_t, K>;
+  if (smem > 48 * 1024)
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
+  const dim3 grid(static_cast<unsigned>(p.N), grad ? 3 : 1);  // y: alpha, beta, label chains
+  kernel<<<grid, threads, smem, stream>>>(p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
+                                          meta, p.T, p.N, p.C, p.blank, W, alpha, beta, link, nll, first_bad);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& targets, const Tensor& input_lengths,
+                                         const Tensor& target_lengths, int64_t blank, int64_t reduction,
+                                         bool zero_infinity, bool grad_now) {
+  const CtcPlan p = plan_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity);
+  const c10::cuda::CUDAGuard guard(p.log_probs.device());
+  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+  const auto dev = p.log_probs.device();
+  const auto adt = acc_dtype(p.log_probs.scalar_type());
+  const int64_t W = 2 * p.max_target + 1;  // states per row
+  const Tensor meta = p.meta.to(dev, /*non_blocking=*/true);
+  Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
+                          p.log_probs.options());
+  Tensor grad = grad_now ? at::empty_like(p.log_probs) : at::empty({0}, p.log_probs.options());
+  Tensor nll = at::empty({p.N}, p.log_probs.options().dtype(adt));
+  Tensor alpha, beta, link;
+  if (grad_now) {
+    alpha = at::empty({p.N, p.T, W}, nll.options());
+    beta = at::empty({p.N, p.T, W}, nll.options());
+    link = at::empty({p.N, W}, nll.options().dtype(at::kInt));
+  }
+  Tensor first_bad;
+  if (!p.targets_checked) first_bad = at::full({}, std::numeric_limits<int64_t>::max(), meta.options());
+
+  // K states per thread: the fewest that fit the states of the longest target into 1024 threads
+  int K = 1;
+  while (K < 8 && W > int64_t(K) * 1024) K *= 2;
+  TORCH_CHECK(W <= int64_t(K) * 1024, "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, "
+              "got ", num(p.max_target));
+  const int threads = static_cast<int>(std::min<int64_t>(1024, ((W + K - 1) / K + 31) / 32 * 32));
+  const size_t smem = 2 * static_cast<size_t>(W + 2) * (adt == at::kDouble ? 8 : 4);
+  TORCH_CHECK(smem <= static_cast<size_t>(device_info(dev.index()).smem_optin), "fastloss.ctc_loss: targets of ",
+              num(p.max_target), " labels need more shared memory than this GPU offers");
+
+  TargetCheck check;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.log_probs.scalar_type(), "fastloss_ctc_cuda", [&] {
+    using acc = acc_t<scalar_t>;
+    auto run = [&](auto tag) {
+      using target_t = decltype(tag);
+      acc* ap = grad_now ? alpha.mutable_data_ptr<acc>() : nullptr;
+      acc* bp = grad_now ? beta.mutable_data_ptr<acc>() : nullptr;
+      int32_t* lk = grad_now ? link.mutable_data_ptr<int32_t>() : nullptr;
+      auto* fb = first_bad.defined() ? reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>())
+                                     : nullptr;
+      const int64_t* mp = meta.const_data_ptr<int64_t>();
+      acc* np = nll.mutable_data_ptr<acc>();
+      switch (K) {
+        case 1: launch_recursion<scalar_t, target_t, 1>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream); break;
+        case 2: launch_recursion<scalar_t, target_t, 2>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream); break;
+        case 4: launch_recursion<scalar_t, target_t, 4>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream); break;
+        default: launch_recursion<scalar_t, target_t, 8>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream);
+      }
+      if (first_bad.defined()) check.begin(first_bad, stream);
+      if (grad_now) {
+        ctc_grad_kernel<scalar_t, target_t><<<static_cast<unsigned>(p.T * p.N), kGradThreads, 0, stream>>>(
+            p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), mp, p.N, p.C, p.blank, W,
+            ap, bp, lk, np, p.T, p.reduction == Reduction::Mean, p.zero_infinity, grad.mutable_data_ptr<scalar_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+      const int out_blocks = p.reduction == Reduction::None ? static_cast<int>(std::min<int64_t>((p.N + 255) / 256, 1024)) : 1;
+      ctc_loss_out_kernel<scalar_t><<<out_blocks, 256, 0, stream>>>(np, mp, p.N, static_cast<int>(p.reduction),
+                                                                   p.zero_infinity, loss.mutable_data_ptr<scalar_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (p.targets.scalar_type() == at::kInt) run(int32_t{});
+    else run(int64_t{});
+  });
+  if (const int64_t bad = check.finish(); bad >= 0)
+    raise_bad_ctc_target(p, bad, p.targets[bad].item<int64_t>());
+  return {loss, grad};
+}
+
+}  // namespace
+}  // namespace cuda
+
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) { m.impl("ctc_loss", &cuda::ctc_loss_cuda); }
+
+}  // namespace fastloss
