@@ -178,3 +178,30 @@ def _pointwise_and_row_op_cases(device):
 def test_opcheck_regression_embedding(device, case):
     op, args = _pointwise_and_row_op_cases(device)[case]
     torch.library.opcheck(op, args)
+
+
+def _ctc_op_cases(device):
+    """ctc_loss: padded / concatenated (CPU int32) targets, every reduction, zero_infinity with an
+    impossible sample, bfloat16, and the no-gradient form (grad_now False: an empty grad)."""
+    ops = torch.ops.fastloss
+    lp = torch.randn(7, 3, 5, device=device).log_softmax(-1).requires_grad_()
+    lp64 = torch.randn(6, 2, 4, device=device, dtype=torch.float64).log_softmax(-1).requires_grad_()
+    lpb = torch.randn(7, 3, 5, device=device).log_softmax(-1).bfloat16().requires_grad_()
+    padded = torch.tensor([[1, 2, 2], [3, 4, 1], [1, 1, 1]], device=device)
+    concat = torch.tensor([1, 2, 2, 3, 4, 1], dtype=torch.int32)
+    il, tl = torch.tensor([7, 6, 4]), torch.tensor([3, 2, 1])
+    return [
+        (ops.ctc_loss.default, (lp, padded, il, tl, 0, 1, False, True)),
+        (ops.ctc_loss.default, (lp, concat, il, tl, 0, 0, False, True)),
+        (ops.ctc_loss.default, (lp64, torch.tensor([[1, 1], [2, 0]], device=device), torch.tensor([6, 1]),
+                                torch.tensor([2, 2]), 3, 2, True, True)),  # sample 1 cannot align: 0
+        (ops.ctc_loss.default, (lpb, padded, il, torch.tensor([3, 0, 1], dtype=torch.int32), 0, 2, False, True)),
+        (ops.ctc_loss.default, (lp.detach(), padded, il, tl, 0, 1, False, False)),
+    ]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("case", range(5))
+def test_opcheck_ctc(device, case):
+    op, args = _ctc_op_cases(device)[case]
+    torch.library.opcheck(op, args)
