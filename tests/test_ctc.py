@@ -405,7 +405,7 @@ LONG = [
 @pytest.mark.parametrize("T,N,C,S,blank,dtype,raw,reduction", LONG, ids=str)
 def test_long_sequences(device, T, N, C, S, blank, dtype, raw, reduction):
     """Long inputs and targets (losses in the thousands): within the dtype tolerance (grown with T) of
-    torch's float64 result (float32 gradients: at least as close as torch's float32); concatenated
+    torch's float64 result (float32 gradients: 10x closer than torch's own float32); concatenated
     targets bitwise equal to padded ones."""
     lp = make_log_probs(T, N, C, dtype, device, raw)
     targets = make_targets(N, S, C, blank)
@@ -421,18 +421,17 @@ def test_long_sequences(device, T, N, C, S, blank, dtype, raw, reduction):
     assert loss.dtype == dtype and g.dtype == dtype
     assert torch.isfinite(ref).all()
     assert_loss_close(loss, ref, dtype, f"loss {reduction}", T)
-    if dtype == torch.float32:
-        # Log-space float32 recursions (torch's and fastloss's alike) round alpha and beta at their size,
-        # ~T log C here, and the occupancies exp(alpha + beta + nll - lp) inherit that error: at T = 1000
-        # both are ~2e-3 off in the gradient. The bar: as close to float64 as torch's own float32.
+    assert_grad_close(g, ref_g, dtype, f"grad {reduction}", T, lp)
+    if dtype == torch.float32 and not raw:
+        # torch's float32 rounds alpha and beta at their size (~T log C) and its occupancies inherit
+        # that (~3e-3 off at T = 1000); fastloss keeps each row relative to its maximum (offsets in
+        # double): the claim is a gradient at least 10x closer to float64 than torch's float32.
         xt = lp.detach().cpu().requires_grad_()
         lt = F.ctc_loss(xt, targets.cpu(), il, tl, blank=blank, reduction=reduction)
         gt, = torch.autograd.grad(lt, xt, go.cpu().to(dtype))
         err = (g.detach().cpu().double() - ref_g).abs().max().item()
         err_torch = (gt.double() - ref_g).abs().max().item()
-        assert err <= 1.5 * err_torch + 1e-6, f"grad {reduction}: error {err:.3g} vs torch float32's {err_torch:.3g}"
-    else:
-        assert_grad_close(g, ref_g, dtype, f"grad {reduction}", T, lp)
+        assert err <= 0.1 * err_torch, f"grad {reduction}: error {err:.3g} vs torch float32's {err_torch:.3g}"
     assert (g[il[-1]:, -1] == 0).all()
     l2, g2 = run_ours(lp, concat(targets, tl), il, tl, blank=blank, reduction=reduction, grad_out=go)
     assert torch.equal(l2, loss.detach()) and torch.equal(g2, g), "concatenated targets differ from padded"

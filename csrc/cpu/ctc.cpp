@@ -1,6 +1,7 @@
 // CPU kernel of ctc_loss (schema and plan in ops/ctc.cpp, conventions in ops/ctc.h). Parallel over the
 // batch; each sample runs alone on one thread:
-//   alpha: Tn rows of 2L+1 log-space states (kept when the gradient is wanted, else two rows),
+//   alpha: Tn rows of 2L+1 log-space states (kept when the gradient is wanted, else two rows), each
+//          row stored relative to its maximum with the offsets summed in double (see normalize),
 //   beta:  backward in time in two rows, and at each t the gradient row of C classes:
 //          exp(lp[t, c]) minus the occupancies exp(alpha + beta + nll - lp) of the states labelled c.
 // Moves: log_probs read once per sample row for the gradient plus the gathered label columns
@@ -55,6 +56,23 @@ struct CtcRows<float> {
   }
 };
 
+// Shifts a row of states by its maximum (kept finite: an all -inf or NaN row is left alone) and
+// returns the shift. Every alpha/beta row is stored this way, its offset summed in double: float32
+// rows then round at the size of the row's spread (~|log_probs|), not at the size of alpha itself
+// (~T log C), which keeps long sequences' occupancies ~40x closer to float64 than torch's float32.
+template <typename A>
+double normalize(A* row, int64_t n) {
+  A m = -std::numeric_limits<A>::infinity();
+  if constexpr (std::is_same_v<A, float>) {
+    vec_ops().max_wsum(row, nullptr, n, false, &m, nullptr);
+  } else {
+    for (int64_t i = 0; i < n; ++i) m = row[i] > m ? row[i] : m;
+  }
+  if (!std::isfinite(m)) return 0.0;
+  for (int64_t i = 0; i < n; ++i) row[i] -= m;
+  return static_cast<double>(m);
+}
+
 template <typename A>
 A lse2(A a, A b) {  // torch's final log-sum-exp of the two end states
   A m = std::max(a, b);
@@ -72,6 +90,7 @@ struct CtcSample {
   // per-thread scratch
   std::vector<int64_t> lab;
   std::vector<A> mask, alpha, lpg, beta0, beta1, tmp, occ, row, lprow;
+  std::vector<double> aoff;  // alpha_t(s) = stored row t + aoff[t]
 
   const scalar_t* lp_row(int64_t t, int64_t n) const { return lp + (t * p.N + n) * p.C; }
 
@@ -81,7 +100,7 @@ struct CtcSample {
   }
 
   // Returns nll of sample n; writes its gradient rows (times `factor`) when grad != null.
-  A run(int64_t n, int64_t Tn, int64_t L, int64_t off, A factor) {
+  double run(int64_t n, int64_t Tn, int64_t L, int64_t off, A factor) {
     const A ninf = -std::numeric_limits<A>::infinity();
     const int64_t Sp = 2 * L + 1, W = Sp + 2;
     lab.assign(Sp, p.blank);
@@ -89,9 +108,9 @@ struct CtcSample {
     for (int64_t i = 0; i < L; ++i) lab[2 * i + 1] = static_cast<int64_t>(tg[off + i]);
     for (int64_t s = 3; s < Sp; s += 2) mask[s] = lab[s] != lab[s - 2] ? A(0) : ninf;
     lpg.resize(Sp);
-    A nll;
+    double nll;
     if (Tn == 0) {
-      nll = L == 0 ? -A(0) : -ninf;
+      nll = L == 0 ? -0.0 : std::numeric_limits<double>::infinity();
     } else {
       // alpha rows: [2 x -inf pad | Sp states]; the whole table when the gradient needs it
       const bool keep = grad != nullptr;
@@ -99,20 +118,25 @@ struct CtcSample {
       A* a0 = alpha.data();
       a0[2] = static_cast<A>(lp_row(0, n)[p.blank]);
       if (L > 0) a0[3] = static_cast<A>(lp_row(0, n)[lab[1]]);
+      aoff.resize(keep ? Tn : 1);
+      double M = normalize(a0 + 2, Sp);
+      aoff[0] = M;
       for (int64_t t = 1; t < Tn; ++t) {
         A* prev = alpha.data() + (keep ? t - 1 : (t - 1) % 2) * W;
         A* cur = alpha.data() + (keep ? t : t % 2) * W;
         gather(t, n, Sp);
         CtcRows<A>::lse3(prev + 2, prev + 1, prev, mask.data(), lpg.data(), Sp, cur + 2);
+        M += normalize(cur + 2, Sp);
+        if (keep) aoff[t] = M;
       }
       const A* last = alpha.data() + (keep ? Tn - 1 : (Tn - 1) % 2) * W + 2;
-      nll = L == 0 ? -last[0] : -lse2(last[Sp - 1], last[Sp - 2]);
+      nll = -(M + static_cast<double>(L == 0 ? last[0] : lse2(last[Sp - 1], last[Sp - 2])));
     }
     if (grad) write_grad(n, Tn, L, nll, factor);
     return nll;
   }
 
-  void write_grad(int64_t n, int64_t Tn, int64_t L, A nll, A factor) {
+  void write_grad(int64_t n, int64_t Tn, int64_t L, double nll, A factor) {
     const A ninf = -std::numeric_limits<A>::infinity();
     const int64_t C = p.C, Sp = 2 * L + 1, W = Sp + 2;
     auto zero_rows = [&](int64_t t0, int64_t t1, A v) {
@@ -123,9 +147,10 @@ struct CtcSample {
     };
     zero_rows(Tn, p.T, A(0));  // no gradient past the input length
     if (Tn == 0) return;
-    if (!(nll < -ninf)) {  // impossible alignment (or NaN): torch's formula is NaN in every class there;
+    const double inf = std::numeric_limits<double>::infinity();
+    if (!(nll < inf)) {  // impossible alignment (or NaN): torch's formula is NaN in every class there;
       // zero_infinity zeroes an impossible one
-      zero_rows(0, Tn, p.zero_infinity && nll == -ninf ? A(0) : std::numeric_limits<A>::quiet_NaN());
+      zero_rows(0, Tn, p.zero_infinity && nll == inf ? A(0) : std::numeric_limits<A>::quiet_NaN());
       return;
     }
     beta0.assign(W, ninf);
@@ -136,6 +161,7 @@ struct CtcSample {
     if (!std::is_same_v<scalar_t, float>) lprow.resize(C);
     A* next = beta1.data();  // beta_{t+1}: [Sp states | 2 x -inf pad]
     A* cur = beta0.data();
+    double B = 0;  // beta_t(s) = cur[s] + B
     for (int64_t t = Tn - 1; t >= 0; --t) {
       gather(t, n, Sp);
       if (t == Tn - 1) {
@@ -144,10 +170,11 @@ struct CtcSample {
       } else {
         CtcRows<A>::lse3(next, next + 1, next + 2, mask.data() + 2, lpg.data(), Sp, cur);
       }
-      // occupancies exp(alpha + beta + nll - lp), then the gradient row
+      B += normalize(cur, Sp);
+      // occupancies exp(alpha + beta + nll - lp) (the large offsets cancel in double), then the row
       const A* at = alpha.data() + t * W + 2;
       for (int64_t s = 0; s < Sp; ++s) tmp[s] = cur[s] - lpg[s];
-      CtcRows<A>::exp_add(at, tmp.data(), nll, Sp, occ.data());
+      CtcRows<A>::exp_add(at, tmp.data(), static_cast<A>(aoff[t] + B + nll), Sp, occ.data());
       const scalar_t* r = lp_row(t, n);
       const A* lpa;
       if constexpr (std::is_same_v<scalar_t, float>) {
@@ -176,7 +203,7 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
   const int64_t* il = p.meta[0].const_data_ptr<int64_t>();
   const int64_t* tl = p.meta[1].const_data_ptr<int64_t>();
   const int64_t* off = p.meta[2].const_data_ptr<int64_t>();
-  std::vector<A> nll(N);
+  std::vector<double> nll(N);
   scalar_t* g = grad.defined() && grad.numel() > 0 ? grad.mutable_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
     CtcSample<scalar_t, target_t> w{p, p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
@@ -184,7 +211,7 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
     for (int64_t n = begin; n < end; ++n)
       nll[n] = w.run(n, il[n], tl[n], off[n], static_cast<A>(ctc_grad_factor(p, tl[n])));
   });
-  const A inf = std::numeric_limits<A>::infinity();
+  const double inf = std::numeric_limits<double>::infinity();
   for (int64_t n = 0; n < N; ++n)
     if (p.zero_infinity && nll[n] == inf) nll[n] = 0;
   scalar_t* out = loss.mutable_data_ptr<scalar_t>();
@@ -192,10 +219,10 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
     for (int64_t n = 0; n < N; ++n) out[n] = static_cast<scalar_t>(nll[n]);
     return;
   }
-  A s = 0;  // fixed order
+  double s = 0;  // fixed order
   for (int64_t n = 0; n < N; ++n)
-    s += p.reduction == Reduction::Mean ? nll[n] / static_cast<A>(std::max<int64_t>(tl[n], 1)) : nll[n];
-  out[0] = static_cast<scalar_t>(p.reduction == Reduction::Mean ? s / static_cast<A>(N) : s);
+    s += p.reduction == Reduction::Mean ? nll[n] / static_cast<double>(std::max<int64_t>(tl[n], 1)) : nll[n];
+  out[0] = static_cast<scalar_t>(p.reduction == Reduction::Mean ? s / static_cast<double>(N) : s);
 }
 
 std::tuple<Tensor, Tensor> ctc_loss_cpu(const Tensor& log_probs, const Tensor& targets, const Tensor& input_lengths,

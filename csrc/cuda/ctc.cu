@@ -74,13 +74,16 @@ __device__ __forceinline__ int64_t label_of(const target_t* tg, const Sample& S,
   return -1;
 }
 
+// __launch_bounds__(1024): blocks of up to 1024 threads must fit the register file (64 per thread).
 template <typename scalar_t, typename target_t, int K>
-__global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg,
+__global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg,
                                      const int64_t* __restrict__ meta, int64_t T, int64_t N, int64_t C, int64_t blank,
                                      int64_t W, acc_t<scalar_t>* alpha_tab, acc_t<scalar_t>* beta_tab,
-                                     int32_t* link, acc_t<scalar_t>* nll, unsigned long long* first_bad) {
+                                     double* alpha_off, double* beta_off, int32_t* link, double* nll,
+                                     unsigned long long* first_bad) {
   using acc = acc_t<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
+  __shared__ acc wmax[2][32];  // per-warp maxima of the last two rows
   acc* rows = reinterpret_cast<acc*>(smem_raw);  // 2 rows of W + 2: alpha at [2, 2 + W), beta at [0, W)
   const int64_t n = blockIdx.x;
   const bool backward = blockIdx.y == 1;
@@ -128,10 +131,31 @@ __global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const targ
   const int64_t Tn = S.Tn;
   if (Tn == 0 || bad) {
     if (!backward && threadIdx.x == 0)
-      nll[n] = bad ? std::numeric_limits<acc>::quiet_NaN() : (S.L == 0 ? -acc(0) : -ninf<acc>());
+      nll[n] = bad ? std::numeric_limits<double>::quiet_NaN()
+                   : (S.L == 0 ? -0.0 : std::numeric_limits<double>::infinity());
     return;
   }
   acc* tab = backward ? beta_tab : alpha_tab;
+  double* offs = backward ? beta_off : alpha_off;
+  // Rows are kept relative to the previous row's maximum and the offsets summed in double (thread 0):
+  // float32 then rounds at the size of a row's spread (~|log_probs|), not at |alpha| ~ T log C. The
+  // maximum of row t costs no extra barrier: each warp leaves its maximum in wmax[t & 1] before the
+  // step's barrier, and every thread combines them at step t + 1.
+  const int warps = blockDim.x / 32, lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  auto publish_max = [&](acc m, int64_t t) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const acc q = __shfl_xor_sync(0xffffffffu, m, o);
+      m = q > m ? q : m;
+    }
+    if (lane == 0) wmax[t & 1][warp] = m;
+  };
+  auto row_max = [&](int64_t t) {  // the shift of row t: its maximum, 0 when not finite
+    acc m = ninf<acc>();
+    for (int w = 0; w < warps; ++w) m = wmax[t & 1][w] > m ? wmax[t & 1][w] : m;
+    return isfinite(m) ? m : acc(0);
+  };
+  double O = 0;  // (thread 0) offset of the current row: true value = stored value + O
   const int64_t stride_t = N * C;
   auto lp_at = [&](int64_t t, int64_t l) -> acc { return load_acc(lp, t * stride_t + n * C + l); };
   auto store = [&](int64_t t, int64_t s, acc v) {
@@ -142,6 +166,7 @@ __global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const targ
   // first step: t = 0 (alpha) or t = Tn - 1 (beta)
   const int64_t t_first = backward ? Tn - 1 : 0;
   acc* cur = rows + (t_first & 1) * R;
+  acc mine = ninf<acc>();
 #pragma unroll
   for (int j = 0; j < K; ++j) {
     const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
@@ -150,7 +175,10 @@ __global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const targ
     const acc v = start ? lp_at(t_first, lab[j]) : ninf<acc>();
     cur[base + s] = v;
     store(t_first, s, v);
+    mine = v > mine ? v : mine;
   }
+  publish_max(mine, t_first);
+  if (offs && threadIdx.x == 0) offs[n * T + t_first] = 0;
 
   // the remaining Tn - 1 steps, label columns prefetched kPrefetch steps ahead
   acc pre[kPrefetch][K];
@@ -172,6 +200,8 @@ __global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const targ
       const int64_t t = t_first + dir * k;
       const acc* prev = rows + ((t - dir) & 1) * R;
       acc* out = rows + (t & 1) * R;
+      const acc shift = row_max(t - dir);
+      acc mine = ninf<acc>();
 #pragma unroll
       for (int j = 0; j < K; ++j) {
         const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
@@ -179,11 +209,17 @@ __global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const targ
         acc v;
         if (backward) v = lse3(prev[s], prev[s + 1], skip[j] ? prev[s + 2] : ninf<acc>());
         else v = lse3(prev[s + 2], prev[s + 1], skip[j] ? prev[s] : ninf<acc>());
-        v += pre[d][j];
+        v = (v - shift) + pre[d][j];
         out[base + s] = v;
         store(t, s, v);
+        mine = v > mine ? v : mine;
         const int64_t kn = k + kPrefetch;
         if (kn < Tn) pre[d][j] = lp_at(t_first + dir * kn, lab[j]);
+      }
+      publish_max(mine, t);
+      if (threadIdx.x == 0) {
+        O += static_cast<double>(shift);
+        if (offs) offs[n * T + t] = O;
       }
       __syncthreads();
     }
@@ -192,14 +228,14 @@ __global__ void ctc_recursion_kernel(const scalar_t* __restrict__ lp, const targ
     const acc* last = rows + ((Tn - 1) & 1) * R + 2;
     acc r;
     if (S.L == 0) {
-      r = -last[0];
+      r = last[0];
     } else {  // torch's final log-sum-exp of the two end states
       const acc a = last[Sp - 1], b = last[Sp - 2];
       acc m = a > b ? a : b;
       if (m == ninf<acc>()) m = 0;
-      r = -(log(exp(a - m) + exp(b - m)) + m);
+      r = log(exp(a - m) + exp(b - m)) + m;
     }
-    nll[n] = r;
+    nll[n] = -(O + static_cast<double>(r));
   }
 }
 
@@ -207,8 +243,9 @@ template <typename scalar_t, typename target_t>
 __global__ void __launch_bounds__(kGradThreads)
     ctc_grad_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg, const int64_t* __restrict__ meta,
                     int64_t N, int64_t C, int64_t blank, int64_t W, const acc_t<scalar_t>* __restrict__ alpha_tab,
-                    const acc_t<scalar_t>* __restrict__ beta_tab, const int32_t* __restrict__ link,
-                    const acc_t<scalar_t>* __restrict__ nll, int64_t T, bool mean, bool zero_infinity,
+                    const acc_t<scalar_t>* __restrict__ beta_tab, const double* __restrict__ alpha_off,
+                    const double* __restrict__ beta_off, const int32_t* __restrict__ link,
+                    const double* __restrict__ nll, int64_t T, bool mean, bool zero_infinity,
                     scalar_t* __restrict__ grad) {
   using acc = acc_t<scalar_t>;
   __shared__ acc scratch[kGradThreads / 32 + 1];
@@ -217,10 +254,10 @@ __global__ void __launch_bounds__(kGradThreads)
   const Sample S = sample_of(meta, N, n);
   const scalar_t* x = lp + r * C;
   scalar_t* g = grad + r * C;
-  const acc nl = nll[n];
-  if (t >= S.Tn || !(nl < -ninf<acc>())) {  // past the input length; or an impossible alignment / NaN
+  const double nl = nll[n], inf = std::numeric_limits<double>::infinity();
+  if (t >= S.Tn || !(nl < inf)) {  // past the input length; or an impossible alignment / NaN
     // torch's exp(lse + nll - lp) is NaN in every class then (0 with zero_infinity for an inf loss)
-    const acc v = (t >= S.Tn || (zero_infinity && nl == -ninf<acc>())) ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
+    const acc v = (t >= S.Tn || (zero_infinity && nl == inf)) ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
     for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, v);
     return;
   }
@@ -231,7 +268,9 @@ __global__ void __launch_bounds__(kGradThreads)
   const acc* a = alpha_tab + (n * T + t) * W;
   const acc* b = beta_tab + (n * T + t) * W;
   const acc lpb = load_acc(x, blank);
-  auto occ = [&](int64_t s, acc lpl) { return exp(a[s] + b[s] + nl - lpl); };
+  // alpha + beta + nll: the rows' large offsets cancel in double, leaving a small correction
+  const acc corr = static_cast<acc>(alpha_off[n * T + t] + beta_off[n * T + t] + nl);
+  auto occ = [&](int64_t s, acc lpl) { return exp(a[s] + b[s] - lpl + corr); };
   acc blank_sum = 0;  // fixed order: thread's states in turn, then the block tree
   for (int64_t s = 2 * threadIdx.x; s < Sp; s += 2 * kGradThreads) blank_sum += occ(s, lpb);
   blank_sum = block_sum<kGradThreads>(blank_sum, scratch);  // its barriers order the row writes above
@@ -251,38 +290,39 @@ __global__ void __launch_bounds__(kGradThreads)
 // The per-sample losses (zero_infinity applied) to `out`: as they are for reduction none, else their
 // sum or mean (each divided by its target length clamped to 1), summed by one thread in sample order.
 template <typename scalar_t>
-__global__ void ctc_loss_out_kernel(const acc_t<scalar_t>* __restrict__ nll, const int64_t* __restrict__ meta,
-                                    int64_t N, int reduction, bool zero_infinity, scalar_t* __restrict__ out) {
+__global__ void ctc_loss_out_kernel(const double* __restrict__ nll, const int64_t* __restrict__ meta, int64_t N,
+                                    int reduction, bool zero_infinity, scalar_t* __restrict__ out) {
   using acc = acc_t<scalar_t>;
   auto loss = [&](int64_t n) {
-    const acc v = nll[n];
-    return zero_infinity && v == -ninf<acc>() ? acc(0) : v;
+    const double v = nll[n];
+    return zero_infinity && v == std::numeric_limits<double>::infinity() ? 0.0 : v;
   };
   if (reduction == static_cast<int>(Reduction::None)) {
     for (int64_t n = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; n < N; n += int64_t(gridDim.x) * blockDim.x)
-      store_acc(out, n, loss(n));
+      store_acc(out, n, static_cast<acc>(loss(n)));
     return;
   }
   if (blockIdx.x != 0 || threadIdx.x != 0) return;
   const bool mean = reduction == static_cast<int>(Reduction::Mean);
-  acc s = 0;
+  double s = 0;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t L = meta[N + n];
-    s += mean ? loss(n) / acc(L > 1 ? L : 1) : loss(n);
+    s += mean ? loss(n) / double(L > 1 ? L : 1) : loss(n);
   }
-  store_acc(out, 0, mean ? s / acc(N) : s);
+  store_acc(out, 0, static_cast<acc>(mean ? s / double(N) : s));
 }
 
 template <typename scalar_t, typename target_t, int K>
 void launch_recursion(const CtcPlan& p, const int64_t* meta, int64_t W, int threads, size_t smem, bool grad,
-                      acc_t<scalar_t>* alpha, acc_t<scalar_t>* beta, int32_t* link, acc_t<scalar_t>* nll,
-                      unsigned long long* first_bad, cudaStream_t stream) {
+                      acc_t<scalar_t>* alpha, acc_t<scalar_t>* beta, double* aoff, double* boff, int32_t* link,
+                      double* nll, unsigned long long* first_bad, cudaStream_t stream) {
   auto kernel = ctc_recursion_kernel<scalar_t, target_t, K>;
   if (smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(p.N), grad ? 3 : 1);  // y: alpha, beta, label chains
   kernel<<<grid, threads, smem, stream>>>(p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
-                                          meta, p.T, p.N, p.C, p.blank, W, alpha, beta, link, nll, first_bad);
+                                          meta, p.T, p.N, p.C, p.blank, W, alpha, beta, aoff, boff, link,
+                                          nll, first_bad);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -299,11 +339,13 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
                           p.log_probs.options());
   Tensor grad = grad_now ? at::empty_like(p.log_probs) : at::empty({0}, p.log_probs.options());
-  Tensor nll = at::empty({p.N}, p.log_probs.options().dtype(adt));
-  Tensor alpha, beta, link;
+  Tensor nll = at::empty({p.N}, p.log_probs.options().dtype(at::kDouble));
+  Tensor alpha, beta, aoff, boff, link;
   if (grad_now) {
-    alpha = at::empty({p.N, p.T, W}, nll.options());
-    beta = at::empty({p.N, p.T, W}, nll.options());
+    alpha = at::empty({p.N, p.T, W}, nll.options().dtype(adt));
+    beta = at::empty({p.N, p.T, W}, nll.options().dtype(adt));
+    aoff = at::empty({p.N, p.T}, nll.options());
+    boff = at::empty({p.N, p.T}, nll.options());
     link = at::empty({p.N, W}, nll.options().dtype(at::kInt));
   }
   Tensor first_bad;
@@ -327,21 +369,23 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
       acc* ap = grad_now ? alpha.mutable_data_ptr<acc>() : nullptr;
       acc* bp = grad_now ? beta.mutable_data_ptr<acc>() : nullptr;
       int32_t* lk = grad_now ? link.mutable_data_ptr<int32_t>() : nullptr;
+      double* ao = grad_now ? aoff.mutable_data_ptr<double>() : nullptr;
+      double* bo = grad_now ? boff.mutable_data_ptr<double>() : nullptr;
       auto* fb = first_bad.defined() ? reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>())
                                      : nullptr;
       const int64_t* mp = meta.const_data_ptr<int64_t>();
-      acc* np = nll.mutable_data_ptr<acc>();
+      double* np = nll.mutable_data_ptr<double>();
       switch (K) {
-        case 1: launch_recursion<scalar_t, target_t, 1>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream); break;
-        case 2: launch_recursion<scalar_t, target_t, 2>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream); break;
-        case 4: launch_recursion<scalar_t, target_t, 4>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream); break;
-        default: launch_recursion<scalar_t, target_t, 8>(p, mp, W, threads, smem, grad_now, ap, bp, lk, np, fb, stream);
+        case 1: launch_recursion<scalar_t, target_t, 1>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
+        case 2: launch_recursion<scalar_t, target_t, 2>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
+        case 4: launch_recursion<scalar_t, target_t, 4>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
+        default: launch_recursion<scalar_t, target_t, 8>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream);
       }
       if (first_bad.defined()) check.begin(first_bad, stream);
       if (grad_now) {
         ctc_grad_kernel<scalar_t, target_t><<<static_cast<unsigned>(p.T * p.N), kGradThreads, 0, stream>>>(
             p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), mp, p.N, p.C, p.blank, W,
-            ap, bp, lk, np, p.T, p.reduction == Reduction::Mean, p.zero_infinity, grad.mutable_data_ptr<scalar_t>());
+            ap, bp, ao, bo, lk, np, p.T, p.reduction == Reduction::Mean, p.zero_infinity, grad.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
       const int out_blocks = p.reduction == Reduction::None ? static_cast<int>(std::min<int64_t>((p.N + 255) / 256, 1024)) : 1;
