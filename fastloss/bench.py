@@ -7,14 +7,16 @@ fraction of the device's measured copy bandwidth. benchmarks/ holds the fuller c
 
 Examples:
     python -m fastloss.bench                                   # every family's default cases
-    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|all
+    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|all
     python -m fastloss.bench --loss cross_entropy,nll_loss --shape 8192x128256 --dtype bf16
     python -m fastloss.bench --loss mse,smooth_l1 --shape 64M --dtype fp32 --reduction none
     python -m fastloss.bench --loss triplet_margin_loss --shape 65536x512 --swap
+    python -m fastloss.bench --loss ctc_loss --shape 200x16x32x50 --dtype fp32
 
 --shape is ROWSxCLASSES for cross_entropy/nll_loss, NxD for triplet_margin[_with_distance] and
-cosine_embedding, and the input's shape (or element count: 64M, 4194304) for the elementwise losses
-(l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
+cosine_embedding, TxNxCxS (time steps, batch, classes, padded target length) for ctc_loss, and the
+input's shape (or element count: 64M, 4194304) for the elementwise losses (l1, mse, smooth_l1, huber,
+margin_ranking, hinge_embedding).
 """
 import argparse
 import statistics
@@ -150,6 +152,7 @@ class LossCase:
 
     family = None
     losses = ()
+    compile_fullgraph = True  # torch_compiled: fullgraph=True (False where torch's op cannot be captured whole)
 
     def __init__(self, loss, dtype, device, reduction="mean"):
         if loss not in self.losses:
@@ -399,7 +402,113 @@ class EmbeddingCase(ShapedCase):
         return n
 
 
-FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase)}
+class CtcCase(LossCase):
+    """ctc_loss, blank 0, on log_probs (T, N, C): the log_softmax over C of standard-normal logits,
+    made a leaf that requires grad (the log_softmax is not part of the timed step).
+    targets: labels uniform in [1, C) (never the blank), padded (N, S) int64 on log_probs' device;
+    target_lengths uniform in [floor(0.8 S), S]; input_lengths all T, or with random_input_lengths
+    uniform in [floor(0.8 T), T]; both lengths int64 on the CPU (where torch reads them anyway).
+    The integers come from a CPU generator seeded 0 and log_probs from the device's generator seeded 0:
+    every implementation and every run gets the same tensors.
+    cudnn=True: the inputs torch hands to cuDNN (aten/src/ATen/native/cudnn/LossCTC.cpp,
+    _use_cudnn_ctc_loss: log_probs fp32 on CUDA, blank 0, targets 1-D concatenated int32 on the CPU,
+    every input length == T, every target length < 256 and <= its input length): targets 1-D int32,
+    lengths int32, on the CPU, fed to fastloss and torch alike. On CUDA the first inputs() checks that
+    torch's autograd graph holds CudnnCtcLossBackward (a warning on stderr if not); on the CPU the
+    case just measures the concatenated int32 format (named 'concat-i32' there).
+    A dtype torch's CTC lacks (bf16, fp16): torch (and torch.compile) run on the fp32 log_probs
+    that fastloss's are rounded from, fastloss on the dtype itself; the case's name says 'vs torch fp32'."""
+
+    family = "ctc"
+    losses = ("ctc_loss",)
+    # aten._ctc_loss's outputs (log_alpha) have a data-dependent shape: torch.compile(fullgraph=True) fails
+    # ("Unsupported: Dynamic shape operator"), so it is compiled with a graph break at the op (= eager op).
+    compile_fullgraph = False
+
+    def __init__(self, loss, T, N, C, S, dtype, device, reduction="mean", random_input_lengths=False, cudnn=False,
+                 zero_infinity=False):
+        super().__init__(loss, dtype, device, reduction)
+        if C < 2:
+            raise ValueError("ctc_loss: C must be >= 2 (blank + one label)")
+        if S > (4 * T) // 5:
+            raise ValueError(f"ctc_loss: S = {S} too long for T = {T} (S <= 0.8 T leaves frames for repeated labels)")
+        if cudnn and random_input_lengths:
+            raise ValueError("ctc_loss: cuDNN needs every input length == T (no random_input_lengths)")
+        if cudnn and self.device.type == "cuda" and (dtype != torch.float32 or S >= 256):
+            raise ValueError("ctc_loss: torch takes cuDNN only for fp32 log_probs and target lengths < 256")
+        self.T, self.N, self.C, self.S = T, N, C, S
+        self.random_input_lengths, self.cudnn, self.zero_infinity = random_input_lengths, cudnn, zero_infinity
+        # torch's CTC kernels are fp32/fp64 only (CPU and CUDA): other dtypes are compared with torch in fp32
+        self.torch_dtype = dtype if dtype in (torch.float32, torch.float64) else torch.float32
+        g = torch.Generator().manual_seed(0)
+        self.target_lengths = torch.randint((8 * S) // 10, S + 1, (N,), generator=g)
+        self.input_lengths = (torch.randint((8 * T) // 10, T + 1, (N,), generator=g) if random_input_lengths
+                              else torch.full((N,), T, dtype=torch.long))
+        self.padded_targets = torch.randint(1, C, (N, S), generator=g)
+        self._torch_checked = False
+
+    def shape_label(self):
+        return f"T{self.T} N{self.N} C{self.C} S{self.S}"
+
+    def extras(self):
+        fmt = (" cudnn" if self.device.type == "cuda" else " concat-i32") if self.cudnn else ""
+        return "".join([" il0.8" if self.random_input_lengths else "", fmt, " zinf" if self.zero_infinity else "",
+                        " vs torch fp32" if self.torch_dtype != self.dtype else ""])
+
+    def inputs(self):
+        """(log_probs, targets, input_lengths, target_lengths, log_probs for torch or None)."""
+        x = torch.randn(self.T, self.N, self.C, device=self.device, dtype=torch.float32, generator=self.generator())
+        x = x.log_softmax(-1)
+        lp = x.to(self.dtype).requires_grad_()
+        ref = x.to(self.torch_dtype).requires_grad_() if self.torch_dtype != self.dtype else None
+        del x
+        if self.cudnn:
+            tg = torch.cat([self.padded_targets[n, :l] for n, l in enumerate(self.target_lengths.tolist())])
+            inputs = (lp, tg.int(), self.input_lengths.int(), self.target_lengths.int(), ref)
+        else:
+            inputs = (lp, self.padded_targets.to(self.device), self.input_lengths, self.target_lengths, ref)
+        if self.cudnn and self.device.type == "cuda" and not self._torch_checked:
+            self._torch_checked = True
+            kernel = self.torch_kernel(inputs)
+            if kernel != "cudnn":
+                print(f"\nWARNING {self.name()}: torch took its {kernel} CTC kernel, not cuDNN", file=sys.stderr)
+        return inputs
+
+    def call(self, fn, log_probs, targets, input_lengths, target_lengths, log_probs_ref=None):
+        if log_probs_ref is not None and fn is F.ctc_loss:  # torch eager and compiled: the fp32 copy
+            log_probs = log_probs_ref
+        return fn(log_probs, targets, input_lengths, target_lengths, blank=0, reduction=self.reduction,
+                  zero_infinity=self.zero_infinity)
+
+    def torch_kernel(self, inputs):
+        """'cudnn' or 'native': which CTC kernel torch's autograd graph holds for these inputs."""
+        out = self.call(F.ctc_loss, *inputs)
+        todo, seen = [out.grad_fn], set()
+        while todo:
+            fn = todo.pop()
+            if fn is None or fn in seen:
+                continue
+            seen.add(fn)
+            name = type(fn).__name__
+            if "CtcLoss" in name:
+                return "cudnn" if "Cudnn" in name else "native"
+            todo += [f for f, _ in fn.next_functions]
+        return "unknown"
+
+    def min_bytes(self, backward=True):
+        """log_probs read once [+ its gradient written once] + the targets read (N*S int64 padded;
+        sum(target_lengths) int32 concatenated) [+ the per-sample loss written (+ its upstream gradient
+        read) for reduction='none']. Lengths (host-side) are not counted. CTC is latency/compute bound
+        (a T-step recursion over 2S+1 states), not bandwidth bound: the figure is for comparison only."""
+        e = self.elem
+        n = self.T * self.N * self.C * e * (2 if backward else 1)
+        n += int(self.target_lengths.sum()) * 4 if self.cudnn else self.N * self.S * 8
+        if self.reduction == "none":
+            n += self.N * e * (2 if backward else 1)
+        return n
+
+
+FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase, CtcCase)}
 LOSS_FAMILY = {loss: c for c in FAMILIES.values() for loss in c.losses}
 
 
@@ -413,13 +522,14 @@ def loss_name(s):
     raise ValueError(f"unknown loss {s!r}; known: {', '.join(LOSS_FAMILY)}")
 
 
-# Sizes of the default cases. CUDA: large enough to be bandwidth-bound (>= 64 MB per tensor).
-# CPU (2 cores in CI): the whole default table must finish in about a minute.
+# Sizes of the default cases. CUDA: large enough to be bandwidth-bound (>= 64 MB per tensor; ctc_loss,
+# latency/compute-bound, takes the issue's CUDA shape TxNxCxS). CPU (2 cores in CI): the whole default
+# table must finish in about a minute.
 DEFAULT_SHAPES = {
     "cuda": {"cross_entropy": (8192, 32000), "regression": (64 * 2**20,), "embedding_rows": (65536, 512),
-             "embedding_elementwise": (16 * 2**20,)},
+             "embedding_elementwise": (16 * 2**20,), "ctc": (1000, 64, 64, 200)},
     "cpu": {"cross_entropy": (1024, 32000), "regression": (4 * 2**20,), "embedding_rows": (4096, 512),
-            "embedding_elementwise": (2**20,)},
+            "embedding_elementwise": (2**20,), "ctc": (200, 16, 32, 50)},
 }
 
 
@@ -433,6 +543,11 @@ def make_case(loss, shape, dtype, device, reduction="mean", swap=False):
         return CrossEntropyCase(loss, rows, classes, dtype, device, reduction=reduction)
     if cls is RegressionCase:
         return RegressionCase(loss, shape or sizes["regression"], dtype, device, reduction=reduction)
+    if cls is CtcCase:
+        shape = shape or sizes["ctc"]
+        if len(shape) != 4:
+            raise ValueError(f"{loss}: --shape must be TxNxCxS (e.g. 200x16x32x50), got {shape}")
+        return CtcCase(loss, *shape, dtype, device, reduction=reduction)
     key = "embedding_rows" if loss in EmbeddingCase.ROW_LOSSES else "embedding_elementwise"
     return EmbeddingCase(loss, shape or sizes[key], dtype, device, reduction=reduction, swap=swap)
 
@@ -464,6 +579,13 @@ def default_cases(device, family="all"):
                 EmbeddingCase("margin_ranking_loss", 16 * 2**20, fp32, device),
                 EmbeddingCase("hinge_embedding_loss", 16 * 2**20, fp32, device),
             ]
+        if family in ("all", "ctc"):
+            cases += [
+                CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device),
+                CtcCase("ctc_loss", 500, 32, 5000, 100, fp32, device),
+                CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device, cudnn=True),  # torch: cuDNN
+                CtcCase("ctc_loss", 500, 32, 5000, 100, bf16, device),  # torch: fp32 (no bf16 CTC)
+            ]
         return cases
     if family in ("all", "cross_entropy"):
         cases += [
@@ -484,6 +606,9 @@ def default_cases(device, family="all"):
             EmbeddingCase("margin_ranking_loss", 2**20, fp32, device),
             EmbeddingCase("hinge_embedding_loss", 2**20, fp32, device),
         ]
+    if family in ("all", "ctc"):
+        cases += [CtcCase("ctc_loss", T, N, C, S, fp32, device)
+                  for T, N, C, S in ((200, 16, 32, 50), (100, 8, 32, 25), (500, 32, 64, 100))]
     return cases
 
 
@@ -539,11 +664,12 @@ def format_table(rows, bw, device):
 
 # ------------------------------------------------- side by side (the benchmarks/bench_<family>.py scripts)
 def torch_compiled(case):
-    """torch.compile (fullgraph, static shapes) of torch's function with the case's arguments bound.
+    """torch.compile (static shapes; fullgraph unless case.compile_fullgraph is False) of torch's function
+    with the case's arguments bound.
     Dynamo's caches are reset first: every case compiles afresh, so cases neither share compiled code
     nor run into the recompile limit (past it torch.compile silently runs eager)."""
     torch._dynamo.reset()
-    return torch.compile(case.bound(case.function("torch")), fullgraph=True, dynamic=False)
+    return torch.compile(case.bound(case.function("torch")), fullgraph=case.compile_fullgraph, dynamic=False)
 
 
 def measure_impls(case, impls, repeats, min_seconds=0.0):
@@ -691,8 +817,9 @@ def main(argv=None):
                     help="default cases of one family only (default: all)")
     ap.add_argument("--loss", help="comma-separated loss names, e.g. cross_entropy,nll_loss or mse,smooth_l1 "
                                    f"(known: {', '.join(LOSS_FAMILY)}; default: the built-in cases)")
-    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss), NxD (triplet, cosine) or the "
-                                    "input's shape / element count (elementwise losses), e.g. 8192x128256, 64M")
+    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss), NxD (triplet, cosine), TxNxCxS "
+                                    "(ctc_loss) or the input's shape / element count (elementwise losses), "
+                                    "e.g. 8192x128256, 64M, 200x16x32x50")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")
     ap.add_argument("--reduction", choices=["mean", "sum", "none"], help="with --loss (default mean)")
     ap.add_argument("--swap", action="store_true", help="triplet losses: swap=True")
