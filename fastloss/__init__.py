@@ -16,12 +16,13 @@ from . import functional  # noqa: E402
 from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
                       MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
                       CosineEmbeddingLoss, CTCLoss)
+from .patch import patch, unpatch, is_patched  # noqa: E402
 
 __version__ = "0.1.0"
 
 __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss",
            "MarginRankingLoss", "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss",
-           "CosineEmbeddingLoss", "CTCLoss", "cuda_built", "set_target_validation"]
+           "CosineEmbeddingLoss", "CTCLoss", "patch", "unpatch", "is_patched", "cuda_built", "set_target_validation"]
 
 
 def cuda_built() -> bool:
