@@ -281,10 +281,11 @@ class ShapedCase(LossCase):
 
 
 class RegressionCase(ShapedCase):
-    """l1 / mse / smooth_l1 / huber: input (requires grad) and target (does not), same shape."""
+    """l1 / mse / smooth_l1 / huber, and the elementwise soft_margin_loss (target +-1) and kl_div (target
+    probabilities, 'mean' timed as 'batchmean'): input (requires grad) and target (does not), same shape."""
 
     family = "regression"
-    losses = ("l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss")
+    losses = ("l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "soft_margin_loss", "kl_div")
 
     def __init__(self, loss, shape, dtype, device, reduction="mean", beta=1.0, delta=1.0):
         super().__init__(loss, shape, dtype, device, reduction)
@@ -301,6 +302,10 @@ class RegressionCase(ShapedCase):
         g = self.generator()
         x = torch.randn(self.shape, device=self.device, dtype=self.dtype, generator=g)
         y = torch.randn(self.shape, device=self.device, dtype=self.dtype, generator=g)  # |x - y| ~ 1.1: both branches
+        if self.loss == "soft_margin_loss":
+            y = torch.sign(y)
+        elif self.loss == "kl_div":
+            y = torch.rand(self.shape, device=self.device, dtype=self.dtype, generator=g)
         return x.requires_grad_(), y
 
     def call(self, fn, x, y):
@@ -308,6 +313,8 @@ class RegressionCase(ShapedCase):
             return fn(x, y, reduction=self.reduction, beta=self.beta)
         if self.loss == "huber_loss":
             return fn(x, y, reduction=self.reduction, delta=self.delta)
+        if self.loss == "kl_div" and self.reduction == "mean":
+            return fn(x, y, reduction="batchmean")
         return fn(x, y, reduction=self.reduction)
 
     def min_bytes(self, backward=True):
@@ -571,6 +578,7 @@ def default_cases(device, family="all"):
             n = 64 * 2**20
             cases += [RegressionCase(loss, n, dtype, device) for dtype in (fp32, bf16) for loss in
                       ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss")]
+            cases += [RegressionCase(loss, 16 * 2**20, fp32, device) for loss in ("soft_margin_loss", "kl_div")]
         if family in ("all", "embedding"):
             cases += [
                 EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device),
@@ -598,7 +606,7 @@ def default_cases(device, family="all"):
         ]
     if family in ("all", "regression"):
         cases += [RegressionCase(loss, 4 * 2**20, fp32, device)
-                  for loss in ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss")]
+                  for loss in ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss", "soft_margin_loss", "kl_div")]
     if family in ("all", "embedding"):
         cases += [
             EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device),

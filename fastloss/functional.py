@@ -15,7 +15,7 @@ from ._registrations._common import autocast_out_dtype
 
 __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
            "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
-           "ctc_loss"]
+           "ctc_loss", "soft_margin_loss", "kl_div"]
 
 _ops = torch.ops.fastloss
 
@@ -104,7 +104,7 @@ def nll_loss(
 # l1, mse, smooth_l1, huber, margin_ranking and hinge_embedding share one fused op,
 # fastloss::pointwise_loss(a, b, c, kind, param, reduction, grad_now, out_dtype); kinds as in
 # csrc/ops/pointwise.h.
-_L1, _MSE, _SMOOTH_L1, _HUBER, _MARGIN_RANKING, _HINGE = range(6)
+_L1, _MSE, _SMOOTH_L1, _HUBER, _MARGIN_RANKING, _HINGE, _SOFT_MARGIN, _KL_DIV = range(8)
 
 
 def _floating_common(name, *tensors):
@@ -278,6 +278,68 @@ def hinge_embedding_loss(
         # keep exactly what torch compares: 1, -1, or anything else (0 here)
         target = (target == 1).to(dtype) - (target == -1).to(dtype)
     return _pointwise(_HINGE, input, target, None, margin, red)
+
+
+def soft_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.soft_margin_loss, fused: log(1 + exp(-target * input)) and its gradient in
+    one pass (torch's formula as written: it overflows where torch's does). The target is cast to the
+    input's dtype and broadcast, as torch does; it has no gradient."""
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(soft_margin_loss, (input, target), input, target, size_average=size_average,
+                                     reduce=reduce, reduction=reduction)
+    red = _reduction_enum(size_average, reduce, reduction)
+    if target.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError("fastloss.soft_margin_loss: The function 'soft_margin_loss' is not differentiable with "
+                           "respect to argument 'target'. This input cannot have requires_grad True.")
+    dtype = _floating_common("soft_margin_loss", input)
+    shape = torch.broadcast_shapes(input.shape, target.shape)
+    if shape != input.shape:  # torch writes the loss in the input's shape
+        raise RuntimeError(f"fastloss.soft_margin_loss: output with shape {list(input.shape)} doesn't match the "
+                           f"broadcast shape {list(shape)}")
+    if autocast_out_dtype(input) is not None:
+        # torch's autocast runs soft_margin_loss in float32: the target is not rounded to the input's dtype
+        input, dtype = input.float(), torch.float32
+    return _pointwise(_SOFT_MARGIN, input, target.to(dtype), None, 0.0, red)
+
+
+def kl_div(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    log_target: bool = False,
+) -> Tensor:
+    """torch.nn.functional.kl_div, fused: target * (log(target) - input) (0 where target == 0), or
+    exp(target) * (target - input) with log_target, and the gradients of input and target in one pass.
+    'batchmean' is the fused sum divided by the batch size, as torch composes it."""
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(kl_div, (input, target), input, target, size_average=size_average,
+                                     reduce=reduce, reduction=reduction, log_target=log_target)
+    if size_average is not None or reduce is not None:
+        red = _Reduction.legacy_get_enum(size_average, reduce)
+    else:
+        if reduction == "mean":
+            warnings.warn(
+                "reduction: 'mean' divides the total loss by both the batch size and the support size."
+                "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
+                "'mean' will be changed to behave the same as 'batchmean' in the next major release.",
+                stacklevel=2,
+            )
+        red = _Reduction.get_enum("sum" if reduction == "batchmean" else reduction)
+    if not input.is_floating_point() or not target.is_floating_point():
+        raise RuntimeError("fastloss.kl_div: Integral inputs not supported (as torch.kl_div).")
+    dtype = _floating_common("kl_div", input, target)
+    loss = _pointwise(_KL_DIV, input.to(dtype), target.to(dtype), None, 1.0 if log_target else 0.0, red)
+    if reduction == "batchmean" and input.dim() != 0:
+        loss = loss / input.size()[0]
+    return loss
 
 
 # ------------------------------------------------------------------------------------ row-wise

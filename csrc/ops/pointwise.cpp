@@ -9,7 +9,7 @@
 namespace fastloss {
 
 PwKind to_pw_kind(int64_t kind) {
-  TORCH_CHECK_VALUE(kind >= 0 && kind <= 5, "fastloss.pointwise_loss: unknown kind ", num(kind));
+  TORCH_CHECK_VALUE(kind >= 0 && kind <= 7, "fastloss.pointwise_loss: unknown kind ", num(kind));
   return static_cast<PwKind>(kind);
 }
 
@@ -20,7 +20,9 @@ const char* pw_name(PwKind k) {
     case PwKind::SmoothL1: return "fastloss.smooth_l1_loss";
     case PwKind::Huber: return "fastloss.huber_loss";
     case PwKind::MarginRanking: return "fastloss.margin_ranking_loss";
-    default: return "fastloss.hinge_embedding_loss";
+    case PwKind::HingeEmbedding: return "fastloss.hinge_embedding_loss";
+    case PwKind::SoftMargin: return "fastloss.soft_margin_loss";
+    default: return "fastloss.kl_div";
   }
 }
 

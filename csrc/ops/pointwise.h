@@ -1,4 +1,5 @@
-// The pointwise loss family: l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding.
+// The pointwise loss family: l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding, soft_margin,
+// kl_div.
 // Every one is elementwise over up to three same-shaped tensors (a, b, c) followed by a reduction,
 // so one engine (cpu/pointwise.cpp, cuda/pointwise.cu) serves all of them, and the per-element math
 // below is the single definition both devices compile (host and device).
@@ -9,18 +10,30 @@
 //   Huber            input    target   weight         delta (> 0)
 //   MarginRanking    input1   input2   target         margin
 //   HingeEmbedding   input    target   -              margin
+//   SoftMargin       input    target   -              -
+//   KLDiv            input    target   -              log_target (0 or 1)
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/macros/Macros.h>
 
+#include <cmath>
 #include <cstdint>
 
 #include "common/common.h"
 
 namespace fastloss {
 
-enum class PwKind : int64_t { L1 = 0, MSE = 1, SmoothL1 = 2, Huber = 3, MarginRanking = 4, HingeEmbedding = 5 };
+enum class PwKind : int64_t {
+  L1 = 0,
+  MSE = 1,
+  SmoothL1 = 2,
+  Huber = 3,
+  MarginRanking = 4,
+  HingeEmbedding = 5,
+  SoftMargin = 6,
+  KLDiv = 7
+};
 
 // The loss of one element and its derivatives by a, b and c. Every hinge is strict (gradient 0 at
 // exactly 0), and every NaN propagates, as in torch's own formulas.
@@ -84,6 +97,27 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc param) {
     o.da = -c * gate;
     o.db = c * gate;
     o.dc = -diff * gate;
+  } else if constexpr (K == PwKind::SoftMargin) {  // torch's formulas as written: log1p(exp(-x y)), so a
+    // margin past ~88 (float32) overflows to an inf loss and a NaN gradient exactly where torch's does
+    const acc z = std::exp(-a * b);
+    const acc s = z / (acc(1) + z);
+    o.loss = std::log1p(z);
+    o.da = -b * s;
+    o.db = -a * s;
+    o.dc = acc(0);
+  } else if constexpr (K == PwKind::KLDiv) {  // param: log_target
+    if (param != acc(0)) {  // exp(t) (t - x)
+      const acc e = std::exp(b);
+      o.loss = e * (b - a);
+      o.da = -e;
+      o.db = e * (b - a + acc(1));
+    } else {  // xlogy(t, t) - t x: 0 where t == 0. The target gradient is torch's log(t) + t / t - x,
+      // NaN at t == 0 and t == inf as torch's
+      o.loss = (b == acc(0) ? acc(0) : b * std::log(b)) - b * a;
+      o.da = -b;
+      o.db = std::log(b) + b / b - a;
+    }
+    o.dc = acc(0);
   } else {  // HingeEmbedding: b = target; target != 1 adds max(margin - a, 0), target != -1 adds a
     const acc u = param - a;
     const bool not_pos = b != acc(1), not_neg = b != acc(-1);
@@ -155,7 +189,9 @@ decltype(auto) dispatch_pw_kind(PwKind k, F&& f) {
     case PwKind::SmoothL1: return f(std::integral_constant<PwKind, PwKind::SmoothL1>{});
     case PwKind::Huber: return f(std::integral_constant<PwKind, PwKind::Huber>{});
     case PwKind::MarginRanking: return f(std::integral_constant<PwKind, PwKind::MarginRanking>{});
-    default: return f(std::integral_constant<PwKind, PwKind::HingeEmbedding>{});
+    case PwKind::HingeEmbedding: return f(std::integral_constant<PwKind, PwKind::HingeEmbedding>{});
+    case PwKind::SoftMargin: return f(std::integral_constant<PwKind, PwKind::SoftMargin>{});
+    default: return f(std::integral_constant<PwKind, PwKind::KLDiv>{});
   }
 }
 
