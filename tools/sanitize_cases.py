@@ -81,7 +81,9 @@ def pointwise_and_row_cases(dev):
                              Fl.smooth_l1_loss(x, y, reduction=red, beta=0.5),
                              Fl.huber_loss(x, y, reduction=red, delta=0.7, weight=w),
                              Fl.margin_ranking_loss(x, y, s, margin=0.1, reduction=red),
-                             Fl.hinge_embedding_loss(x, s, reduction=red)]:
+                             Fl.hinge_embedding_loss(x, s, reduction=red),
+                             Fl.soft_margin_loss(x, s, reduction=red),
+                             Fl.kl_div(x, w, reduction="batchmean" if red == "mean" else red)]:
                     loss.backward(torch.rand_like(loss))
                     n += 1
         for rows, D in [(1, 1), (5, 33), (9, 512), (3, 2050)]:
