@@ -32,6 +32,10 @@ struct VecOps {
                    int64_t n, float* out);
   // out_i = exp(x_i + y_i + shift) (y may be null), any argument range
   void (*exp_add)(const float* x, const float* y, float shift, int64_t n, float* out);
+  // pointwise losses whose per-element math needs exp/log (ops/pointwise.h pw_eval, same formulas):
+  // loss, d/da, d/db per element
+  void (*pw_soft_margin)(const float* a, const float* b, int64_t n, float* loss, float* da, float* db);
+  void (*pw_kl_div)(const float* a, const float* b, int64_t n, bool log_target, float* loss, float* da, float* db);
   const char* isa;
 };
 
