@@ -22,8 +22,10 @@ void scale_rows(const scalar_t* in, scalar_t* out, const acc_t<scalar_t>* f, boo
                 int64_t classes, int64_t inner, bool skip_ones) {
   using acc = acc_t<scalar_t>;
   if (numel == 0) return;
-  const int64_t row_len = inner == 1 ? classes : 1;  // contiguous run sharing one factor
-  const int64_t runs = numel / row_len;
+  // contiguous run sharing one factor: everything for a single factor (else one call per element of a
+  // pointwise loss, classes == 1, cost ~5 ns each), a row of classes, or one element of a K-D row
+  const int64_t row_len = single ? std::min<int64_t>(numel, 16384) : inner == 1 ? classes : 1;
+  const int64_t runs = (numel + row_len - 1) / row_len;
   at::parallel_for(0, runs, std::max<int64_t>(1, 32768 / row_len), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       // run j covers elements [j*row_len, (j+1)*row_len); its row is j for inner == 1, else (n, s)
@@ -33,10 +35,11 @@ void scale_rows(const scalar_t* in, scalar_t* out, const acc_t<scalar_t>* f, boo
       if (skip_ones && k == acc(1)) continue;
       const scalar_t* src = in + j * row_len;
       scalar_t* dst = out + j * row_len;
+      const int64_t len = std::min(row_len, numel - j * row_len);  // the last single-factor run may be short
       if constexpr (std::is_same_v<scalar_t, float>) {
-        vec_ops().scale(src, row_len, k, dst);
+        vec_ops().scale(src, len, k, dst);
       } else {
-        for (int64_t i = 0; i < row_len; ++i) dst[i] = static_cast<scalar_t>(static_cast<acc>(src[i]) * k);
+        for (int64_t i = 0; i < len; ++i) dst[i] = static_cast<scalar_t>(static_cast<acc>(src[i]) * k);
       }
     }
   });
