@@ -29,16 +29,7 @@ using at::Tensor;
 template <typename A>
 struct CtcRows {
   static void lse3(const A* x0, const A* x1, const A* x2, const A* mask, const A* add, int64_t n, A* out) {
-    for (int64_t i = 0; i < n; ++i) {
-      const A a = x0[i], b = x1[i], c = x2[i] + mask[i];
-      A m = std::max(a, std::max(b, c));
-      if (m == -std::numeric_limits<A>::infinity()) {
-        out[i] = m + add[i];
-        continue;
-      }
-      out[i] = std::log(std::exp(a - m) + std::exp(b - m) + std::exp(c - m)) + m + add[i];
-      if (std::isnan(a) || std::isnan(b) || std::isnan(c)) out[i] = a + b + c;
-    }
+    for (int64_t i = 0; i < n; ++i) out[i] = ctc_lse3(x0[i], x1[i], x2[i] + mask[i]) + add[i];
   }
   static void exp_add(const A* x, const A* y, A shift, int64_t n, A* out) {
     for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i] + (y ? y[i] : A(0)) + shift);
@@ -71,13 +62,6 @@ double normalize(A* row, int64_t n) {
   if (!std::isfinite(m)) return 0.0;
   for (int64_t i = 0; i < n; ++i) row[i] -= m;
   return static_cast<double>(m);
-}
-
-template <typename A>
-A lse2(A a, A b) {  // torch's final log-sum-exp of the two end states
-  A m = std::max(a, b);
-  if (m == -std::numeric_limits<A>::infinity()) m = 0;
-  return std::log(std::exp(a - m) + std::exp(b - m)) + m;
 }
 
 template <typename scalar_t, typename target_t>
@@ -130,7 +114,7 @@ struct CtcSample {
         if (keep) aoff[t] = M;
       }
       const A* last = alpha.data() + (keep ? Tn - 1 : (Tn - 1) % 2) * W + 2;
-      nll = -(M + static_cast<double>(L == 0 ? last[0] : lse2(last[Sp - 1], last[Sp - 2])));
+      nll = -(M + static_cast<double>(L == 0 ? last[0] : ctc_lse2(last[Sp - 1], last[Sp - 2])));
     }
     if (grad) write_grad(n, Tn, L, nll, factor);
     return nll;
@@ -209,7 +193,8 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
     CtcSample<scalar_t, target_t> w{p, p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
                                     g};
     for (int64_t n = begin; n < end; ++n)
-      nll[n] = w.run(n, il[n], tl[n], off[n], static_cast<A>(ctc_grad_factor(p, tl[n])));
+      nll[n] = w.run(n, il[n], tl[n], off[n],
+                     static_cast<A>(ctc_grad_factor(p.reduction == Reduction::Mean, tl[n], N)));
   });
   const double inf = std::numeric_limits<double>::infinity();
   for (int64_t n = 0; n < N; ++n)
@@ -221,7 +206,7 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
   }
   double s = 0;  // fixed order
   for (int64_t n = 0; n < N; ++n)
-    s += p.reduction == Reduction::Mean ? nll[n] / static_cast<double>(std::max<int64_t>(tl[n], 1)) : nll[n];
+    s += p.reduction == Reduction::Mean ? nll[n] / ctc_target_norm(tl[n]) : nll[n];
   out[0] = static_cast<scalar_t>(p.reduction == Reduction::Mean ? s / static_cast<double>(N) : s);
 }
 

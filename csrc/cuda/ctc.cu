@@ -45,15 +45,6 @@ __device__ __forceinline__ acc ninf() {
   return -std::numeric_limits<acc>::infinity();
 }
 
-template <typename acc>
-__device__ __forceinline__ acc lse3(acc a, acc b, acc c) {
-  if (a != a || b != b || c != c) return a + b + c;
-  acc m = a > b ? a : b;
-  m = m > c ? m : c;
-  if (m == ninf<acc>()) return m;
-  return m + log(exp(a - m) + exp(b - m) + exp(c - m));
-}
-
 struct Sample {
   int64_t Tn, L, off;
 };
@@ -207,8 +198,8 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
         const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
         if (s >= Sp) continue;
         acc v;
-        if (backward) v = lse3(prev[s], prev[s + 1], skip[j] ? prev[s + 2] : ninf<acc>());
-        else v = lse3(prev[s + 2], prev[s + 1], skip[j] ? prev[s] : ninf<acc>());
+        if (backward) v = ctc_lse3(prev[s], prev[s + 1], skip[j] ? prev[s + 2] : ninf<acc>());
+        else v = ctc_lse3(prev[s + 2], prev[s + 1], skip[j] ? prev[s] : ninf<acc>());
         v = (v - shift) + pre[d][j];
         out[base + s] = v;
         store(t, s, v);
@@ -226,15 +217,7 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
   }
   if (!backward && threadIdx.x == 0) {
     const acc* last = rows + ((Tn - 1) & 1) * R + 2;
-    acc r;
-    if (S.L == 0) {
-      r = last[0];
-    } else {  // torch's final log-sum-exp of the two end states
-      const acc a = last[Sp - 1], b = last[Sp - 2];
-      acc m = a > b ? a : b;
-      if (m == ninf<acc>()) m = 0;
-      r = log(exp(a - m) + exp(b - m)) + m;
-    }
+    const acc r = S.L == 0 ? last[0] : ctc_lse2(last[Sp - 1], last[Sp - 2]);
     nll[n] = -(O + static_cast<double>(r));
   }
 }
@@ -261,7 +244,7 @@ __global__ void __launch_bounds__(kGradThreads)
     for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, v);
     return;
   }
-  const acc f = mean ? acc(1) / acc(S.L > 1 ? S.L : 1) / acc(N) : acc(1);
+  const acc f = static_cast<acc>(ctc_grad_factor(mean, S.L, N));
   for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, exp(load_acc(x, c)) * f);
 
   const int64_t Sp = 2 * S.L + 1;
@@ -307,7 +290,7 @@ __global__ void ctc_loss_out_kernel(const double* __restrict__ nll, const int64_
   double s = 0;
   for (int64_t n = 0; n < N; ++n) {
     const int64_t L = meta[N + n];
-    s += mean ? loss(n) / double(L > 1 ? L : 1) : loss(n);
+    s += mean ? loss(n) / ctc_target_norm(L) : loss(n);
   }
   store_acc(out, 0, static_cast<acc>(mean ? s / double(N) : s));
 }

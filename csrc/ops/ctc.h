@@ -12,7 +12,9 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "common/common.h"
 
@@ -34,10 +36,33 @@ struct CtcPlan {
 CtcPlan plan_ctc(const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,
                  const at::Tensor& target_lengths, int64_t blank, int64_t reduction, bool zero_infinity);
 
-// The gradient factor of sample n with grad_output = 1: 1 / max(L, 1) / N for mean, 1 otherwise.
-inline double ctc_grad_factor(const CtcPlan& p, int64_t target_length) {
-  if (p.reduction != Reduction::Mean) return 1.0;
-  return 1.0 / static_cast<double>(target_length > 1 ? target_length : 1) / static_cast<double>(p.N);
+// The mean's divisor of a sample's loss: its target length clamped to 1 (as torch).
+C10_HOST_DEVICE inline double ctc_target_norm(int64_t target_length) {
+  return static_cast<double>(target_length > 1 ? target_length : 1);
+}
+
+// The gradient factor of a sample with grad_output = 1: 1 / max(L, 1) / N for mean, 1 otherwise.
+C10_HOST_DEVICE inline double ctc_grad_factor(bool mean, int64_t target_length, int64_t N) {
+  return mean ? 1.0 / ctc_target_norm(target_length) / static_cast<double>(N) : 1.0;
+}
+
+// One alpha/beta step of a state: log(exp(a) + exp(b) + exp(c)); all -inf gives -inf, NaN propagates.
+// (The CPU's float rows use the vectorized VecOps::ctc_lse3 of the same formula.)
+template <typename acc>
+C10_HOST_DEVICE inline acc ctc_lse3(acc a, acc b, acc c) {
+  if (a != a || b != b || c != c) return a + b + c;
+  acc m = a > b ? a : b;
+  m = m > c ? m : c;
+  if (m == -std::numeric_limits<acc>::infinity()) return m;
+  return m + std::log(std::exp(a - m) + std::exp(b - m) + std::exp(c - m));
+}
+
+// torch's final log-sum-exp of the two end states (0 shift when both are -inf: the result is -inf).
+template <typename acc>
+C10_HOST_DEVICE inline acc ctc_lse2(acc a, acc b) {
+  acc m = a > b ? a : b;
+  if (m == -std::numeric_limits<acc>::infinity()) m = 0;
+  return std::log(std::exp(a - m) + std::exp(b - m)) + m;
 }
 
 // Raises the error for an invalid target value at flat position pos of plan.targets.
