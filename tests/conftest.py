@@ -47,3 +47,37 @@ def assert_close_ref(actual, ref, dtype, what="", floor=None):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def _tensors(x):
+    """The tensors of a result, nested lists/tuples flattened in order."""
+    if isinstance(x, (list, tuple)):
+        return [t for item in x for t in _tensors(item)]
+    return [x]
+
+
+def assert_deterministic(run, device):
+    """run() twice gives bitwise-equal tensors; on the CPU a third run with one thread must too (the
+    fixed-order reductions do not depend on the thread count)."""
+    first, second = _tensors(run()), _tensors(run())
+    third = second
+    if device == "cpu":
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            third = _tensors(run())
+        finally:
+            torch.set_num_threads(threads)
+    assert len(first) == len(second) == len(third)
+    for a, b, c in zip(first, second, third):
+        assert torch.equal(a, b)
+        assert torch.equal(a, c), "result depends on the thread count"
+
+
+def assert_profile_clean(prof, is_torch_op, fastloss_op):
+    """No aten op for which is_torch_op(name) holds ran under the profiler (C++ calls included), and the
+    fastloss op did (else the check would be void)."""
+    names = {e.name for e in prof.events()}
+    bad = {n for n in names if n.startswith("aten::") and is_torch_op(n)}
+    assert not bad, sorted(bad)
+    assert any(fastloss_op in n for n in names), "profiler saw no fastloss op (the check is void)"

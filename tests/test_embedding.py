@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import DTYPES, assert_close_ref, device_params, requires_cuda
+from conftest import DTYPES, assert_close_ref, assert_deterministic, device_params, requires_cuda
 from test_regression import (REDUCTIONS, _nullcontext, coarsest, diff_of, gfloor, make, poison_torch_losses,
                              torch_ref)
 
@@ -931,20 +931,8 @@ def test_deterministic(device, dtype):
         loss = call(a, p, n)
         return [loss.detach()] + list(torch.autograd.grad(loss, [a, p, n], allow_unused=True, materialize_grads=True))
 
-    threads = torch.get_num_threads()
     for call in calls:
-        first, second = run(call), run(call)
-        if device == "cpu":
-            torch.set_num_threads(1)
-            try:
-                third = run(call)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            third = second
-        for x, y, z in zip(first, second, third):
-            assert torch.equal(x, y)
-            assert torch.equal(x, z), "result depends on the thread count"
+        assert_deterministic(lambda: run(call), device)
 
 
 # ---------------------------------------------------------------------------------- no torch fallback

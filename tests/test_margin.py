@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import DTYPES, assert_close_ref, device_params, requires_cuda
+from conftest import (DTYPES, assert_close_ref, assert_deterministic, assert_profile_clean, device_params,
+                      requires_cuda)
 from test_regression import _nullcontext, gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -506,18 +507,7 @@ def test_deterministic(device, dtype, reduction):
         loss = ours(x, t0, reduction=reduction)
         return [loss.detach(), torch.autograd.grad(loss, x, go)[0]]
 
-    first, second = run(), run()
-    third = second
-    if device == "cpu":
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            third = run()
-        finally:
-            torch.set_num_threads(threads)
-    for a, b, c in zip(first, second, third):
-        assert torch.equal(a, b)
-        assert torch.equal(a, c), "result depends on the thread count"
+    assert_deterministic(run, device)
 
 
 # ------------------------------------------------------------------------------ no torch fallback
@@ -541,7 +531,5 @@ def test_no_torch_loss_is_called(monkeypatch):
     for a, b in zip(got, expect):
         torch.testing.assert_close(a, b)
     assert x.grad is not None and torch.isfinite(x.grad).all()
-    names = {e.name for e in prof.events()}
-    bad = {n for n in names if n.startswith("aten::") and ("soft_margin" in n or n in ("aten::exp", "aten::log1p"))}
-    assert not bad, sorted(bad)
-    assert any("fastloss::pointwise_loss" in n for n in names), "profiler saw no fastloss op (the check is void)"
+    assert_profile_clean(prof, lambda n: "soft_margin" in n or n in ("aten::exp", "aten::log1p"),
+                         "fastloss::pointwise_loss")

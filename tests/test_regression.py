@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import DTYPES, TOL, assert_close_ref, device_params, requires_cuda
+from conftest import DTYPES, TOL, assert_close_ref, assert_deterministic, device_params, requires_cuda
 
 REDUCTIONS = ["none", "mean", "sum"]
 LOSSES = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
@@ -650,21 +650,8 @@ def test_deterministic(device, dtype):
         loss = call(x, t, w)
         return [loss.detach()] + list(torch.autograd.grad(loss, [x, t, w], allow_unused=True, materialize_grads=True))
 
-    threads = torch.get_num_threads()
     for call in calls:
-        first = run(call)
-        second = run(call)
-        if device == "cpu":
-            torch.set_num_threads(1)
-            try:
-                third = run(call)
-            finally:
-                torch.set_num_threads(threads)
-        else:
-            third = second
-        for a, b, c in zip(first, second, third):
-            assert torch.equal(a, b)
-            assert torch.equal(a, c), "result depends on the thread count"
+        assert_deterministic(lambda: run(call), device)
 
 
 # ------------------------------------------------------------------------------ no torch fallback
