@@ -1,4 +1,6 @@
 """Shared test fixtures: devices (CPU always, CUDA when a GPU is visible), dtypes, tolerances."""
+import contextlib
+
 import pytest
 import torch
 
@@ -81,3 +83,19 @@ def assert_profile_clean(prof, is_torch_op, fastloss_op):
     bad = {n for n in names if n.startswith("aten::") and is_torch_op(n)}
     assert not bad, sorted(bad)
     assert any(fastloss_op in n for n in names), "profiler saw no fastloss op (the check is void)"
+
+
+def module_pair(cls, kwargs, device):
+    """fastloss.<cls>(**kwargs) and torch.nn.<cls>(**kwargs) on device (legacy size_average / reduce must
+    warn, as torch's), after checking the fastloss module is the torch class's subclass overriding forward
+    only, with the same state_dict keys and reduction."""
+    legacy = "size_average" in kwargs or "reduce" in kwargs
+    with pytest.warns(UserWarning) if legacy else contextlib.nullcontext():
+        mod = getattr(fastloss, cls)(**kwargs).to(device)
+    with pytest.warns(UserWarning) if legacy else contextlib.nullcontext():
+        ref_mod = getattr(torch.nn, cls)(**kwargs).to(device)
+    assert isinstance(mod, getattr(torch.nn, cls)) and type(mod) is getattr(fastloss, cls)
+    assert "forward" in vars(getattr(fastloss, cls))
+    assert mod.state_dict().keys() == ref_mod.state_dict().keys()
+    assert mod.reduction == ref_mod.reduction
+    return mod, ref_mod

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import DTYPES, assert_close_ref, assert_deterministic, device_params, requires_cuda
+from conftest import (DTYPES, assert_close_ref, assert_deterministic, device_params, module_pair,
+                      requires_cuda)
 from test_regression import (REDUCTIONS, _nullcontext, coarsest, diff_of, gfloor, make, poison_torch_losses,
                              torch_ref)
 
@@ -823,15 +824,7 @@ MODULE_TO_FUNCTION = {"TripletMarginLoss": "triplet_margin_loss",
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("cls,kwargs", MODULE_CASES, ids=str)
 def test_modules(device, cls, kwargs):
-    legacy = "size_average" in kwargs or "reduce" in kwargs
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        mod = getattr(fastloss, cls)(**kwargs).to(device)
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        ref_mod = getattr(torch.nn, cls)(**kwargs).to(device)
-    assert isinstance(mod, getattr(torch.nn, cls))
-    assert "forward" in vars(getattr(fastloss, cls))
-    assert mod.state_dict().keys() == ref_mod.state_dict().keys()
-    assert mod.reduction == ref_mod.reduction
+    mod, ref_mod = module_pair(cls, kwargs, device)
     _, factory = _calls(fl())[MODULE_TO_FUNCTION[cls]]
     args = factory(device, torch.float32)
     out, ref = mod(*args), ref_mod(*args)

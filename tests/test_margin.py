@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import (DTYPES, assert_close_ref, assert_deterministic, assert_profile_clean, device_params,
-                      requires_cuda)
-from test_regression import _nullcontext, gfloor, layouts, make, poison_torch_losses, torch_ref
+                      module_pair, requires_cuda)
+from test_regression import gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
@@ -397,15 +397,7 @@ MODULE_CASES = [{}, {"reduction": "sum"}, {"reduction": "none"}, {"size_average"
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("kwargs", MODULE_CASES, ids=str)
 def test_module(device, kwargs):
-    legacy = "size_average" in kwargs or "reduce" in kwargs
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        mod = fastloss.SoftMarginLoss(**kwargs).to(device)
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        ref_mod = torch.nn.SoftMarginLoss(**kwargs).to(device)
-    assert isinstance(mod, torch.nn.SoftMarginLoss) and type(mod) is fastloss.SoftMarginLoss
-    assert "forward" in vars(fastloss.SoftMarginLoss)
-    assert mod.state_dict().keys() == ref_mod.state_dict().keys()
-    assert mod.reduction == ref_mod.reduction
+    mod, ref_mod = module_pair("SoftMarginLoss", kwargs, device)
     assert list(mod.parameters()) == [] and list(mod.buffers()) == []
     assert repr(mod) == repr(ref_mod)
     x = torch.randn(7, 11, device=device, requires_grad=True)

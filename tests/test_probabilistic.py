@@ -14,8 +14,8 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import (DTYPES, assert_close_ref, assert_deterministic, assert_profile_clean, device_params,
-                      requires_cuda)
-from test_regression import _nullcontext, coarsest, gfloor, layouts, make, poison_torch_losses, torch_ref
+                      module_pair, requires_cuda)
+from test_regression import coarsest, gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum", "batchmean"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
@@ -435,15 +435,8 @@ MODULE_CASES = [{}, {"reduction": "batchmean"}, {"reduction": "sum", "log_target
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("kwargs", MODULE_CASES, ids=str)
 def test_module(device, kwargs):
-    legacy = "size_average" in kwargs or "reduce" in kwargs
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        mod = fastloss.KLDivLoss(**kwargs).to(device)
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        ref_mod = torch.nn.KLDivLoss(**kwargs).to(device)
-    assert isinstance(mod, torch.nn.KLDivLoss) and type(mod) is fastloss.KLDivLoss
-    assert "forward" in vars(fastloss.KLDivLoss)
-    assert mod.state_dict().keys() == ref_mod.state_dict().keys()
-    assert mod.reduction == ref_mod.reduction and mod.log_target == ref_mod.log_target
+    mod, ref_mod = module_pair("KLDivLoss", kwargs, device)
+    assert mod.log_target == ref_mod.log_target
     assert list(mod.parameters()) == [] and list(mod.buffers()) == []
     assert repr(mod) == repr(ref_mod)
     x = torch.randn(7, 11, device=device, requires_grad=True)

@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import DTYPES, TOL, assert_close_ref, assert_deterministic, device_params, requires_cuda
+from conftest import (DTYPES, TOL, assert_close_ref, assert_deterministic, device_params, module_pair,
+                      requires_cuda)
 
 REDUCTIONS = ["none", "mean", "sum"]
 LOSSES = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
@@ -567,15 +568,7 @@ MODULE_CASES = [
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("cls,kwargs", MODULE_CASES, ids=str)
 def test_modules(device, cls, kwargs):
-    legacy = "size_average" in kwargs or "reduce" in kwargs
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        mod = getattr(fastloss, cls)(**kwargs).to(device)
-    with pytest.warns(UserWarning) if legacy else _nullcontext():
-        ref_mod = getattr(torch.nn, cls)(**kwargs).to(device)
-    assert isinstance(mod, getattr(torch.nn, cls))
-    assert "forward" in vars(getattr(fastloss, cls))
-    assert mod.state_dict().keys() == ref_mod.state_dict().keys()
-    assert mod.reduction == ref_mod.reduction
+    mod, ref_mod = module_pair(cls, kwargs, device)
     x = torch.randn(7, 11, device=device, requires_grad=True)
     t = torch.randn(7, 11, device=device, requires_grad=True)
     out, ref = mod(x, t), ref_mod(x, t)
