@@ -7,7 +7,7 @@ fraction of the device's measured copy bandwidth. benchmarks/ holds the fuller c
 
 Examples:
     python -m fastloss.bench                                   # every family's default cases
-    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|all
+    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|probabilistic|all
     python -m fastloss.bench --loss cross_entropy,nll_loss --shape 8192x128256 --dtype bf16
     python -m fastloss.bench --loss mse,smooth_l1 --shape 64M --dtype fp32 --reduction none
     python -m fastloss.bench --loss triplet_margin_loss --shape 65536x512 --swap
@@ -203,7 +203,7 @@ class LossCase:
         if self.reduction != "none":
             return None
         with torch.no_grad():
-            out = self.call(getattr(F, self.loss), *inputs)
+            out = self.call(self.function("torch"), *inputs)
         return torch.rand(out.shape, dtype=out.dtype, device=out.device, generator=self.generator())
 
     def step(self, impl, *inputs):
@@ -324,6 +324,84 @@ class RegressionCase(ShapedCase):
         each tensor once, the convention of every table.)"""
         n, e = self.numel, self.elem
         return n * e * (2 + (1 if backward else 0) + ((1 + (1 if backward else 0)) if self.reduction == "none" else 0))
+
+
+def torch_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """The torch side of sigmoid_focal_loss (torch.nn has none): torchvision.ops.sigmoid_focal_loss's
+    formula written with torch ops, as torchvision writes it."""
+    p = torch.sigmoid(inputs)
+    ce = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    if reduction == "mean":
+        return loss.mean()
+    if reduction == "sum":
+        return loss.sum()
+    return loss
+
+
+class BinaryCase(ShapedCase):
+    """The probabilistic / multi-label family on (rows, classes) inputs: binary_cross_entropy
+    (probabilities), binary_cross_entropy_with_logits (with a per-class pos_weight), poisson_nll_loss,
+    gaussian_nll_loss (a full-shape var that requires grad), multilabel_soft_margin_loss and
+    sigmoid_focal_loss (torch side: torchvision's formula in torch ops). Input requires grad; targets in
+    [0, 1] (counts for poisson)."""
+
+    family = "probabilistic"
+    losses = ("binary_cross_entropy", "binary_cross_entropy_with_logits", "poisson_nll_loss", "gaussian_nll_loss",
+              "multilabel_soft_margin_loss", "sigmoid_focal_loss")
+    CLASSES = 1024  # last dimension when the shape is given as an element count
+
+    def __init__(self, loss, shape, dtype, device, reduction="mean"):
+        if len(shape) == 1 and shape[0] % self.CLASSES == 0:
+            shape = (shape[0] // self.CLASSES, self.CLASSES)
+        super().__init__(loss, shape, dtype, device, reduction)
+
+    def function(self, impl):
+        if impl == "torch" and self.loss == "sigmoid_focal_loss":
+            return torch_sigmoid_focal_loss
+        return super().function(impl)
+
+    def inputs(self):
+        g = self.generator()
+        kw = dict(device=self.device, dtype=self.dtype)
+        x = torch.randn(self.shape, generator=g, **kw)
+        t = torch.rand(self.shape, generator=g, **kw)
+        if self.loss == "binary_cross_entropy":
+            x = torch.sigmoid(x)
+        elif self.loss == "poisson_nll_loss":
+            t = torch.poisson(torch.rand(self.shape, generator=g, device=self.device) * 4).to(self.dtype)
+        elif self.loss == "gaussian_nll_loss":
+            v = (torch.rand(self.shape, generator=g, **kw) + 0.1).requires_grad_()
+            return x.requires_grad_(), t, v
+        elif self.loss == "binary_cross_entropy_with_logits":
+            pw = torch.rand(self.shape[-1:], generator=g, **kw) * 3
+            return x.requires_grad_(), t, pw
+        return x.requires_grad_(), t
+
+    def call(self, fn, x, t, extra=None):
+        if self.loss == "gaussian_nll_loss":
+            return fn(x, t, extra, reduction=self.reduction)
+        if self.loss == "binary_cross_entropy_with_logits":
+            return fn(x, t, pos_weight=extra, reduction=self.reduction)
+        return fn(x, t, reduction=self.reduction)
+
+    def extras(self):
+        return " pos_weight" if self.loss == "binary_cross_entropy_with_logits" else ""
+
+    def min_bytes(self, backward=True):
+        """input + target read [+ input gradient written]; gaussian also reads var [and writes its
+        gradient]; 'none' adds the loss written [and the upstream gradient read] (per row for
+        multilabel_soft_margin: negligible). pos_weight (one row) is not counted."""
+        n, e = self.numel, self.elem
+        tensors = 2 + (1 if backward else 0)
+        if self.loss == "gaussian_nll_loss":
+            tensors += 1 + (1 if backward else 0)
+        if self.reduction == "none" and self.loss != "multilabel_soft_margin_loss":
+            tensors += 1 + (1 if backward else 0)
+        return n * e * tensors
 
 
 class EmbeddingCase(ShapedCase):
@@ -515,7 +593,7 @@ class CtcCase(LossCase):
         return n
 
 
-FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase, CtcCase)}
+FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase, CtcCase, BinaryCase)}
 LOSS_FAMILY = {loss: c for c in FAMILIES.values() for loss in c.losses}
 
 
@@ -534,9 +612,9 @@ def loss_name(s):
 # table must finish in about a minute.
 DEFAULT_SHAPES = {
     "cuda": {"cross_entropy": (8192, 32000), "regression": (64 * 2**20,), "embedding_rows": (65536, 512),
-             "embedding_elementwise": (16 * 2**20,), "ctc": (1000, 64, 64, 200)},
+             "embedding_elementwise": (16 * 2**20,), "ctc": (1000, 64, 64, 200), "probabilistic": (16384, 1024)},
     "cpu": {"cross_entropy": (1024, 32000), "regression": (4 * 2**20,), "embedding_rows": (4096, 512),
-            "embedding_elementwise": (2**20,), "ctc": (200, 16, 32, 50)},
+            "embedding_elementwise": (2**20,), "ctc": (200, 16, 32, 50), "probabilistic": (1024, 1024)},
 }
 
 
@@ -550,6 +628,8 @@ def make_case(loss, shape, dtype, device, reduction="mean", swap=False):
         return CrossEntropyCase(loss, rows, classes, dtype, device, reduction=reduction)
     if cls is RegressionCase:
         return RegressionCase(loss, shape or sizes["regression"], dtype, device, reduction=reduction)
+    if cls is BinaryCase:
+        return BinaryCase(loss, shape or sizes["probabilistic"], dtype, device, reduction=reduction)
     if cls is CtcCase:
         shape = shape or sizes["ctc"]
         if len(shape) != 4:
@@ -594,6 +674,9 @@ def default_cases(device, family="all"):
                 CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device, cudnn=True),  # torch: cuDNN
                 CtcCase("ctc_loss", 500, 32, 5000, 100, bf16, device),  # torch: fp32 (no bf16 CTC)
             ]
+        if family in ("all", "probabilistic"):  # the issue's 16M elements
+            cases += [BinaryCase(loss, (16384, 1024), dtype, device) for dtype in (fp32, bf16)
+                      for loss in BinaryCase.losses]
         return cases
     if family in ("all", "cross_entropy"):
         cases += [
@@ -617,6 +700,8 @@ def default_cases(device, family="all"):
     if family in ("all", "ctc"):
         cases += [CtcCase("ctc_loss", T, N, C, S, fp32, device)
                   for T, N, C, S in ((200, 16, 32, 50), (100, 8, 32, 25), (500, 32, 64, 100))]
+    if family in ("all", "probabilistic"):
+        cases += [BinaryCase(loss, (1024, 1024), fp32, device) for loss in BinaryCase.losses]
     return cases
 
 

@@ -15,7 +15,8 @@ from ._registrations._common import autocast_out_dtype
 
 __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
            "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
-           "ctc_loss", "soft_margin_loss", "kl_div"]
+           "ctc_loss", "soft_margin_loss", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits",
+           "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss"]
 
 _ops = torch.ops.fastloss
 
@@ -104,7 +105,8 @@ def nll_loss(
 # l1, mse, smooth_l1, huber, margin_ranking and hinge_embedding share one fused op,
 # fastloss::pointwise_loss(a, b, c, kind, param, reduction, grad_now, out_dtype); kinds as in
 # csrc/ops/pointwise.h.
-_L1, _MSE, _SMOOTH_L1, _HUBER, _MARGIN_RANKING, _HINGE, _SOFT_MARGIN, _KL_DIV = range(8)
+(_L1, _MSE, _SMOOTH_L1, _HUBER, _MARGIN_RANKING, _HINGE, _SOFT_MARGIN, _KL_DIV, _BCE, _BCE_LOGITS, _POISSON, _GAUSSIAN,
+ _FOCAL) = range(13)
 
 
 def _floating_common(name, *tensors):
@@ -129,19 +131,21 @@ def _warn_size(input, target):
         )
 
 
-def _pointwise(kind, a, b, c, param, red, autocast=True):
+def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0):
     """One fused call. With mean/sum the forward also writes the gradients that will be needed (the
     backward then only scales them), except for l1/mse with a weight under 'mean', whose denominator
-    sum(weight) is known only at the end of the pass."""
-    if a.shape != b.shape or (c is not None and c.shape != a.shape):
-        tensors = torch.broadcast_tensors(a, b) if c is None else torch.broadcast_tensors(a, b, c)
-        a, b = tensors[0], tensors[1]
-        c = tensors[2] if c is not None else None
+    sum(weight) is known only at the end of the pass. d (pos_weight) is never differentiated."""
+    if a.shape != b.shape or any(t is not None and t.shape != a.shape for t in (c, d)):
+        given = [t for t in (a, b, c, d) if t is not None]
+        it = iter(torch.broadcast_tensors(*given))
+        a, b = next(it), next(it)
+        c = next(it) if c is not None else None
+        d = next(it) if d is not None else None
     grad_mode = torch.is_grad_enabled()
     fused = red != 0 and not (c is not None and kind in (_L1, _MSE) and red == 1)
     grad_now = [fused and grad_mode and t is not None and t.requires_grad for t in (a, b, c)]
     out_dtype = autocast_out_dtype(a) if autocast else None
-    return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype)[0]
+    return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype, d, float(param2))[0]
 
 
 def _regression(name, kind, input, target, weight, param, red):
@@ -340,6 +344,218 @@ def kl_div(
     if reduction == "batchmean" and input.dim() != 0:
         loss = loss / input.size()[0]
     return loss
+
+
+def _legacy_reduction_string(size_average, reduce, reduction):
+    if size_average is not None or reduce is not None:
+        return _Reduction.legacy_get_string(size_average, reduce)
+    return reduction
+
+
+def _expand_to(name, t, shape):
+    """weight / pos_weight broadcast to the loss's shape; torch applies them in place on the loss, so
+    they may not enlarge it (same error text as torch's)."""
+    if t is None or t.shape == shape:
+        return t
+    if torch.broadcast_shapes(t.shape, shape) != shape:
+        raise RuntimeError(f"fastloss.{name}: output with shape {list(shape)} doesn't match the broadcast shape "
+                           f"{list(torch.broadcast_shapes(t.shape, shape))}")
+    return t.expand(shape)
+
+
+def binary_cross_entropy(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.binary_cross_entropy, fused: the loss (log terms clamped at -100, as torch)
+    and, for mean/sum, the gradients of input and target in one pass. Input and target outside [0, 1]
+    raise torch's error on CPU and on CUDA (one host sync there; torch's CUDA kernel asserts)."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(binary_cross_entropy, (input, target, weight), input, target, weight=weight,
+                                     size_average=size_average, reduce=reduce, reduction=reduction)
+    red = _reduction_enum(size_average, reduce, reduction)
+    if target.size() != input.size():
+        raise ValueError(f"Using a target size ({target.size()}) that is different to the input size "
+                         f"({input.size()}) is deprecated. Please ensure they have the same size.")
+    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+        raise RuntimeError(
+            "torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe to autocast.\n"
+            "Many models use a sigmoid layer right before the binary cross entropy layer.\n"
+            "In this case, combine the two layers using torch.nn.functional.binary_cross_entropy_with_logits\n"
+            "or torch.nn.BCEWithLogitsLoss.  binary_cross_entropy_with_logits and BCEWithLogits are\n"
+            "safe to autocast.")
+    _floating_common("binary_cross_entropy", input)
+    if target.dtype != input.dtype:
+        raise RuntimeError(f"fastloss.binary_cross_entropy: Found dtype {_TYPE_NAMES.get(target.dtype, target.dtype)} "
+                           f"but expected {_TYPE_NAMES.get(input.dtype, input.dtype)} (target must have the input's "
+                           f"dtype, as in torch)")
+    _check_weight("binary_cross_entropy", input, weight, True, differentiable=False)
+    if weight is not None:
+        weight = _expand_to("binary_cross_entropy", weight.to(input.dtype), input.shape)
+    return _pointwise(_BCE, input, target, weight, 0.0, red)
+
+
+def binary_cross_entropy_with_logits(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+    pos_weight: Tensor | None = None,
+) -> Tensor:
+    """torch.nn.functional.binary_cross_entropy_with_logits, fused: (1 - t) x + (1 + (pos_weight - 1) t)
+    softplus(-x) from one exp and one log1p per element (stable for any |x|), times weight, and the
+    gradients of input and target in the same pass. weight and pos_weight broadcast to the input
+    (pos_weight typically over the last, class, dimension); neither is differentiable, as in torch."""
+    if has_torch_function_variadic(input, target, weight, pos_weight):
+        return handle_torch_function(binary_cross_entropy_with_logits, (input, target, weight, pos_weight), input,
+                                     target, weight=weight, size_average=size_average, reduce=reduce,
+                                     reduction=reduction, pos_weight=pos_weight)
+    red = _reduction_enum(size_average, reduce, reduction)
+    if not (target.size() == input.size()):
+        raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
+    name = "binary_cross_entropy_with_logits"
+    if not target.is_floating_point():
+        raise RuntimeError(f"fastloss.{name}: result type Float can't be cast to the desired output type "
+                           f"{_TYPE_NAMES.get(target.dtype, target.dtype)} (target must be floating point, as in torch)")
+    _floating_common(name, input)
+    dtype = target.dtype  # torch computes the loss in place in the target's dtype
+    if torch.is_autocast_enabled(input.device.type) and _HALF_TYPES.intersection((input.dtype, target.dtype)):
+        # autocast computes in float32: half data is read as is when both share it (the loss is written
+        # in float32), else everything is float32
+        dtype = input.dtype if input.dtype == target.dtype else torch.float32
+    for t, tname in ((weight, "weight"), (pos_weight, "pos_weight")):
+        if t is not None and t.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError(f"fastloss.{name}: The function '{name}' is not differentiable with respect to "
+                               f"argument '{tname}'. This input cannot have requires_grad True.")
+    weight = _expand_to(name, weight.to(dtype), input.shape) if weight is not None else None
+    pos_weight = _expand_to(name, pos_weight.to(dtype), input.shape) if pos_weight is not None else None
+    return _pointwise(_BCE_LOGITS, input.to(dtype), target.to(dtype), weight, 1.0 if pos_weight is not None else 0.0,
+                      red, d=pos_weight)
+
+
+_HALF_TYPES = frozenset((torch.float16, torch.bfloat16))
+
+
+def poisson_nll_loss(
+    input: Tensor,
+    target: Tensor,
+    log_input: bool = True,
+    full: bool = False,
+    size_average: bool | None = None,
+    eps: float = 1e-8,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.poisson_nll_loss, fused: exp(x) - t x (log_input) or x - t log(x + eps),
+    plus with `full` the Stirling term t log t - t + log(2 pi t) / 2 where t > 1, and the gradients of
+    input and target, in one pass."""
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(poisson_nll_loss, (input, target), input, target, log_input=log_input,
+                                     full=full, size_average=size_average, eps=eps, reduce=reduce,
+                                     reduction=reduction)
+    reduction = _legacy_reduction_string(size_average, reduce, reduction)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(reduction + " is not a valid value for reduction")
+    dtype = _floating_common("poisson_nll_loss", input, target)
+    flags = (1 if log_input else 0) + (2 if full else 0)
+    return _pointwise(_POISSON, input.to(dtype), target.to(dtype), None, float(eps), _Reduction.get_enum(reduction),
+                      param2=flags)
+
+
+def gaussian_nll_loss(
+    input: Tensor,
+    target: Tensor,
+    var: Tensor | float,
+    full: bool = False,
+    eps: float = 1e-6,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.gaussian_nll_loss, fused: (log(max(var, eps)) + (x - t)^2 / max(var, eps)) / 2
+    (+ log(2 pi) / 2 with `full`) and the gradients of input, target and var in one pass; var broadcasts
+    as torch allows (same shape, one dimension short, or one dimension of size 1). Like torch, the
+    clamp at eps passes the var gradient unchanged, and a negative var raises (one host sync, as torch)."""
+    if has_torch_function_variadic(input, target, var):
+        return handle_torch_function(gaussian_nll_loss, (input, target, var), input, target, var, full=full, eps=eps,
+                                     reduction=reduction)
+    if isinstance(var, float):
+        if var < 0:
+            raise ValueError("var has negative entry/entries")
+        var = input.new_full((), var).expand(input.shape)
+    elif torch.any(var < 0):
+        raise ValueError("var has negative entry/entries")
+    if var.size() != input.size():
+        if input.size()[:-1] == var.size():
+            var = torch.unsqueeze(var, -1)
+        elif input.ndim == var.ndim and sum(y for x, y in zip(input.size(), var.size(), strict=True) if x != y) == 1:
+            pass
+        else:
+            raise ValueError("var is of incorrect size")
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(reduction + " is not valid")
+    dtype = _floating_common("gaussian_nll_loss", input, target, var)
+    # composed of plain tensor ops in torch, which autocast leaves in the inputs' dtype
+    return _pointwise(_GAUSSIAN, input.to(dtype), target.to(dtype), var.to(dtype), float(eps),
+                      _Reduction.get_enum(reduction), autocast=False, param2=1.0 if full else 0.0)
+
+
+def multilabel_soft_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.multilabel_soft_margin_loss: -(t log sigmoid(x) + (1 - t) log sigmoid(-x)) * weight,
+    summed over the last (class) dimension and divided by C. That per-element loss is the fused
+    binary_cross_entropy_with_logits kernel, so mean and sum are one fused pass (total / numel, total / C).
+    reduction='none' (one loss per row) is that kernel's per-element loss summed over C by torch's sum
+    (documented composition). The weight is differentiable, as in torch's composite."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(multilabel_soft_margin_loss, (input, target, weight), input, target,
+                                     weight=weight, size_average=size_average, reduce=reduce, reduction=reduction)
+    reduction = _legacy_reduction_string(size_average, reduce, reduction)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(reduction + " is not valid")
+    C = input.size(input.dim() - 1)
+    dtype = _floating_common("multilabel_soft_margin_loss", input, target, weight)
+    x, t = input.to(dtype), target.to(dtype)
+    w = weight.to(dtype) if weight is not None else None
+    if reduction == "none":
+        return _pointwise(_BCE_LOGITS, x, t, w, 0.0, 0, autocast=False).sum(dim=-1) / C
+    loss = _pointwise(_BCE_LOGITS, x, t, w, 0.0, _Reduction.get_enum(reduction), autocast=False)
+    return loss / C if reduction == "sum" else loss
+
+
+def sigmoid_focal_loss(
+    inputs: Tensor,
+    targets: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2,
+    reduction: str = "none",
+) -> Tensor:
+    """Focal loss (Lin et al., 2017) with torchvision.ops.sigmoid_focal_loss's semantics and signature:
+    ce * (1 - p_t) ** gamma, times alpha_t = alpha t + (1 - alpha) (1 - t) when alpha >= 0, where
+    p = sigmoid(inputs), ce = binary_cross_entropy_with_logits(inputs, targets), p_t = p t + (1 - p)(1 - t).
+    Fused: one pass computes the loss and the gradients of inputs and targets (torchvision composes
+    about ten tensor ops)."""
+    if has_torch_function_variadic(inputs, targets):
+        return handle_torch_function(sigmoid_focal_loss, (inputs, targets), inputs, targets, alpha=alpha, gamma=gamma,
+                                     reduction=reduction)
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"Invalid Value for arg 'reduction': '{reduction} \n Supported reduction modes: 'none', "
+                         f"'mean', 'sum'")
+    if targets.size() != inputs.size():
+        raise ValueError(f"Target size ({targets.size()}) must be the same as input size ({inputs.size()})")
+    dtype = _floating_common("sigmoid_focal_loss", inputs, targets)
+    return _pointwise(_FOCAL, inputs.to(dtype), targets.to(dtype), None, float(alpha), _Reduction.get_enum(reduction),
+                      param2=float(gamma))
 
 
 # ------------------------------------------------------------------------------------ row-wise

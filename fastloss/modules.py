@@ -7,7 +7,8 @@ from . import functional as F
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
            "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss", "CTCLoss",
-           "SoftMarginLoss", "KLDivLoss"]
+           "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss", "PoissonNLLLoss", "GaussianNLLLoss",
+           "MultiLabelSoftMarginLoss", "FocalLoss"]
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -113,3 +114,66 @@ class KLDivLoss(nn.KLDivLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+class BCELoss(nn.BCELoss):
+    __doc__ = nn.BCELoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
+    __doc__ = nn.BCEWithLogitsLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
+                                                  reduction=self.reduction)
+
+
+class PoissonNLLLoss(nn.PoissonNLLLoss):
+    __doc__ = nn.PoissonNLLLoss.__doc__
+
+    def forward(self, log_input: Tensor, target: Tensor) -> Tensor:
+        return F.poisson_nll_loss(log_input, target, log_input=self.log_input, full=self.full, eps=self.eps,
+                                  reduction=self.reduction)
+
+
+class GaussianNLLLoss(nn.GaussianNLLLoss):
+    __doc__ = nn.GaussianNLLLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor, var: Tensor | float) -> Tensor:
+        return F.gaussian_nll_loss(input, target, var, full=self.full, eps=self.eps, reduction=self.reduction)
+
+
+class MultiLabelSoftMarginLoss(nn.MultiLabelSoftMarginLoss):
+    __doc__ = nn.MultiLabelSoftMarginLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
+
+
+class FocalLoss(nn.Module):
+    """Sigmoid focal loss (Lin et al., 2017) as a module: fastloss.functional.sigmoid_focal_loss with
+    torchvision.ops.sigmoid_focal_loss's semantics. torch.nn has no focal loss; unlike torchvision's
+    function (default reduction 'none'), the module defaults to 'mean' like every torch.nn loss.
+
+    Args:
+        alpha: weight of the positive class in [0, 1]; a negative value disables the alpha term.
+        gamma: focusing exponent (0 gives binary_cross_entropy_with_logits).
+        reduction: 'none' | 'mean' | 'sum'.
+    """
+
+    def __init__(self, alpha: float = 0.25, gamma: float = 2.0, reduction: str = "mean") -> None:
+        super().__init__()
+        if reduction not in ("none", "mean", "sum"):
+            raise ValueError(f"{reduction} is not a valid value for reduction")
+        self.alpha = alpha
+        self.gamma = gamma
+        self.reduction = reduction
+
+    def extra_repr(self) -> str:
+        return f"alpha={self.alpha}, gamma={self.gamma}, reduction={self.reduction!r}"
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.sigmoid_focal_loss(input, target, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)

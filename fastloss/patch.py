@@ -11,10 +11,11 @@ from . import modules as _fl_modules
 
 __all__ = ["patch", "unpatch", "is_patched", "PATCHED_FUNCTIONS", "PATCHED_MODULES"]
 
-# torch.nn.functional names with a fastloss implementation (same signature).
-PATCHED_FUNCTIONS = tuple(_fl_functional.__all__)
+# torch.nn.functional names with a fastloss implementation (same signature); fastloss's own extras
+# (sigmoid_focal_loss, FocalLoss) have no torch name to patch.
+PATCHED_FUNCTIONS = tuple(n for n in _fl_functional.__all__ if hasattr(torch.nn.functional, n))
 # torch.nn loss classes with a fastloss subclass that overrides forward only.
-PATCHED_MODULES = tuple(_fl_modules.__all__)
+PATCHED_MODULES = tuple(n for n in _fl_modules.__all__ if hasattr(nn, n))
 
 # The torch originals, captured when fastloss is imported (before any patch).
 _TORCH_FUNCTIONS = {name: getattr(torch.nn.functional, name) for name in PATCHED_FUNCTIONS}

@@ -8,8 +8,15 @@ import torch.nn.functional as F
 
 import fastloss
 
-FUNCTIONS = sorted(fastloss.functional.__all__)
-MODULES = sorted(n for n in fastloss.__all__ if n[0].isupper())
+# fastloss's own losses (no torch.nn counterpart) and the signature each copies
+EXTRA_FUNCTIONS = {"sigmoid_focal_loss": [("inputs", "POSITIONAL_OR_KEYWORD", inspect.Parameter.empty),
+                                          ("targets", "POSITIONAL_OR_KEYWORD", inspect.Parameter.empty),
+                                          ("alpha", "POSITIONAL_OR_KEYWORD", 0.25),
+                                          ("gamma", "POSITIONAL_OR_KEYWORD", 2),
+                                          ("reduction", "POSITIONAL_OR_KEYWORD", "none")]}  # torchvision.ops'
+EXTRA_MODULES = {"FocalLoss"}
+FUNCTIONS = sorted(n for n in fastloss.functional.__all__ if n not in EXTRA_FUNCTIONS)
+MODULES = sorted(n for n in fastloss.__all__ if n[0].isupper() and n not in EXTRA_MODULES)
 
 
 def _params(fn):
@@ -35,3 +42,17 @@ def test_module_signature(name):
     assert _params(ours.__init__) == _params(ref.__init__)
     assert _params(ours.forward) == _params(ref.forward)
     assert "forward" in vars(ours), f"{name} must override forward"
+
+
+def test_extras_are_exported_and_not_torch_names():
+    for name in EXTRA_FUNCTIONS:
+        assert name in fastloss.functional.__all__ and not hasattr(F, name)
+    for name in EXTRA_MODULES:
+        assert name in fastloss.__all__ and not hasattr(torch.nn, name)
+        assert issubclass(getattr(fastloss, name), torch.nn.Module)
+
+
+@pytest.mark.parametrize("name", sorted(EXTRA_FUNCTIONS))
+def test_extra_function_signature(name):
+    got = [(n, k.name, d) for n, k, d in _params(getattr(fastloss.functional, name))]
+    assert got == EXTRA_FUNCTIONS[name]

@@ -1,4 +1,4 @@
-// Autograd of the pointwise family (l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
+// Autograd of the pointwise family (ops/pointwise.h: l1 ... sigmoid_focal).
 // With mean/sum the forward already wrote the gradients asked for in grad_now (one pass reads the
 // inputs and writes the gradient); backward scales them by grad_output, in place when it can
 // (autograd/autograd_common.cpp). Anything else (reduction 'none', a weight's gradient, l1/mse with
@@ -19,10 +19,12 @@ using torch::autograd::variable_list;
 
 using PwSig = std::tuple<Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
                                                          int64_t, double, int64_t, std::array<bool, 3>,
-                                                         std::optional<c10::ScalarType>);
+                                                         std::optional<c10::ScalarType>, const std::optional<Tensor>&,
+                                                         double);
 using PwBwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                     const std::optional<Tensor>&, int64_t, double, int64_t,
-                                                    const Tensor&, std::array<bool, 3>);
+                                                    const Tensor&, std::array<bool, 3>, const std::optional<Tensor>&,
+                                                    double);
 FASTLOSS_OP(pw_op, "fastloss::pointwise_loss", PwSig)
 FASTLOSS_OP(pw_bwd_op, "fastloss::pointwise_loss_backward", PwBwdSig)
 
@@ -30,23 +32,26 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b, const std::optional<Tensor>& c,
                                int64_t kind, double param, int64_t reduction, std::array<bool, 3> grad_now,
-                               std::optional<c10::ScalarType> out_dtype) {
+                               std::optional<c10::ScalarType> out_dtype, const std::optional<Tensor>& d,
+                               double param2) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [loss, ga, gb, gc] = pw_op().call(a, b, c, kind, param, reduction, grad_now, out_dtype);
+    auto [loss, ga, gb, gc] = pw_op().call(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({ga, gb, gc});
     ctx->saved_data["kind"] = kind;
     ctx->saved_data["param"] = param;
+    ctx->saved_data["param2"] = param2;
+    ctx->saved_data["has_d"] = d.has_value() && d->defined();
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["has_c"] = c.has_value() && c->defined();
     save_now(ctx, grad_now);
-    ctx->save_for_backward({a, b, c.value_or(Tensor()), loss, ga, gb, gc});
+    ctx->save_for_backward({a, b, c.value_or(Tensor()), loss, ga, gb, gc, d.value_or(Tensor())});
     return {loss, ga, gb, gc};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward(pw_name(to_pw_kind(ctx->saved_data["kind"].toInt())) + 9);  // drop "fastloss."
-    variable_list out(8);
+    variable_list out(10);
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;
     auto saved = ctx->get_saved_variables();
@@ -57,9 +62,11 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
     const std::array<bool, 3> rest = take_fused_grads(need, load_now<3>(ctx), &saved[4], grad_loss, out);
     if (any_of(rest.data(), 3)) {
       const std::optional<Tensor> c = has_c ? std::optional<Tensor>(saved[2]) : std::nullopt;
+      const std::optional<Tensor> d =
+          ctx->saved_data["has_d"].toBool() ? std::optional<Tensor>(saved[7]) : std::nullopt;
       auto [ga, gb, gc] = pw_bwd_op().call(grad_loss, saved[0], saved[1], c, ctx->saved_data["kind"].toInt(),
                                            ctx->saved_data["param"].toDouble(), ctx->saved_data["reduction"].toInt(),
-                                           saved[3], rest);
+                                           saved[3], rest, d, ctx->saved_data["param2"].toDouble());
       if (rest[0]) out[0] = ga;
       if (rest[1]) out[1] = gb;
       if (rest[2]) out[2] = gc;
@@ -72,8 +79,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_autograd(const Tensor& a, c
                                                               const std::optional<Tensor>& c, int64_t kind,
                                                               double param, int64_t reduction,
                                                               std::array<bool, 3> grad_now,
-                                                              std::optional<c10::ScalarType> out_dtype) {
-  auto r = PointwiseFn::apply(a, b, c, kind, param, reduction, grad_now, out_dtype);
+                                                              std::optional<c10::ScalarType> out_dtype,
+                                                              const std::optional<Tensor>& d, double param2) {
+  auto r = PointwiseFn::apply(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
   return {r[0], r[1], r[2], r[3]};
 }
 

@@ -36,6 +36,12 @@ struct VecOps {
   // loss, d/da, d/db per element
   void (*pw_soft_margin)(const float* a, const float* b, int64_t n, float* loss, float* da, float* db);
   void (*pw_kl_div)(const float* a, const float* b, int64_t n, bool log_target, float* loss, float* da, float* db);
+  // binary_cross_entropy and _with_logits (pos_weight may be null), unweighted; sigmoid focal loss
+  void (*pw_bce)(const float* a, const float* b, int64_t n, float* loss, float* da, float* db);
+  void (*pw_bce_logits)(const float* a, const float* b, const float* pos_weight, int64_t n, float* loss, float* da,
+                        float* db);
+  void (*pw_focal)(const float* a, const float* b, int64_t n, float alpha, float gamma, float* loss, float* da,
+                   float* db);
   const char* isa;
 };
 

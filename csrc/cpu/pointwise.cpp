@@ -7,6 +7,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -40,10 +41,11 @@ inline void store_tile(scalar_t* dst, const acc_t<scalar_t>* v, const acc_t<scal
 
 // Runs elements [begin, end); returns the sum of their losses, in a fixed order: lane j of 8
 // accumulates the tile's elements j, j + 8, ..., then the lanes are added pairwise.
+// *bad: the first element of the range outside binary_cross_entropy's domain (pw_bce_bad code), or -1.
 template <PwKind K, typename scalar_t>
-acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
+acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, int64_t* bad) {
   using acc = acc_t<scalar_t>;
-  acc A[kTile], B[kTile], C[kTile], L[kTile], DA[kTile], DB[kTile], DC[kTile], KK[kTile];
+  acc A[kTile], B[kTile], C[kTile], D[kTile], L[kTile], DA[kTile], DB[kTile], DC[kTile], KK[kTile];
   acc lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   const bool any_grad = io.g[0] || io.g[1] || io.g[2];
   const acc k0 = io.gscale * (io.kdev ? *io.kdev : acc(1));
@@ -57,14 +59,41 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
     } else {
       for (int64_t i = 0; i < m; ++i) C[i] = acc(1);
     }
-    if constexpr (std::is_same_v<acc, float> && (K == PwKind::SoftMargin || K == PwKind::KLDiv)) {
+    if constexpr (K == PwKind::BCEWithLogits) {
+      if (io.d) {
+        load_tile(io.d + t0, D, m);
+      } else {
+        for (int64_t i = 0; i < m; ++i) D[i] = acc(1);
+      }
+    }
+    if constexpr (K == PwKind::BCE) {
+      if (io.first_bad && *bad < 0) {
+        bool any = false;  // branch-free scan first; the exact position only when something is off
+        for (int64_t i = 0; i < m; ++i) any |= !(A[i] >= acc(0) && A[i] <= acc(1) && B[i] >= acc(0) && B[i] <= acc(1));
+        for (int64_t i = 0; any && i < m && *bad < 0; ++i) *bad = pw_bce_bad(A[i], B[i], t0 + i);
+      }
+    }
+    constexpr bool kFloat = std::is_same_v<acc, float>;
+    if constexpr (kFloat && (K == PwKind::SoftMargin || K == PwKind::KLDiv || K == PwKind::SigmoidFocal)) {
       // exp/log through the vector table (libm one element at a time was ~20 ns per element)
       if constexpr (K == PwKind::SoftMargin) vec_ops().pw_soft_margin(A, B, m, L, DA, DB);
-      else vec_ops().pw_kl_div(A, B, m, io.param != acc(0), L, DA, DB);
+      else if constexpr (K == PwKind::KLDiv) vec_ops().pw_kl_div(A, B, m, io.param != acc(0), L, DA, DB);
+      else vec_ops().pw_focal(A, B, m, io.param, io.param2, L, DA, DB);
       for (int64_t i = 0; i < m; ++i) DC[i] = acc(0);
+    } else if constexpr (kFloat && (K == PwKind::BCE || K == PwKind::BCEWithLogits)) {
+      // the same, unweighted; then the weight as pw_eval applies it (d/dweight = the unweighted loss)
+      if constexpr (K == PwKind::BCE) vec_ops().pw_bce(A, B, m, L, DA, DB);
+      else vec_ops().pw_bce_logits(A, B, io.d ? D : nullptr, m, L, DA, DB);
+      for (int64_t i = 0; i < m; ++i) {
+        DC[i] = L[i];
+        L[i] *= C[i];
+        DA[i] *= C[i];
+        DB[i] *= C[i];
+      }
     } else {
       for (int64_t i = 0; i < m; ++i) {
-        const PwOut<acc> o = pw_eval<K, acc>(A[i], B[i], C[i], io.param);
+        const PwOut<acc> o = pw_eval<K, acc>(A[i], B[i], C[i], K == PwKind::BCEWithLogits ? D[i] : acc(1), io.param,
+                                             io.param2);
         L[i] = o.loss;
         DA[i] = o.da;
         DB[i] = o.db;
@@ -95,19 +124,28 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
 }
 
 // All n elements, in parallel over fixed 16384-element chunks; the chunk sums are added in order,
-// so the result does not depend on the thread count.
+// so the result does not depend on the thread count. The first bad element (binary_cross_entropy)
+// goes to *io.first_bad.
 template <PwKind K, typename scalar_t>
 acc_t<scalar_t> pw_run(const PwIo<scalar_t>& io, int64_t n) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t kChunk = 16384;
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   std::vector<acc> partial(static_cast<size_t>(chunks), acc(0));
+  std::vector<int64_t> bad(static_cast<size_t>(chunks), -1);
   at::parallel_for(0, chunks, 1, [&](int64_t b, int64_t e) {
     for (int64_t ch = b; ch < e; ++ch)
-      partial[static_cast<size_t>(ch)] = pw_range<K>(io, ch * kChunk, std::min(n, (ch + 1) * kChunk));
+      partial[static_cast<size_t>(ch)] =
+          pw_range<K>(io, ch * kChunk, std::min(n, (ch + 1) * kChunk), &bad[static_cast<size_t>(ch)]);
   });
   acc total = 0;
   for (acc v : partial) total += v;
+  if (io.first_bad)
+    for (int64_t code : bad)
+      if (code >= 0) {
+        *io.first_bad = code;
+        break;
+      }
   return total;
 }
 
@@ -139,6 +177,11 @@ struct CpuPointwise {
   template <typename scalar_t>
   static void backward(const PwPlan& p, const PwIo<scalar_t>& io) {
     dispatch_pw_kind(p.kind, [&](auto kc) { pw_run<decltype(kc)::value>(io, p.n); });
+  }
+
+  static int64_t first_bad(const Tensor& t) {
+    const int64_t v = t.const_data_ptr<int64_t>()[0];
+    return v == std::numeric_limits<int64_t>::max() ? -1 : v;
   }
 };
 

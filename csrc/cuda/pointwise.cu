@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include "common/cuda/block_reduce.cuh"
+#include "common/cuda/target_check.cuh"
 #include "ops/pointwise_ops.h"
 
 namespace fastloss {
@@ -21,12 +22,26 @@ using at::Tensor;
 constexpr int kPwThreads = 256;
 constexpr int kPwVec = 8;  // slice starts are multiples of 8 elements: 16-byte aligned for every dtype
 
+// binary_cross_entropy's domain check, folded into a per-thread minimum (other kinds: nothing).
+template <PwKind K, typename acc>
+__device__ __forceinline__ void pw_check(const int64_t* first_bad, acc a, acc b, int64_t i, int64_t& bad) {
+  if constexpr (K == PwKind::BCE) {
+    if (first_bad) {
+      const int64_t code = pw_bce_bad(a, b, i);
+      if (code >= 0 && code < bad) bad = code;
+    }
+  }
+}
+
 template <PwKind K, typename scalar_t>
 __device__ __forceinline__ acc_t<scalar_t> pw_one(const PwIo<scalar_t>& io, int64_t i, acc_t<scalar_t> k,
-                                                  acc_t<scalar_t> sub) {
+                                                  acc_t<scalar_t> sub, int64_t& bad) {
   using acc = acc_t<scalar_t>;
   const acc c = io.c ? load_acc(io.c, i) : acc(1);
-  const PwOut<acc> o = pw_eval<K, acc>(load_acc(io.a, i), load_acc(io.b, i), c, io.param);
+  const acc d = io.d ? load_acc(io.d, i) : acc(1);
+  const acc a = load_acc(io.a, i), b = load_acc(io.b, i);
+  pw_check<K>(io.first_bad, a, b, i, bad);
+  const PwOut<acc> o = pw_eval<K, acc>(a, b, c, d, io.param, io.param2);
   if (io.loss_s) store_acc(io.loss_s, i, o.loss);
   if (io.loss_a) io.loss_a[i] = o.loss;
   if (io.gl_s) k *= load_acc(io.gl_s, i);
@@ -47,12 +62,13 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
   const acc k0 = io.gscale * (io.kdev ? *io.kdev : acc(1));
   const acc sub = io.sub ? *io.sub : acc(0);
   acc s = 0;
+  int64_t bad = INT64_MAX;  // binary_cross_entropy: this thread's first out-of-domain element
   int64_t i = begin + threadIdx.x;
   if (io.vec) {
     // whole vectors of the slice: P::N elements per thread per step, one 16-byte access per tensor
     const int64_t vbegin = begin / P::N, vend = end / P::N;
     for (int64_t v = vbegin + threadIdx.x; v < vend; v += kPwThreads) {
-      acc a[P::N], b[P::N], c[P::N], loss[P::N], g0[P::N], g1[P::N], g2[P::N];
+      acc a[P::N], b[P::N], c[P::N], d[P::N], loss[P::N], g0[P::N], g1[P::N], g2[P::N];
       P::unpack(reinterpret_cast<const uint4*>(io.a)[v], a);
       P::unpack(reinterpret_cast<const uint4*>(io.b)[v], b);
       if (io.c) {
@@ -60,6 +76,12 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
       } else {
 #pragma unroll
         for (int j = 0; j < P::N; ++j) c[j] = acc(1);
+      }
+      if (K == PwKind::BCEWithLogits && io.d) {  // pos_weight: the only kind with a fourth tensor
+        P::unpack(reinterpret_cast<const uint4*>(io.d)[v], d);
+      } else {
+#pragma unroll
+        for (int j = 0; j < P::N; ++j) d[j] = acc(1);
       }
       acc kk[P::N];
       if (io.gl_s) {
@@ -72,7 +94,8 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
       }
 #pragma unroll
       for (int j = 0; j < P::N; ++j) {
-        const PwOut<acc> o = pw_eval<K, acc>(a[j], b[j], c[j], io.param);
+        pw_check<K>(io.first_bad, a[j], b[j], v * P::N + j, bad);
+        const PwOut<acc> o = pw_eval<K, acc>(a[j], b[j], c[j], d[j], io.param, io.param2);
         loss[j] = o.loss;
         s += o.loss;
         g0[j] = o.da * kk[j];
@@ -90,7 +113,9 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
     }
     i = vend * P::N + threadIdx.x;  // the slice's tail (only the last slice has one)
   }
-  for (; i < end; i += kPwThreads) s += pw_one<K>(io, i, k0, sub);
+  for (; i < end; i += kPwThreads) s += pw_one<K>(io, i, k0, sub, bad);
+  if (K == PwKind::BCE && bad != INT64_MAX)  // integer atomic: order-free, deterministic
+    atomicMin(reinterpret_cast<unsigned long long*>(io.first_bad), static_cast<unsigned long long>(bad));
   if (io.partial) {
     __shared__ acc scratch[kPwThreads / 32 + 1];
     s = block_sum<kPwThreads>(s, scratch);
@@ -109,7 +134,8 @@ void pw_grid(int64_t n, int device, int* blocks, int64_t* per) {
 
 template <typename scalar_t>
 bool all_aligned(const PwIo<scalar_t>& io) {
-  bool ok = aligned16(io.a) && aligned16(io.b) && (!io.c || aligned16(io.c)) && (!io.loss_s || aligned16(io.loss_s)) &&
+  bool ok = aligned16(io.a) && aligned16(io.b) && (!io.c || aligned16(io.c)) && (!io.d || aligned16(io.d)) &&
+            (!io.loss_s || aligned16(io.loss_s)) &&
             (!io.gl_s || aligned16(io.gl_s));
   for (int j = 0; j < 3; ++j) ok = ok && (!io.g[j] || aligned16(io.g[j]));
   return ok;
@@ -169,6 +195,15 @@ struct CudaPointwise {
     int blocks;
     pw_grid(p.n, p.a.get_device(), &blocks, &io.per);
     launch_pointwise<scalar_t>(p.kind, io, blocks, stream);
+  }
+
+  // Reads binary_cross_entropy's check after the forward's kernels (one host sync; skipped, -1, inside
+  // graph capture or with fastloss.set_target_validation(False): bad values then only give NaN/garbage).
+  static int64_t first_bad(const Tensor& t) {
+    const c10::cuda::CUDAGuard guard(t.device());
+    TargetCheck check;
+    check.begin(t, c10::cuda::getCurrentCUDAStream().stream());
+    return check.finish();
   }
 };
 

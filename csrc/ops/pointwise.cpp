@@ -9,7 +9,7 @@
 namespace fastloss {
 
 PwKind to_pw_kind(int64_t kind) {
-  TORCH_CHECK_VALUE(kind >= 0 && kind <= 7, "fastloss.pointwise_loss: unknown kind ", num(kind));
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kPwKinds, "fastloss.pointwise_loss: unknown kind ", num(kind));
   return static_cast<PwKind>(kind);
 }
 
@@ -22,12 +22,18 @@ const char* pw_name(PwKind k) {
     case PwKind::MarginRanking: return "fastloss.margin_ranking_loss";
     case PwKind::HingeEmbedding: return "fastloss.hinge_embedding_loss";
     case PwKind::SoftMargin: return "fastloss.soft_margin_loss";
-    default: return "fastloss.kl_div";
+    case PwKind::KLDiv: return "fastloss.kl_div";
+    case PwKind::BCE: return "fastloss.binary_cross_entropy";
+    case PwKind::BCEWithLogits: return "fastloss.binary_cross_entropy_with_logits";
+    case PwKind::PoissonNLL: return "fastloss.poisson_nll_loss";
+    case PwKind::GaussianNLL: return "fastloss.gaussian_nll_loss";
+    default: return "fastloss.sigmoid_focal_loss";
   }
 }
 
 PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, int64_t kind,
-                      double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype) {
+                      double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype,
+                      const c10::optional<at::Tensor>& d) {
   const PwKind k = to_pw_kind(kind);
   const char* op = pw_name(k);
   check_floating(a, "input", op);
@@ -42,6 +48,16 @@ PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optio
                 ": the third tensor must have the input's dtype and shape ", shape(a.sizes()), ", got ",
                 c->scalar_type(), " ", shape(c->sizes()));
   }
+  const bool has_d = d.has_value() && d->defined();
+  if (has_d) {
+    check_same_device(a, "input", *d, "fourth tensor", op);
+    TORCH_CHECK(d->scalar_type() == a.scalar_type() && d->sizes() == a.sizes(), op,
+                ": the fourth tensor must have the input's dtype and shape ", shape(a.sizes()), ", got ",
+                d->scalar_type(), " ", shape(d->sizes()));
+  }
+  TORCH_CHECK(!has_d || k == PwKind::BCEWithLogits, op, ": takes no fourth tensor");
+  TORCH_CHECK(k != PwKind::BCEWithLogits || (param != 0.0) == has_d, op,
+              ": param (has pos_weight) must say whether the fourth tensor is given");
   TORCH_CHECK(k != PwKind::SmoothL1 || param > 0.0, op, ": beta must be positive (beta == 0 is l1_loss), got ",
               num(param));
   TORCH_CHECK(k != PwKind::Huber || param > 0.0, "huber_loss does not support non-positive values for delta.");
@@ -53,12 +69,22 @@ PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optio
   p.b = b.contiguous();
   const bool has_c = c.has_value() && c->defined();
   if (has_c) p.c = c->contiguous();
+  if (has_d) p.d = d->contiguous();
   p.by_weight_sum = pw_mean_by_weight_sum(k, has_c) && p.reduction == Reduction::Mean;
   p.out_dtype = out_dtype.value_or(a.scalar_type());
   p.out_acc = p.out_dtype != a.scalar_type();
   TORCH_CHECK(!p.out_acc || p.out_dtype == acc_dtype(a.scalar_type()), op, ": out_dtype must be the input's dtype or ",
               acc_dtype(a.scalar_type()), ", got ", p.out_dtype);
   return p;
+}
+
+void pw_bce_raise(const PwPlan& p, int64_t code) {
+  if (code < 0) return;
+  const bool target = code % 2 != 0;
+  const int64_t pos = code / 2;
+  const double v = (target ? p.b : p.a).reshape({-1})[pos].item<double>();
+  TORCH_CHECK(false, pw_name(p.kind), ": all elements of ", target ? "target" : "input",
+              " should be between 0 and 1 (", target ? "target" : "input", ".flatten()[", num(pos), "] = ", v, ")");
 }
 
 at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted) {
@@ -75,6 +101,8 @@ at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const 
 }  // namespace fastloss
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
+  // d (pos_weight, never differentiated) and param2: see ops/pointwise.h. binary_cross_entropy's
+  // forward also checks that input and target lie in [0, 1] (on CUDA one host sync, as TargetCheck).
   // Forward: one pass reads a, b (and c) once and writes the loss (per element for 'none', else the
   // reduced scalar through a fixed-order two-stage sum). grad_now[i] also writes d(loss)/d(a|b|c)
   // in the same pass, already divided by the mean's denominator (reduction mean/sum only, and not
@@ -82,11 +110,13 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
   // backward then only scales it by grad_output. Unrequested gradients come back as empty tensors.
   m.def(
       "pointwise_loss(Tensor a, Tensor b, Tensor? c, int kind, float param, int reduction, bool[3] grad_now, "
-      "ScalarType? out_dtype) -> (Tensor loss, Tensor grad_a, Tensor grad_b, Tensor grad_c)");
+      "ScalarType? out_dtype, Tensor? d=None, float param2=0.0) -> (Tensor loss, Tensor grad_a, Tensor grad_b, "
+      "Tensor grad_c)");
   // Backward from scratch (reduction 'none', or gradients the forward did not write): reads a, b (c)
   // and grad_loss once, writes each requested gradient once. `loss` is the forward's result, used
   // only by the weight gradient of weighted-mean l1/mse: grad_loss * (l_i - loss) / sum(weight).
   m.def(
       "pointwise_loss_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor? c, int kind, float param, "
-      "int reduction, Tensor loss, bool[3] output_mask) -> (Tensor grad_a, Tensor grad_b, Tensor grad_c)");
+      "int reduction, Tensor loss, bool[3] output_mask, Tensor? d=None, float param2=0.0) -> (Tensor grad_a, "
+      "Tensor grad_b, Tensor grad_c)");
 }

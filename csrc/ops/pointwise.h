@@ -1,17 +1,23 @@
 // The pointwise loss family: l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding, soft_margin,
-// kl_div.
+// kl_div, binary_cross_entropy[_with_logits] (and multilabel_soft_margin through it), poisson_nll,
+// gaussian_nll, sigmoid_focal.
 // Every one is elementwise over up to three same-shaped tensors (a, b, c) followed by a reduction,
 // so one engine (cpu/pointwise.cpp, cuda/pointwise.cu) serves all of them, and the per-element math
 // below is the single definition both devices compile (host and device).
 //
-//   kind             a        b        c (optional)   param
-//   L1, MSE          input    target   weight         -
-//   SmoothL1         input    target   -              beta (> 0; beta == 0 is L1, as torch)
-//   Huber            input    target   weight         delta (> 0)
-//   MarginRanking    input1   input2   target         margin
-//   HingeEmbedding   input    target   -              margin
-//   SoftMargin       input    target   -              -
-//   KLDiv            input    target   -              log_target (0 or 1)
+//   kind             a        b        c (optional)   d (optional)   param                param2
+//   L1, MSE          input    target   weight         -              -                    -
+//   SmoothL1         input    target   -              -              beta (> 0; beta == 0 is L1, as torch)
+//   Huber            input    target   weight         -              delta (> 0)          -
+//   MarginRanking    input1   input2   target         -              margin               -
+//   HingeEmbedding   input    target   -              -              margin               -
+//   SoftMargin       input    target   -              -              -                    -
+//   KLDiv            input    target   -              -              log_target (0 or 1)  -
+//   BCE              input    target   weight         -              -                    -
+//   BCEWithLogits    input    target   weight         pos_weight     has pos_weight       -
+//   PoissonNLL       input    target   -              -              eps                  log_input + 2 full
+//   GaussianNLL      input    target   var            -              eps                  full
+//   SigmoidFocal     input    target   -              -              alpha                gamma
 #pragma once
 
 #include <ATen/core/Tensor.h>
@@ -32,8 +38,14 @@ enum class PwKind : int64_t {
   MarginRanking = 4,
   HingeEmbedding = 5,
   SoftMargin = 6,
-  KLDiv = 7
+  KLDiv = 7,
+  BCE = 8,
+  BCEWithLogits = 9,
+  PoissonNLL = 10,
+  GaussianNLL = 11,
+  SigmoidFocal = 12
 };
+constexpr int64_t kPwKinds = 13;
 
 // The loss of one element and its derivatives by a, b and c. Every hinge is strict (gradient 0 at
 // exactly 0), and every NaN propagates, as in torch's own formulas.
@@ -60,8 +72,35 @@ C10_HOST_DEVICE inline acc pw_clamp(acc x, acc lo, acc hi) {
   return y > hi ? hi : y;
 }
 
+// log(1 + exp(-|x|)) and sigmoid(x) from one exp: the stable pieces of every logit-based loss.
+template <typename acc>
+struct PwLogit {
+  acc z;    // exp(-|x|)
+  acc l1z;  // log1p(z)
+  acc sig;  // sigmoid(x)
+};
+
+template <typename acc>
+C10_HOST_DEVICE inline PwLogit<acc> pw_logit(acc x) {
+  PwLogit<acc> r;
+  r.z = std::exp(x < acc(0) ? x : -x);
+  r.l1z = std::log1p(r.z);
+  const acc inv = acc(1) / (acc(1) + r.z);
+  r.sig = x >= acc(0) ? inv : r.z * inv;
+  return r;
+}
+
+// binary_cross_entropy's domain: a code for the first bad element (2 i + 0 for the input, + 1 for
+// the target, so the input is reported first as torch does) or -1. NaN is outside [0, 1], as in torch.
+template <typename acc>
+C10_HOST_DEVICE inline int64_t pw_bce_bad(acc x, acc t, int64_t i) {
+  if (!(x >= acc(0) && x <= acc(1))) return 2 * i;
+  if (!(t >= acc(0) && t <= acc(1))) return 2 * i + 1;
+  return -1;
+}
+
 template <PwKind K, typename acc>
-C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc param) {
+C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param, acc param2) {
   PwOut<acc> o;
   if constexpr (K == PwKind::L1 || K == PwKind::MSE || K == PwKind::SmoothL1 || K == PwKind::Huber) {
     const acc d = a - b;
@@ -118,6 +157,73 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc param) {
       o.db = std::log(b) + b / b - a;
     }
     o.dc = acc(0);
+  } else if constexpr (K == PwKind::BCE) {  // c = weight. torch's formulas: log terms clamped at -100,
+    // the input gradient's denominator at 1e-12; the target gradient is -logit(x), unclamped
+    const acc lx = std::log(a), l1x = std::log1p(-a);
+    const acc f = (b - acc(1)) * (l1x < acc(-100) ? acc(-100) : l1x) - b * (lx < acc(-100) ? acc(-100) : lx);
+    const acc den = (acc(1) - a) * a;
+    o.loss = c * f;
+    o.da = c * (a - b) / (den < acc(1e-12) ? acc(1e-12) : den);
+    o.db = c * (l1x - lx);
+    o.dc = f;
+  } else if constexpr (K == PwKind::BCEWithLogits) {  // c = weight, d = pos_weight (param != 0)
+    // (1 - t) x + L softplus(-x), L = 1 + (pw - 1) t; softplus(+-x) = log1p(exp(-|x|)) + max(+-x, 0)
+    const PwLogit<acc> g = pw_logit(a);
+    const acc sp_neg = g.l1z + (a < acc(0) ? -a : acc(0));
+    const bool has_pw = param != acc(0);
+    const acc L = has_pw ? acc(1) + (d - acc(1)) * b : acc(1);
+    const acc f = (acc(1) - b) * a + L * sp_neg;
+    o.loss = c * f;
+    o.da = c * (has_pw ? (d * b + acc(1) - b) * g.sig - d * b : g.sig - b);
+    o.db = c * (has_pw ? d * sp_neg - (g.l1z + (a > acc(0) ? a : acc(0))) : -a);
+    o.dc = f;
+  } else if constexpr (K == PwKind::PoissonNLL) {  // param = eps; param2 = log_input + 2 full
+    const int flags = static_cast<int>(param2);
+    if (flags & 1) {  // exp(x) - t x
+      const acc e = std::exp(a);
+      o.loss = e - b * a;
+      o.da = e - b;
+      o.db = -a;
+    } else {  // x - t log(x + eps)
+      const acc xe = a + param;
+      const acc l = std::log(xe);
+      o.loss = a - b * l;
+      o.da = acc(1) - b / xe;
+      o.db = -l;
+    }
+    if (flags & 2) {  // Stirling: t log t - t + log(2 pi t) / 2 where t > 1 (NaN kept: masked only where t <= 1)
+      const acc lt = std::log(b);
+      const bool keep = !(b <= acc(1));
+      o.loss += keep ? b * lt - b + acc(0.5) * std::log(acc(6.283185307179586) * b) : acc(0);
+      o.db += keep ? lt + acc(0.5) / b : acc(0);
+    }
+    o.dc = acc(0);
+  } else if constexpr (K == PwKind::GaussianNLL) {  // c = var, clamped at eps (param) as torch does under
+    // no_grad: the gradient passes the clamp unchanged. param2 = full
+    const acc v = c < param ? param : c;
+    const acc r = a - b, iv = acc(1) / v;
+    const acc q = r * r / v;
+    o.loss = acc(0.5) * (std::log(v) + q) + (param2 != acc(0) ? acc(0.9189385332046727) : acc(0));
+    o.da = r / v;
+    o.db = -o.da;
+    o.dc = acc(0.5) * (iv - q * iv);
+  } else if constexpr (K == PwKind::SigmoidFocal) {  // torchvision's formula as written: param = alpha
+    // (< 0: no alpha term), param2 = gamma. ce (1 - p_t)^gamma alpha_t, p = sigmoid(x)
+    const PwLogit<acc> g = pw_logit(a);
+    const acc p = g.sig;
+    const acc ce = (acc(1) - b) * a + g.l1z + (a < acc(0) ? -a : acc(0));
+    const acc m = acc(1) - (p * b + (acc(1) - p) * (acc(1) - b));
+    const bool g0 = param2 == acc(0);  // pow(m, 0) = 1 with gradient 0, as torch's pow
+    const acc mg = g0 ? acc(1) : std::pow(m, param2);
+    const acc dmg = g0 ? acc(0) : param2 * std::pow(m, param2 - acc(1));
+    const bool has_alpha = param >= acc(0);
+    const acc at = has_alpha ? param * b + (acc(1) - param) * (acc(1) - b) : acc(1);
+    const acc dp = p * (acc(1) - p);
+    o.loss = at * (ce * mg);
+    o.da = at * ((p - b) * mg - ce * dmg * (acc(2) * b - acc(1)) * dp);
+    o.db = (has_alpha ? acc(2) * param - acc(1) : acc(0)) * ce * mg +
+           at * (-a * mg + ce * dmg * (acc(1) - acc(2) * p));
+    o.dc = acc(0);
   } else {  // HingeEmbedding: b = target; target != 1 adds max(margin - a, 0), target != -1 adds a
     const acc u = param - a;
     const bool not_pos = b != acc(1), not_neg = b != acc(-1);
@@ -139,8 +245,8 @@ inline bool pw_mean_by_weight_sum(PwKind k, bool has_c) {
 template <typename scalar_t>
 struct PwIo {
   using acc = acc_t<scalar_t>;
-  const scalar_t *a, *b, *c;  // c null: 1
-  acc param;
+  const scalar_t *a, *b, *c, *d;  // c, d null: 1
+  acc param, param2;
   int64_t n, per;             // elements; elements per CUDA block (a multiple of 8)
   scalar_t* loss_s;           // per-element loss in the input dtype ('none'), or null
   acc* loss_a;                // per-element loss in the accumulate dtype (autocast), or null
@@ -151,6 +257,7 @@ struct PwIo {
   const scalar_t* gl_s;       // per-element grad_loss (backward 'none'), or null
   const acc* gl_a;            // the same in the accumulate dtype (autocast), or null
   const acc* sub;             // subtracted from d/dc before scaling (weighted-mean weight gradient), or null
+  int64_t* first_bad;         // binary_cross_entropy's forward: min of pw_bce_bad codes (init INT64_MAX), or null
   bool vec;                   // CUDA: every pointer 16-byte aligned
 };
 
@@ -163,14 +270,18 @@ struct PwPlan {
   PwKind kind;
   Reduction reduction;
   int64_t n;
-  at::Tensor a, b, c;              // contiguous; c undefined when absent
+  at::Tensor a, b, c, d;           // contiguous; c, d undefined when absent
   bool by_weight_sum;              // mean divides by sum(c) (l1/mse with a weight)
   c10::ScalarType out_dtype;       // the loss's dtype (float32 for half/bfloat16 under autocast)
   bool out_acc;                    // out_dtype is the accumulate type rather than the input's
 };
 
 PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, int64_t kind,
-                      double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype);
+                      double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype,
+                      const c10::optional<at::Tensor>& d);
+
+// Raises torch's "all elements of input/target should be between 0 and 1" for a pw_bce_bad code >= 0.
+void pw_bce_raise(const PwPlan& p, int64_t code);
 
 // grad_now[i] / output_mask[i]: a tensor shaped like a, else an empty one (what the schema returns
 // for a gradient not requested).
@@ -191,7 +302,12 @@ decltype(auto) dispatch_pw_kind(PwKind k, F&& f) {
     case PwKind::MarginRanking: return f(std::integral_constant<PwKind, PwKind::MarginRanking>{});
     case PwKind::HingeEmbedding: return f(std::integral_constant<PwKind, PwKind::HingeEmbedding>{});
     case PwKind::SoftMargin: return f(std::integral_constant<PwKind, PwKind::SoftMargin>{});
-    default: return f(std::integral_constant<PwKind, PwKind::KLDiv>{});
+    case PwKind::KLDiv: return f(std::integral_constant<PwKind, PwKind::KLDiv>{});
+    case PwKind::BCE: return f(std::integral_constant<PwKind, PwKind::BCE>{});
+    case PwKind::BCEWithLogits: return f(std::integral_constant<PwKind, PwKind::BCEWithLogits>{});
+    case PwKind::PoissonNLL: return f(std::integral_constant<PwKind, PwKind::PoissonNLL>{});
+    case PwKind::GaussianNLL: return f(std::integral_constant<PwKind, PwKind::GaussianNLL>{});
+    default: return f(std::integral_constant<PwKind, PwKind::SigmoidFocal>{});
   }
 }
 

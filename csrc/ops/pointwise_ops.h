@@ -1,12 +1,14 @@
 // The op kernels of the pointwise family, written once for both devices (as ops/embedding_ops.h):
 // Dev (cpu/pointwise.cpp, cuda/pointwise.cu) supplies weight_sum(), forward<scalar_t>() -- run the
-// loop and, for mean/sum, write the reduced loss -- and backward<scalar_t>() -- run the loop.
+// loop and, for mean/sum, write the reduced loss --, backward<scalar_t>() -- run the loop -- and
+// first_bad() -- binary_cross_entropy's domain check result, read on the host.
 // Checks, buffers, factors and the kernel pointers (make_pw_io) are here.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <array>
+#include <limits>
 #include <tuple>
 
 #include "common/errors.h"
@@ -15,12 +17,14 @@
 namespace fastloss {
 
 template <typename scalar_t>
-PwIo<scalar_t> make_pw_io(const PwPlan& p, double param, const std::array<at::Tensor, 3>& g) {
+PwIo<scalar_t> make_pw_io(const PwPlan& p, double param, double param2, const std::array<at::Tensor, 3>& g) {
   PwIo<scalar_t> io{};
   io.a = p.a.const_data_ptr<scalar_t>();
   io.b = p.b.const_data_ptr<scalar_t>();
   io.c = p.c.defined() ? p.c.const_data_ptr<scalar_t>() : nullptr;
+  io.d = p.d.defined() ? p.d.const_data_ptr<scalar_t>() : nullptr;
   io.param = static_cast<acc_t<scalar_t>>(param);
+  io.param2 = static_cast<acc_t<scalar_t>>(param2);
   io.n = p.n;
   io.gscale = 1;
   for (int j = 0; j < 3; ++j) io.g[j] = g[j].numel() ? g[j].mutable_data_ptr<scalar_t>() : nullptr;
@@ -39,8 +43,9 @@ struct PointwiseOps {
                                                             const c10::optional<Tensor>& c, int64_t kind,
                                                             double param, int64_t reduction,
                                                             std::array<bool, 3> grad_now,
-                                                            c10::optional<c10::ScalarType> out_dtype) {
-    const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, out_dtype);
+                                                            c10::optional<c10::ScalarType> out_dtype,
+                                                            const c10::optional<Tensor>& d, double param2) {
+    const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, out_dtype, d);
     const bool any_grad = grad_now[0] || grad_now[1] || grad_now[2];
     TORCH_CHECK(!any_grad || (p.reduction != Reduction::None && !p.by_weight_sum), pw_name(p.kind),
                 ": grad_now needs reduction mean or sum (and, for l1/mse with a weight, sum)");
@@ -49,22 +54,29 @@ struct PointwiseOps {
     Tensor loss = none ? at::empty(p.a.sizes(), p.a.options().dtype(p.out_dtype))
                        : at::empty({}, p.a.options().dtype(p.out_dtype));
     const Tensor wsum = !none && p.by_weight_sum ? Dev::weight_sum(p) : Tensor();
+    // binary_cross_entropy's domain check: the first bad element's code (pw_bce_bad), min over the pass
+    Tensor first_bad;
+    if (p.kind == PwKind::BCE && p.n > 0)
+      first_bad = at::full({1}, std::numeric_limits<int64_t>::max(), p.a.options().dtype(at::kLong));
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.a.scalar_type(), "fastloss_pointwise", [&] {
       using acc = acc_t<scalar_t>;
-      PwIo<scalar_t> io = make_pw_io<scalar_t>(p, param, g);
+      PwIo<scalar_t> io = make_pw_io<scalar_t>(p, param, param2, g);
+      if (first_bad.defined()) io.first_bad = first_bad.mutable_data_ptr<int64_t>();
       if (none && p.out_acc) io.loss_a = loss.mutable_data_ptr<acc>();
       if (none && !p.out_acc) io.loss_s = loss.mutable_data_ptr<scalar_t>();
       if (p.reduction == Reduction::Mean) io.gscale = acc(1) / static_cast<acc>(p.n);
       Dev::template forward<scalar_t>(p, io, loss, wsum);
     });
+    if (first_bad.defined()) pw_bce_raise(p, Dev::first_bad(first_bad));
     return {loss, g[0], g[1], g[2]};
   }
 
   static std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_loss, const Tensor& a, const Tensor& b,
                                                      const c10::optional<Tensor>& c, int64_t kind, double param,
                                                      int64_t reduction, const Tensor& loss,
-                                                     std::array<bool, 3> mask) {
-    const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, c10::nullopt);
+                                                     std::array<bool, 3> mask, const c10::optional<Tensor>& d,
+                                                     double param2) {
+    const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, c10::nullopt, d);
     const char* op = pw_name(p.kind);
     check_same_device(a, "input", grad_loss, "grad_loss", op);
     check_same_device(a, "input", loss, "loss", op);
@@ -85,7 +97,7 @@ struct PointwiseOps {
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.a.scalar_type(), "fastloss_pointwise_bwd", [&] {
       using acc = acc_t<scalar_t>;
-      PwIo<scalar_t> io = make_pw_io<scalar_t>(p, param, g);
+      PwIo<scalar_t> io = make_pw_io<scalar_t>(p, param, param2, g);
       if (single.defined()) io.kdev = single.const_data_ptr<acc>();
       if (sub.defined()) io.sub = sub.const_data_ptr<acc>();
       if (gl.defined() && gl.scalar_type() == p.a.scalar_type()) io.gl_s = gl.const_data_ptr<scalar_t>();
