@@ -40,6 +40,7 @@ for what in "${@:-all}"; do
     $PY benchmarks/bench_regression.py --dtype fp32,bf16 --out "$OUT/bench_regression.md" 2>"$OUT/bench_reg.err" | tail -40
     $PY benchmarks/bench_embedding.py --out "$OUT/bench_embedding.md" 2>"$OUT/bench_emb.err" | tail -40
     # (stderr also says whether torch took cuDNN on the 'cudnn' cases)
+    $PY benchmarks/bench_probabilistic.py --out "$OUT/bench_probabilistic.md" 2>"$OUT/bench_prob.err" | tail -40
     $PY benchmarks/bench_ctc.py --out "$OUT/bench_ctc.md" 2>"$OUT/bench_ctc.err" | tail -40; grep -a WARNING "$OUT/bench_ctc.err"
   fi
 done

@@ -83,7 +83,17 @@ def pointwise_and_row_cases(dev):
                              Fl.margin_ranking_loss(x, y, s, margin=0.1, reduction=red),
                              Fl.hinge_embedding_loss(x, s, reduction=red),
                              Fl.soft_margin_loss(x, s, reduction=red),
-                             Fl.kl_div(x, w, reduction="batchmean" if red == "mean" else red)]:
+                             Fl.kl_div(x, w, reduction="batchmean" if red == "mean" else red),
+                             Fl.binary_cross_entropy(torch.sigmoid(x), torch.sigmoid(y.detach()), weight=w.detach(),
+                                                     reduction=red),
+                             Fl.binary_cross_entropy_with_logits(x, torch.sigmoid(y), weight=w.detach(),
+                                                                 pos_weight=w.detach() + 0.5, reduction=red),
+                             Fl.binary_cross_entropy_with_logits(x, torch.sigmoid(y), reduction=red),
+                             Fl.poisson_nll_loss(x, w, full=True, reduction=red),
+                             Fl.poisson_nll_loss(w, y, log_input=False, reduction=red),
+                             Fl.gaussian_nll_loss(x, y, w, full=True, reduction=red),
+                             Fl.sigmoid_focal_loss(x, torch.sigmoid(y), reduction=red),
+                             Fl.sigmoid_focal_loss(x, torch.sigmoid(y), alpha=-1, gamma=1.5, reduction=red)]:
                     loss.backward(torch.rand_like(loss))
                     n += 1
         for rows, D in [(1, 1), (5, 33), (9, 512), (3, 2050)]:
@@ -97,7 +107,18 @@ def pointwise_and_row_cases(dev):
                 loss = Fl.cosine_embedding_loss(a, p, t, margin=0.1, reduction=red)
                 loss.backward(torch.rand_like(loss))
                 n += 1
-    return n
+    # binary_cross_entropy's domain check on the device: reported, and skipped without reading past n
+    bad = torch.full((4099,), 0.5, device=dev)
+    bad[4000] = 1.5
+    try:
+        Fl.binary_cross_entropy(bad, torch.full_like(bad, 0.5))
+        raise AssertionError("binary_cross_entropy accepted an input of 1.5")
+    except RuntimeError as e:
+        assert "between 0 and 1" in str(e), e
+    fastloss.set_target_validation(False)
+    Fl.binary_cross_entropy(bad, torch.full_like(bad, 0.5))
+    fastloss.set_target_validation(True)
+    return n + 2
 
 
 def ctc_cases(dev):
