@@ -144,6 +144,36 @@ def test_no_torch_loss_is_called(monkeypatch):
     assert x.grad is not None and w.grad is not None
 
 
+def test_pointwise_losses_call_no_torch_loss(monkeypatch):
+    """Every torch.nn.functional loss fastloss implements, torch's binary / Poisson aten functions and
+    log_sigmoid / sigmoid poisoned: the pointwise losses (incl. focal) still run forward and backward.
+    (multilabel_soft_margin 'none' uses torch's sum, a documented composition, not a loss.)"""
+    def boom(*a, **k):
+        raise AssertionError("fastloss called a torch loss")
+
+    from fastloss.patch import PATCHED_FUNCTIONS
+    for name in list(PATCHED_FUNCTIONS) + ["logsigmoid", "sigmoid"]:
+        monkeypatch.setattr(F, name, boom)
+    for name in ["binary_cross_entropy_with_logits", "poisson_nll_loss", "sigmoid", "log_sigmoid", "kl_div"]:
+        monkeypatch.setattr(torch, name, boom, raising=False)
+    monkeypatch.setattr(torch._C._nn, "binary_cross_entropy", boom)
+    Fl = fastloss.functional
+    x = torch.randn(6, 5, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(6, 5, dtype=torch.float64)
+    w = torch.rand(5, dtype=torch.float64)
+    v = torch.rand(6, 1, dtype=torch.float64, requires_grad=True)
+    p = torch.rand(6, 5, dtype=torch.float64, requires_grad=True)
+    for red in ["mean", "none"]:
+        for loss in [Fl.binary_cross_entropy(p, t, weight=w, reduction=red),
+                     Fl.binary_cross_entropy_with_logits(x, t, weight=w, pos_weight=w + 1, reduction=red),
+                     Fl.poisson_nll_loss(x, t, full=True, reduction=red),
+                     Fl.gaussian_nll_loss(x, t, v, reduction=red),
+                     Fl.multilabel_soft_margin_loss(x, t, weight=w, reduction=red),
+                     Fl.sigmoid_focal_loss(x, t, reduction=red)]:
+            loss.sum().backward()
+    assert x.grad is not None and v.grad is not None and p.grad is not None
+
+
 def _pointwise_and_row_op_cases(device):
     """The regression / embedding ops, forward with and without gradients in the forward, and their
     backward ops (which autograd calls for reduction='none')."""
