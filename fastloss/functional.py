@@ -107,6 +107,10 @@ def nll_loss(
 # csrc/ops/pointwise.h.
 (_L1, _MSE, _SMOOTH_L1, _HUBER, _MARGIN_RANKING, _HINGE, _SOFT_MARGIN, _KL_DIV, _BCE, _BCE_LOGITS, _POISSON, _GAUSSIAN,
  _FOCAL) = range(13)
+# kinds whose gradient has no useful bound (1/x, exp(x), pos_weight ...): not fused in float16
+_UNBOUNDED_GRAD = (_BCE, _BCE_LOGITS, _POISSON, _GAUSSIAN, _FOCAL)
+_INT_NAMES = {torch.int64: "Long", torch.int32: "Int", torch.int16: "Short", torch.int8: "Char", torch.uint8: "Byte",
+              torch.bool: "Bool"}
 
 
 def _floating_common(name, *tensors):
@@ -143,6 +147,10 @@ def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0):
         d = next(it) if d is not None else None
     grad_mode = torch.is_grad_enabled()
     fused = red != 0 and not (c is not None and kind in (_L1, _MSE) and red == 1)
+    if a.dtype == torch.float16 and kind in _UNBOUNDED_GRAD:
+        # the fused gradient is stored before grad_output scales it: float16 could overflow there
+        # (e.g. BCE's 1 / (x (1 - x)) at x ~ 1e-5) where torch's one expression stays finite
+        fused = False
     grad_now = [fused and grad_mode and t is not None and t.requires_grad for t in (a, b, c)]
     out_dtype = autocast_out_dtype(a) if autocast else None
     return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype, d, float(param2))[0]
@@ -389,6 +397,10 @@ def binary_cross_entropy(
             "or torch.nn.BCEWithLogitsLoss.  binary_cross_entropy_with_logits and BCEWithLogits are\n"
             "safe to autocast.")
     _floating_common("binary_cross_entropy", input)
+    if (torch.is_autocast_enabled(input.device.type) and _HALF_TYPES.intersection((input.dtype, target.dtype))
+            and (input.dtype != target.dtype or weight is not None)):
+        # autocast computes in float32: half data is read as is only when nothing else needs rounding
+        input, target = input.float(), target.float()
     if target.dtype != input.dtype:
         raise RuntimeError(f"fastloss.binary_cross_entropy: Found dtype {_TYPE_NAMES.get(target.dtype, target.dtype)} "
                            f"but expected {_TYPE_NAMES.get(input.dtype, input.dtype)} (target must have the input's "
@@ -422,13 +434,14 @@ def binary_cross_entropy_with_logits(
     name = "binary_cross_entropy_with_logits"
     if not target.is_floating_point():
         raise RuntimeError(f"fastloss.{name}: result type Float can't be cast to the desired output type "
-                           f"{_TYPE_NAMES.get(target.dtype, target.dtype)} (target must be floating point, as in torch)")
+                           f"{_INT_NAMES.get(target.dtype, target.dtype)} (target must be floating point, as in torch)")
     _floating_common(name, input)
     dtype = target.dtype  # torch computes the loss in place in the target's dtype
     if torch.is_autocast_enabled(input.device.type) and _HALF_TYPES.intersection((input.dtype, target.dtype)):
         # autocast computes in float32: half data is read as is when both share it (the loss is written
         # in float32), else everything is float32
-        dtype = input.dtype if input.dtype == target.dtype else torch.float32
+        same = input.dtype == target.dtype and weight is None and pos_weight is None
+        dtype = input.dtype if same else torch.float32
     for t, tname in ((weight, "weight"), (pos_weight, "pos_weight")):
         if t is not None and t.requires_grad and torch.is_grad_enabled():
             raise RuntimeError(f"fastloss.{name}: The function '{name}' is not differentiable with respect to "
@@ -462,7 +475,10 @@ def poisson_nll_loss(
     reduction = _legacy_reduction_string(size_average, reduce, reduction)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(reduction + " is not a valid value for reduction")
-    dtype = _floating_common("poisson_nll_loss", input, target)
+    dtype = torch.promote_types(input.dtype, target.dtype)
+    if not dtype.is_floating_point:  # torch's exp / log of integers give the default float dtype
+        dtype = torch.get_default_dtype()
+    dtype = _floating_common("poisson_nll_loss", input.to(dtype), target)
     flags = (1 if log_input else 0) + (2 if full else 0)
     return _pointwise(_POISSON, input.to(dtype), target.to(dtype), None, float(eps), _Reduction.get_enum(reduction),
                       param2=flags)
@@ -489,6 +505,9 @@ def gaussian_nll_loss(
         var = input.new_full((), var).expand(input.shape)
     elif torch.any(var < 0):
         raise ValueError("var has negative entry/entries")
+    if not var.is_floating_point():  # torch clamps var in place
+        raise RuntimeError(f"fastloss.gaussian_nll_loss: result type Float can't be cast to the desired output type "
+                           f"{_INT_NAMES.get(var.dtype, var.dtype)} (var must be floating point, as in torch)")
     if var.size() != input.size():
         if input.size()[:-1] == var.size():
             var = torch.unsqueeze(var, -1)
@@ -523,12 +542,17 @@ def multilabel_soft_margin_loss(
     reduction = _legacy_reduction_string(size_average, reduce, reduction)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(reduction + " is not valid")
-    C = input.size(input.dim() - 1)
+    class_dim = input.dim() - 1
+    C = input.size(class_dim)
     dtype = _floating_common("multilabel_soft_margin_loss", input, target, weight)
     x, t = input.to(dtype), target.to(dtype)
     w = weight.to(dtype) if weight is not None else None
-    if reduction == "none":
-        return _pointwise(_BCE_LOGITS, x, t, w, 0.0, 0, autocast=False).sum(dim=-1) / C
+    shape = torch.broadcast_shapes(x.shape, t.shape, *(() if w is None else (w.shape,)))
+    if reduction == "none" or shape != input.shape:
+        # one loss per row, or a weight/target that adds leading dimensions (torch still sums over
+        # input.dim() - 1): the fused per-element loss, then torch's sum and mean as torch composes them
+        loss = _pointwise(_BCE_LOGITS, x, t, w, 0.0, 0, autocast=False).sum(dim=class_dim) / C
+        return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
     loss = _pointwise(_BCE_LOGITS, x, t, w, 0.0, _Reduction.get_enum(reduction), autocast=False)
     return loss / C if reduction == "sum" else loss
 

@@ -161,9 +161,9 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
     // the input gradient's denominator at 1e-12; the target gradient is -logit(x), unclamped
     const acc lx = std::log(a), l1x = std::log1p(-a);
     const acc f = (b - acc(1)) * (l1x < acc(-100) ? acc(-100) : l1x) - b * (lx < acc(-100) ? acc(-100) : lx);
-    const acc den = (acc(1) - a) * a;
+    const acc den = (acc(1) - a) * a, eps = static_cast<acc>(1e-12f);  // torch's EPSILON is a float
     o.loss = c * f;
-    o.da = c * (a - b) / (den < acc(1e-12) ? acc(1e-12) : den);
+    o.da = c * (a - b) / (den < eps ? eps : den);
     o.db = c * (l1x - lx);
     o.dc = f;
   } else if constexpr (K == PwKind::BCEWithLogits) {  // c = weight, d = pos_weight (param != 0)
@@ -191,11 +191,13 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
       o.da = acc(1) - b / xe;
       o.db = -l;
     }
-    if (flags & 2) {  // Stirling: t log t - t + log(2 pi t) / 2 where t > 1 (NaN kept: masked only where t <= 1)
+    if (flags & 2) {  // Stirling: t log t - t + log(2 pi t) / 2 where t > 1 (NaN kept: masked only where t <= 1).
+      // Its target gradient where masked is 0 * (log t + 1/(2t)), as torch's autograd computes it: NaN at t <= 0
       const acc lt = std::log(b);
       const bool keep = !(b <= acc(1));
+      const acc ds = lt + acc(0.5) / b;
       o.loss += keep ? b * lt - b + acc(0.5) * std::log(acc(6.283185307179586) * b) : acc(0);
-      o.db += keep ? lt + acc(0.5) / b : acc(0);
+      o.db += keep ? ds : acc(0) * ds;
     }
     o.dc = acc(0);
   } else if constexpr (K == PwKind::GaussianNLL) {  // c = var, clamped at eps (param) as torch does under
