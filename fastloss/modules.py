@@ -7,7 +7,7 @@ from . import functional as F
 
 __all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
            "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss", "CTCLoss",
-           "SoftMarginLoss", "KLDivLoss"]
+           "SoftMarginLoss", "KLDivLoss", "MultiMarginLoss", "MultiLabelMarginLoss"]
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -113,3 +113,19 @@ class KLDivLoss(nn.KLDivLoss):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
+
+
+# ------------------------------------------------------------------------------------ margin_rows
+class MultiMarginLoss(nn.MultiMarginLoss):
+    __doc__ = nn.MultiMarginLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multi_margin_loss(input, target, p=self.p, margin=self.margin, weight=self.weight,
+                                   reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(nn.MultiLabelMarginLoss):
+    __doc__ = nn.MultiLabelMarginLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_margin_loss(input, target, reduction=self.reduction)
