@@ -41,6 +41,7 @@ for what in "${@:-all}"; do
     $PY benchmarks/bench_embedding.py --out "$OUT/bench_embedding.md" 2>"$OUT/bench_emb.err" | tail -40
     # (stderr also says whether torch took cuDNN on the 'cudnn' cases)
     $PY benchmarks/bench_ctc.py --out "$OUT/bench_ctc.md" 2>"$OUT/bench_ctc.err" | tail -40; grep -a WARNING "$OUT/bench_ctc.err"
+    $PY benchmarks/bench_margin_rows.py --out "$OUT/bench_margin_rows.md" 2>"$OUT/bench_mr.err" | tail -40
   fi
 done
 step end
