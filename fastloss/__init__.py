@@ -12,11 +12,13 @@ from ._registrations import cross_entropy as _cross_entropy_registration  # noqa
 from ._registrations import pointwise as _pointwise_registration  # noqa: F401
 from ._registrations import embedding as _embedding_registration  # noqa: F401
 from ._registrations import ctc as _ctc_registration  # noqa: F401
+from ._registrations import margin_rows as _margin_rows_registration  # noqa: F401
 from . import functional  # noqa: E402
 from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
                       MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
                       CosineEmbeddingLoss, CTCLoss, SoftMarginLoss, KLDivLoss, BCELoss, BCEWithLogitsLoss,
-                      PoissonNLLLoss, GaussianNLLLoss, MultiLabelSoftMarginLoss, FocalLoss)
+                      PoissonNLLLoss, GaussianNLLLoss, MultiLabelSoftMarginLoss, FocalLoss, MultiMarginLoss,
+                      MultiLabelMarginLoss)
 from .patch import patch, unpatch, is_patched  # noqa: E402
 
 __version__ = "0.1.0"
@@ -24,7 +26,8 @@ __version__ = "0.1.0"
 __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss",
            "MarginRankingLoss", "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss",
            "CosineEmbeddingLoss", "CTCLoss", "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss",
-           "PoissonNLLLoss", "GaussianNLLLoss", "MultiLabelSoftMarginLoss", "FocalLoss", "patch", "unpatch", "is_patched",
+           "PoissonNLLLoss", "GaussianNLLLoss", "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss",
+           "MultiLabelMarginLoss", "patch", "unpatch", "is_patched",
            "cuda_built", "set_target_validation"]
 
 

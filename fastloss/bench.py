@@ -7,16 +7,17 @@ fraction of the device's measured copy bandwidth. benchmarks/ holds the fuller c
 
 Examples:
     python -m fastloss.bench                                   # every family's default cases
-    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|probabilistic|all
+    python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|probabilistic|margin_rows|all
     python -m fastloss.bench --loss cross_entropy,nll_loss --shape 8192x128256 --dtype bf16
     python -m fastloss.bench --loss mse,smooth_l1 --shape 64M --dtype fp32 --reduction none
     python -m fastloss.bench --loss triplet_margin_loss --shape 65536x512 --swap
     python -m fastloss.bench --loss ctc_loss --shape 200x16x32x50 --dtype fp32
+    python -m fastloss.bench --loss multi_margin,multilabel_margin --shape 4096x1000 --dtype fp32
 
---shape is ROWSxCLASSES for cross_entropy/nll_loss, NxD for triplet_margin[_with_distance] and
-cosine_embedding, TxNxCxS (time steps, batch, classes, padded target length) for ctc_loss, and the
-input's shape (or element count: 64M, 4194304) for the elementwise losses (l1, mse, smooth_l1, huber,
-margin_ranking, hinge_embedding).
+--shape is ROWSxCLASSES for cross_entropy/nll_loss and multi_margin/multilabel_margin (8 listed classes
+per row), NxD for triplet_margin[_with_distance] and cosine_embedding, TxNxCxS (time steps, batch,
+classes, padded target length) for ctc_loss, and the input's shape (or element count: 64M, 4194304)
+for the elementwise losses (l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
 """
 import argparse
 import statistics
@@ -593,7 +594,63 @@ class CtcCase(LossCase):
         return n
 
 
-FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase, CtcCase, BinaryCase)}
+class MarginRowsCase(LossCase):
+    """The margin_rows family on (rows, classes) scores requiring grad.
+    multi_margin_loss: target (rows,) int64 class indices uniform in [0, classes); optional p=2, class weights.
+    multilabel_margin_loss: target (rows, classes) int64: `targets` distinct classes per row, then -1 (the
+    rest of the row -1 too). torch's CPU kernels take float32/float64 only."""
+
+    family = "margin_rows"
+    losses = ("multi_margin_loss", "multilabel_margin_loss")
+
+    def __init__(self, loss, rows, classes, dtype, device, reduction="mean", targets=8, p=1, weight=False):
+        super().__init__(loss, dtype, device, reduction)
+        if loss == "multilabel_margin_loss" and (p != 1 or weight):
+            raise ValueError("multilabel_margin_loss has no p or weight argument")
+        self.rows, self.classes, self.targets = rows, classes, min(targets, classes)
+        self.p, self.weight = p, weight
+
+    def shape_label(self):
+        return f"{self.rows}x{self.classes}"
+
+    def extras(self):
+        if self.loss == "multilabel_margin_loss":
+            return f" K{self.targets}"
+        return "".join([f" p{self.p}" if self.p != 1 else "", " w" if self.weight else ""])
+
+    def inputs(self):
+        g = self.generator()
+        dev = self.device
+        x = torch.randn(self.rows, self.classes, device=dev, dtype=self.dtype, generator=g).requires_grad_()
+        w = torch.rand(self.classes, device=dev, dtype=self.dtype, generator=g) + 0.5 if self.weight else None
+        if self.loss == "multi_margin_loss":
+            return x, torch.randint(0, self.classes, (self.rows,), device=dev, generator=g), w
+        t = torch.full((self.rows, self.classes), -1, dtype=torch.long, device=dev)
+        order = torch.rand(self.rows, self.classes, device=dev, generator=g).argsort(1)
+        t[:, :self.targets] = order[:, :self.targets]
+        return x, t, w
+
+    def call(self, fn, x, t, w):
+        if self.loss == "multi_margin_loss":
+            return fn(x, t, p=self.p, weight=w, reduction=self.reduction)
+        return fn(x, t, reduction=self.reduction)
+
+    def min_bytes(self, backward=True):
+        """Scores read once [+ their gradient written once] + the targets read (rows int64 for
+        multi_margin, rows x classes int64 for multilabel: every entry is range-checked, as torch's CPU
+        kernel does) (+ the class weights) [+ the per-row loss written (+ its upstream gradient read) for
+        reduction='none']. multilabel is O(K C) compute per row on top (K listed classes)."""
+        e, n = self.elem, self.rows * self.classes
+        b = n * e * (2 if backward else 1)
+        b += self.rows * 8 if self.loss == "multi_margin_loss" else n * 8
+        if self.weight:
+            b += self.classes * e
+        if self.reduction == "none":
+            b += self.rows * e * (2 if backward else 1)
+        return b
+
+
+FAMILIES = {c.family: c for c in (CrossEntropyCase, RegressionCase, EmbeddingCase, CtcCase, BinaryCase, MarginRowsCase)}
 LOSS_FAMILY = {loss: c for c in FAMILIES.values() for loss in c.losses}
 
 
@@ -612,9 +669,11 @@ def loss_name(s):
 # table must finish in about a minute.
 DEFAULT_SHAPES = {
     "cuda": {"cross_entropy": (8192, 32000), "regression": (64 * 2**20,), "embedding_rows": (65536, 512),
-             "embedding_elementwise": (16 * 2**20,), "ctc": (1000, 64, 64, 200), "probabilistic": (16384, 1024)},
+             "embedding_elementwise": (16 * 2**20,), "ctc": (1000, 64, 64, 200), "probabilistic": (16384, 1024),
+             "multi_margin_loss": (65536, 1000), "multilabel_margin_loss": (65536, 256)},
     "cpu": {"cross_entropy": (1024, 32000), "regression": (4 * 2**20,), "embedding_rows": (4096, 512),
-            "embedding_elementwise": (2**20,), "ctc": (200, 16, 32, 50), "probabilistic": (1024, 1024)},
+            "embedding_elementwise": (2**20,), "ctc": (200, 16, 32, 50), "probabilistic": (1024, 1024),
+            "multi_margin_loss": (4096, 1000), "multilabel_margin_loss": (4096, 256)},
 }
 
 
@@ -635,6 +694,11 @@ def make_case(loss, shape, dtype, device, reduction="mean", swap=False):
         if len(shape) != 4:
             raise ValueError(f"{loss}: --shape must be TxNxCxS (e.g. 200x16x32x50), got {shape}")
         return CtcCase(loss, *shape, dtype, device, reduction=reduction)
+    if cls is MarginRowsCase:
+        shape = shape or sizes[loss]
+        if len(shape) != 2:
+            raise ValueError(f"{loss}: --shape must be NxC (e.g. 4096x1000), got {shape}")
+        return MarginRowsCase(loss, *shape, dtype, device, reduction=reduction)
     key = "embedding_rows" if loss in EmbeddingCase.ROW_LOSSES else "embedding_elementwise"
     return EmbeddingCase(loss, shape or sizes[key], dtype, device, reduction=reduction, swap=swap)
 
@@ -677,6 +741,14 @@ def default_cases(device, family="all"):
         if family in ("all", "probabilistic"):  # the issue's 16M elements
             cases += [BinaryCase(loss, (16384, 1024), dtype, device) for dtype in (fp32, bf16)
                       for loss in BinaryCase.losses]
+        if family in ("all", "margin_rows"):
+            cases += [
+                MarginRowsCase("multi_margin_loss", 65536, 1000, fp32, device),
+                MarginRowsCase("multi_margin_loss", 65536, 1000, bf16, device, p=2, weight=True),
+                MarginRowsCase("multi_margin_loss", 8192, 32000, fp32, device),
+                MarginRowsCase("multilabel_margin_loss", 65536, 256, fp32, device),
+                MarginRowsCase("multilabel_margin_loss", 8192, 4096, fp32, device, targets=32),
+            ]
         return cases
     if family in ("all", "cross_entropy"):
         cases += [
@@ -702,6 +774,12 @@ def default_cases(device, family="all"):
                   for T, N, C, S in ((200, 16, 32, 50), (100, 8, 32, 25), (500, 32, 64, 100))]
     if family in ("all", "probabilistic"):
         cases += [BinaryCase(loss, (1024, 1024), fp32, device) for loss in BinaryCase.losses]
+    if family in ("all", "margin_rows"):
+        cases += [
+            MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device),
+            MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device, p=2, weight=True),
+            MarginRowsCase("multilabel_margin_loss", 4096, 256, fp32, device),
+        ]
     return cases
 
 
@@ -910,7 +988,7 @@ def main(argv=None):
                     help="default cases of one family only (default: all)")
     ap.add_argument("--loss", help="comma-separated loss names, e.g. cross_entropy,nll_loss or mse,smooth_l1 "
                                    f"(known: {', '.join(LOSS_FAMILY)}; default: the built-in cases)")
-    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss), NxD (triplet, cosine), TxNxCxS "
+    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss, multi_margin, multilabel_margin), NxD (triplet, cosine), TxNxCxS "
                                     "(ctc_loss) or the input's shape / element count (elementwise losses), "
                                     "e.g. 8192x128256, 64M, 200x16x32x50")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")

@@ -16,7 +16,8 @@ from ._registrations._common import autocast_out_dtype
 __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
            "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
            "ctc_loss", "soft_margin_loss", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-           "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss"]
+           "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss",
+           "multi_margin_loss", "multilabel_margin_loss"]
 
 _ops = torch.ops.fastloss
 
@@ -764,3 +765,69 @@ def ctc_loss(
     if not batched and red == 0:
         loss = loss.squeeze(0)
     return loss
+
+
+# ------------------------------------------------------------------------------------ margin_rows
+# multi_margin_loss and multilabel_margin_loss: one fused op each over rows of class scores
+# (csrc/ops/margin_rows.h). torch's Python-level checks (p, weight's dimension) are repeated here with
+# torch's words; shapes, dtypes and target values are checked by the op, for both devices alike.
+def _autocast_dtype(t, autocast):
+    """The dtype torch computes t in: float32 for half/bfloat16 under autocast (fp32 policy)."""
+    return torch.float32 if autocast and t.dtype in (torch.float16, torch.bfloat16) else t.dtype
+
+
+def multi_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    p: int = 1,
+    margin: float = 1.0,
+    weight: Tensor | None = None,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.multi_margin_loss, fused: one pass over each row reads x[y] and the row,
+    sums w[y] * max(0, margin - x[y] + x[i])^p / C over i != y and -- for mean/sum -- writes the input
+    gradient in the same pass (backward only scales it by grad_output). half/bfloat16 inputs, which
+    torch's CPU kernel refuses, are accumulated in float32."""
+    if has_torch_function_variadic(input, target, weight):
+        return handle_torch_function(multi_margin_loss, (input, target, weight), input, target, p=p, margin=margin,
+                                     weight=weight, size_average=size_average, reduce=reduce, reduction=reduction)
+    red = _reduction_enum(size_average, reduce, reduction)
+    if p != 1 and p != 2:
+        raise ValueError("only p == 1 and p == 2 supported")
+    autocast = torch.is_autocast_enabled(input.device.type)
+    if weight is not None:
+        if weight.dim() != 1:
+            raise ValueError("weight must be one-dimensional")
+        # torch: the input's dtype (autocast casts half/bfloat16 inputs and weights to float32 alike)
+        wdt, xdt = _autocast_dtype(weight, autocast), _autocast_dtype(input, autocast)
+        if wdt != xdt:
+            raise RuntimeError(f"fastloss.multi_margin_loss: expected scalar type {_TYPE_NAMES.get(xdt, xdt)} but "
+                               f"found {_TYPE_NAMES.get(wdt, wdt)} (weight must have the input's dtype, as in torch)")
+        if weight.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("fastloss.multi_margin_loss: The function 'multi_margin_loss' is not differentiable "
+                               "with respect to argument 'weight'. This input cannot have requires_grad True.")
+    grad_now = red != 0 and torch.is_grad_enabled() and input.requires_grad
+    return _ops.multi_margin_loss(input, target, int(p), float(margin), weight, red, grad_now,
+                                  autocast_out_dtype(input))[0]
+
+
+def multilabel_margin_loss(
+    input: Tensor,
+    target: Tensor,
+    size_average: bool | None = None,
+    reduce: bool | None = None,
+    reduction: str = "mean",
+) -> Tensor:
+    """torch.nn.functional.multilabel_margin_loss, fused: per row, one read of the scores and of the
+    target list (which ends at the first -1; every entry is range-checked, as torch's CPU kernel does),
+    sum over listed targets j and non-target classes i of max(0, 1 - x[j] + x[i]) / C, and -- for
+    mean/sum -- the input gradient in the same pass. Duplicated targets count once per occurrence, as
+    in torch. half/bfloat16 inputs, which torch's CPU kernel refuses, are accumulated in float32."""
+    if has_torch_function_variadic(input, target):
+        return handle_torch_function(multilabel_margin_loss, (input, target), input, target,
+                                     size_average=size_average, reduce=reduce, reduction=reduction)
+    red = _reduction_enum(size_average, reduce, reduction)
+    grad_now = red != 0 and torch.is_grad_enabled() and input.requires_grad
+    return _ops.multilabel_margin_loss(input, target, red, grad_now, autocast_out_dtype(input))[0]

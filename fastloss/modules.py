@@ -8,7 +8,7 @@ from . import functional as F
 __all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
            "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss", "CTCLoss",
            "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss", "PoissonNLLLoss", "GaussianNLLLoss",
-           "MultiLabelSoftMarginLoss", "FocalLoss"]
+           "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss", "MultiLabelMarginLoss"]
 
 
 class CrossEntropyLoss(nn.CrossEntropyLoss):
@@ -177,3 +177,19 @@ class FocalLoss(nn.Module):
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.sigmoid_focal_loss(input, target, alpha=self.alpha, gamma=self.gamma, reduction=self.reduction)
+
+
+# ------------------------------------------------------------------------------------ margin_rows
+class MultiMarginLoss(nn.MultiMarginLoss):
+    __doc__ = nn.MultiMarginLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multi_margin_loss(input, target, p=self.p, margin=self.margin, weight=self.weight,
+                                   reduction=self.reduction)
+
+
+class MultiLabelMarginLoss(nn.MultiLabelMarginLoss):
+    __doc__ = nn.MultiLabelMarginLoss.__doc__
+
+    def forward(self, input: Tensor, target: Tensor) -> Tensor:
+        return F.multilabel_margin_loss(input, target, reduction=self.reduction)

@@ -42,6 +42,7 @@ for what in "${@:-all}"; do
     # (stderr also says whether torch took cuDNN on the 'cudnn' cases)
     $PY benchmarks/bench_probabilistic.py --out "$OUT/bench_probabilistic.md" 2>"$OUT/bench_prob.err" | tail -40
     $PY benchmarks/bench_ctc.py --out "$OUT/bench_ctc.md" 2>"$OUT/bench_ctc.err" | tail -40; grep -a WARNING "$OUT/bench_ctc.err"
+    $PY benchmarks/bench_margin_rows.py --out "$OUT/bench_margin_rows.md" 2>"$OUT/bench_mr.err" | tail -40
   fi
 done
 step end

@@ -4,7 +4,8 @@
     PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck python tools/sanitize_cases.py
 
 Row kernels (warp / block256 / block512, each shared-memory tier), misaligned rows, the strided
-K-D kernel, probability targets, nll_loss, scale_grad(_) in place and out of place, target checks.
+K-D kernel, probability targets, nll_loss, scale_grad(_) in place and out of place, target checks;
+the pointwise, row, CTC and margin_rows kernels.
 """
 import sys
 
@@ -60,6 +61,7 @@ def run():
     fastloss.set_target_validation(True)
     n += pointwise_and_row_cases(dev)
     n += ctc_cases(dev)
+    n += margin_rows_cases(dev)
     torch.cuda.synchronize()
     print(f"sanitize cases done: {n + 4} calls", file=sys.stderr)
 
@@ -153,6 +155,56 @@ def ctc_cases(dev):
     ctc(lp, bad, [5, 5], [2, 2]).backward()
     fastloss.set_target_validation(True)
     return n + 2
+
+
+def margin_rows_cases(dev):
+    """multi_margin (warp and block rows, aligned and misaligned, p 1/2, weights) and multilabel_margin
+    (warp rows, block rows in default and opt-in shared memory, global-scratch rows; lists with -1
+    anywhere, duplicates, none), every reduction (fused forward gradient and backward ops), and bad
+    targets (checked, then unchecked: NaN rows, no out-of-bounds access)."""
+    Fl = fastloss.functional
+    n = 0
+    for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
+        for rows, C in [(1, 1), (9, 33), (5, 2048), (3, 2051), (2, 4096)]:
+            for offset in [0, 1]:
+                base = torch.randn(rows, C + 1, device=dev, dtype=dtype)
+                x = base[:, offset:offset + C].detach().requires_grad_()
+                t = torch.randint(0, C, (rows,), device=dev)
+                w = torch.rand(C, device=dev, dtype=dtype)
+                for red in ["none", "mean", "sum"]:
+                    for p, weight in [(1, None), (2, w)]:
+                        loss = Fl.multi_margin_loss(x, t, p=p, margin=0.5, weight=weight, reduction=red)
+                        loss.backward(torch.rand_like(loss))
+                        n += 1
+        for rows, C in [(1, 1), (9, 33), (10, 400), (3, 600), (2, 5000), (2, 30000)]:
+            x = torch.randn(rows, C, device=dev, dtype=dtype, requires_grad=True)
+            t = torch.randint(0, C, (rows, C), device=dev)
+            t[0, min(3, C - 1)] = -1
+            if rows > 2:
+                t[1, 0] = -1
+                t[2, :min(4, C)] = t[2, 0]  # duplicates
+            for red in ["none", "mean", "sum"]:
+                loss = Fl.multilabel_margin_loss(x, t, reduction=red)
+                loss.backward(torch.rand_like(loss))
+                n += 1
+    x = torch.randn(4, 50, device=dev, requires_grad=True)
+    bad_mm = torch.tensor([0, 50, 2, -1], device=dev)
+    bad_ml = torch.randint(0, 50, (4, 50), device=dev)
+    bad_ml[1, 7] = 50
+    bad_ml[2, 0], bad_ml[2, 9] = -1, -3  # after the list's end: still refused
+    for f, t in [(Fl.multi_margin_loss, bad_mm), (Fl.multilabel_margin_loss, bad_ml)]:
+        try:
+            f(x, t)
+            raise SystemExit("an out-of-range margin target was accepted")
+        except RuntimeError as e:
+            if "out of range" not in str(e):
+                raise
+        fastloss.set_target_validation(False)
+        f(x, t, reduction="none").sum().backward()
+        f(x, t).backward()
+        fastloss.set_target_validation(True)
+        n += 3
+    return n
 
 
 if __name__ == "__main__":

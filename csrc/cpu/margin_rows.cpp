@@ -1,0 +1,116 @@
+// CPU engine of the margin_rows family (math in ops/margin_rows.h, op glue in ops/margin_rows_ops.h).
+// Rows run in parallel (at::parallel_for); each row is computed by one thread in a fixed lane order,
+// so the per-row losses -- reduced afterwards in a fixed order -- and the gradients do not depend on
+// the thread count.
+//
+// multi_margin, per row: the target y and x_y, then one sweep over the row that adds the hinge terms
+// and, when the gradient is wanted, writes d/dx_i and sums them for d/dx_y (written last). Moves:
+// the row read once, the gradient row written once, one target (and one weight) read.
+// multilabel_margin, per row: one sweep over the target row (every entry is range-checked, as torch;
+// the list ends at the first -1) while the scores are copied into a row-sized scratch in the
+// accumulate type with the target classes set to -inf (so the pair loop needs no mask); then one
+// sweep of that scratch per listed target (O(K C), as torch), counting for every non-target i how
+// many pairs are active (+1/C each) and for every target how many (-1/C each); a last sweep writes
+// the gradient. Moves: input row and target row read once, gradient row written once.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <vector>
+
+#include "common/common.h"
+#include "common/cpu_reduce.h"
+#include "ops/margin_rows_ops.h"
+
+namespace fastloss {
+namespace cpu {
+namespace {
+
+using at::Tensor;
+
+struct FirstBad {
+  std::atomic<int64_t> pos{std::numeric_limits<int64_t>::max()};
+  void note(int64_t p) {
+    int64_t cur = pos.load(std::memory_order_relaxed);
+    while (p < cur && !pos.compare_exchange_weak(cur, p, std::memory_order_relaxed)) {
+    }
+  }
+  int64_t get() const {
+    const int64_t p = pos.load();
+    return p == std::numeric_limits<int64_t>::max() ? -1 : p;
+  }
+};
+
+struct Done {  // the CPU checks synchronously: bad() is already known
+  int64_t pos;
+  int64_t bad() const { return pos; }
+};
+
+namespace isa_base {
+#include "cpu/margin_rows_impl.inc"
+}  // namespace isa_base
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FASTLOSS_MARGIN_ROWS_AVX2 1
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace isa_avx2 {
+#include "cpu/margin_rows_impl.inc"
+}  // namespace isa_avx2
+#pragma GCC pop_options
+#endif
+
+// AVX2+FMA where the CPU has it (FASTLOSS_CPU_ISA=base forces the baseline build, as for the vector
+// table), decided once.
+bool use_avx2() {
+#ifdef FASTLOSS_MARGIN_ROWS_AVX2
+  static const bool yes = [] {
+    const char* force = std::getenv("FASTLOSS_CPU_ISA");
+    if (force && force[0] == 'b') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
+struct CpuMarginRows {
+  static Done multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
+#ifdef FASTLOSS_MARGIN_ROWS_AVX2
+    if (use_avx2()) return {isa_avx2::run_multi_margin(p, pw, margin, run)};
+#endif
+    return {isa_base::run_multi_margin(p, pw, margin, run)};
+  }
+
+  static Done multilabel(const MarginRowsPlan& p, MarginRun& run) {
+#ifdef FASTLOSS_MARGIN_ROWS_AVX2
+    if (use_avx2()) return {isa_avx2::run_multilabel(p, run)};
+#endif
+    return {isa_base::run_multilabel(p, run)};
+  }
+  static Tensor finish(const MarginRowsPlan& p, const Tensor& row_loss) {
+    return AT_DISPATCH_FLOATING_TYPES(row_loss.scalar_type(), "fastloss_margin_rows_finish_cpu", [&] {
+      return finish_loss<scalar_t>(row_loss, p.reduction, static_cast<scalar_t>(p.rows), p.out_dtype, p.none_shape);
+    });
+  }
+};
+
+using Ops = MarginRowsOps<CpuMarginRows>;
+
+}  // namespace
+}  // namespace cpu
+
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
+  m.impl("multi_margin_loss", &cpu::Ops::multi_margin);
+  m.impl("multi_margin_loss_backward", &cpu::Ops::multi_margin_backward);
+  m.impl("multilabel_margin_loss", &cpu::Ops::multilabel);
+  m.impl("multilabel_margin_loss_backward", &cpu::Ops::multilabel_backward);
+}
+
+}  // namespace fastloss
