@@ -309,9 +309,6 @@ struct Pending {
   int64_t bad() { return check.finish(); }
 };
 
-// (block_reduce.cuh's aligned16 is a __device__ function; this is the host's.)
-bool host_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
-
 int capped_blocks(int64_t groups_needed, int cap) {
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(groups_needed, cap)));
 }
@@ -346,7 +343,7 @@ struct CudaMarginRows {
       io.margin = static_cast<acc>(margin);
       io.rows = p.rows;
       io.C = p.C;
-      io.vec = p.C % Pack<scalar_t>::N == 0 && host_aligned16(io.x) && (!io.grad || host_aligned16(io.grad));
+      io.vec = p.C % Pack<scalar_t>::N == 0 && aligned16(io.x) && (!io.grad || aligned16(io.grad));
       auto launch = [&](auto kernel) {
         kernel<<<blocks, kThreads, 0, stream>>>(io);
         C10_CUDA_KERNEL_LAUNCH_CHECK();

@@ -156,8 +156,10 @@ __device__ __forceinline__ void cp_async_wait_all() {
 #endif
 }
 
+// Host and device: the launchers decide on the host whether a kernel may use 16-byte vectors. (A host
+// call of a __device__-only function compiles inside a template, but its host stub exits the process.)
 template <typename T>
-__device__ __forceinline__ bool aligned16(const T* p) {
+__host__ __device__ __forceinline__ bool aligned16(const T* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 

@@ -1,0 +1,748 @@
+"""poisson_nll_loss / PoissonNLLLoss and gaussian_nll_loss / GaussianNLLLoss against torch.nn.functional,
+the reference computed in float64 on the same (rounded) inputs: values and the gradients of input AND
+target (and gaussian's var), every argument (log_input, full, eps; var of the input's shape, one dim
+short, one dim of size 1, a Python float; eps clamping var, whose gradient torch passes through the
+clamp), every reduction, poisson's legacy size_average/reduce, 0-D, 1-D, K-D, empty, strided and
+expanded inputs, broadcasting, random upstream gradients, extreme values, every dtype, mixed dtypes,
+autocast (poisson: float32 as torch's; gaussian's composite keeps half data in half); float64
+gradcheck, opcheck of the op's kinds (param2: log_input / full flags), torch.compile, determinism, no
+fallback to torch's ops, the modules, and bad arguments."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+import fastloss
+from conftest import DTYPES, assert_close_ref, assert_deterministic, assert_profile_clean, device_params, module_pair
+from test_binary import BIG, LEGACY, REDUCTIONS, check, laid_out, raises_like, rounded
+from test_regression import coarsest, gfloor, layouts, torch_ref
+
+fl = fastloss.functional
+SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), BIG, (2, 3, 4, 5)]
+POISSON, GAUSSIAN = 10, 11  # fastloss::pointwise_loss kinds (csrc/ops/pointwise.h)
+f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
+
+
+# ------------------------------------------------------------------------------------- helpers
+def make_input(shape, dtype, device, layout="contig", log_input=True, scale=1.5):
+    """log_input: any real log-rates; otherwise positive rates in [0.05, 3.05)."""
+    if log_input:
+        return laid_out(lambda s: (torch.randn(s, device=device) * scale).to(dtype), shape, layout)
+    return laid_out(lambda s: (torch.rand(s, device=device) * 3 + 0.05).to(dtype), shape, layout)
+
+
+def make_counts(shape, dtype, device, layout="contig"):
+    """Positive targets in [0.05, 4.05) with a fraction set exactly to 1, 2 and 3 (Stirling's term is
+    masked where target <= 1: the boundary itself included). Targets exactly 0 are in the extreme-value
+    test."""
+    def base(s):
+        t, r = torch.rand(s, device=device) * 4 + 0.05, torch.rand(s, device=device)
+        t = torch.where(r < 0.1, 1.0, torch.where(r < 0.2, 2.0, torch.where(r < 0.25, 3.0, t)))
+        return t.to(dtype)
+    return laid_out(base, shape, layout)
+
+
+def poisson_fn(module, reduction="mean", log_input=True, full=False, **kw):
+    return lambda x, t: module.poisson_nll_loss(x, t, log_input=log_input, full=full, reduction=reduction, **kw)
+
+
+def gaussian_fn(module, reduction="mean", full=False, eps=1e-6, var=None):
+    """(x, t, v) -> loss; with `var` given (a Python float), (x, t) -> loss."""
+    if var is not None:
+        return lambda x, t: module.gaussian_nll_loss(x, t, var, full=full, eps=eps, reduction=reduction)
+    return lambda x, t, v: module.gaussian_nll_loss(x, t, v, full=full, eps=eps, reduction=reduction)
+
+
+# ====================================================================== poisson_nll_loss
+def _poisson_cases():
+    out = []
+    for shape in SHAPES:
+        for red in REDUCTIONS:
+            for log_input in (True, False):
+                for full in (False, True):
+                    if shape == BIG and red == "mean":
+                        continue
+                    out.append((shape, red, log_input, full, "contig"))
+        for layout in layouts(shape)[1:]:
+            out.append((shape, "none", True, True, layout))
+            out.append((shape, "mean", False, True, layout))
+    return out
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,reduction,log_input,full,layout", _poisson_cases(), ids=str)
+def test_poisson_matches_torch(device, dtype, shape, reduction, log_input, full, layout):
+    if dtype == f16 and shape == BIG and reduction == "sum":
+        pytest.skip("the float16 sum of 32001 losses overflows (65504)")
+    x = make_input(shape, dtype, device, "contig" if layout == "expand" else layout, log_input).requires_grad_()
+    t = make_counts(shape, dtype, device, layout).requires_grad_()
+    before = [x.detach().clone(), t.detach().clone()]
+    check(poisson_fn(fl, reduction, log_input, full), poisson_fn(F, reduction, log_input, full), (x, t),
+          ["input", "target"], dtype)
+    assert torch.equal(before[0], x.detach()) and torch.equal(before[1], t.detach()), "an input was modified"
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("eps", [1e-8, 1e-3, 0.5, 2.0, 0.0], ids=str)
+@pytest.mark.parametrize("full", [False, True])
+def test_poisson_eps(device, dtype, eps, full):
+    """eps (added to the rate inside the log when log_input=False; unused otherwise), with rates near 0
+    where it matters."""
+    x = make_input((5, 40), dtype, device, log_input=False)
+    with torch.no_grad():
+        x[:, :10] = (torch.rand(5, 10, device=device) * 0.01 + 1e-3).to(dtype)
+    x.requires_grad_()
+    t = make_counts((5, 40), dtype, device).requires_grad_()
+    for red in REDUCTIONS:
+        for log_input in (False, True):
+            check(poisson_fn(fl, red, log_input, full, eps=eps), poisson_fn(F, red, log_input, full, eps=eps), (x, t),
+                  ["input", "target"], dtype)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("log_input", [True, False])
+@pytest.mark.parametrize("full", [False, True])
+def test_poisson_extreme_values(device, dtype, log_input, full):
+    """Targets 0, 1, large and NaN; log-rates up to 100 (exp overflows float32 past ~88.7 and float16
+    past ~11: the reference is rounded to the dtype), rates 0 (log(eps)), negative (NaN) and large; the
+    float64 reference's NaN / inf pattern, loss and both gradients."""
+    nan = float("nan")
+    if log_input:
+        xv = [-100.0, -20.0, 0.0, 1.0, 5.0, 20.0, 80.0, 100.0, nan, 3.0, -3.0, 0.5, 10.0, 2.0]
+    else:
+        xv = [0.0, 1e-6, 1e-3, 1.0, 5.0, 100.0, 1e4, -1.0, nan, 3.0, 0.0, 0.5, 2.0, 1e-2]
+    tv = [0.0, 0.0, 1.0, 0.0, 2.0, 1.0, 0.5, 100.0, 1.0, nan, 0.0, 1e3, 7.0, 1.0]
+    x = torch.tensor(xv, device=device).to(dtype)
+    t = torch.tensor(tv, device=device).to(dtype)
+    for which in ("input", "both"):  # the loss and the input's gradient first, on their own
+        for red in REDUCTIONS:
+            xx, tt = x.clone().requires_grad_(), t.clone().requires_grad_(which == "both")
+            check(poisson_fn(fl, red, log_input, full), poisson_fn(F, red, log_input, full), (xx, tt),
+                  ["input", "target"], dtype, round_ref=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("size_average,reduce", LEGACY, ids=str)
+def test_poisson_legacy_size_average_reduce(device, size_average, reduce):
+    x = make_input((6, 5), f64, device).requires_grad_()
+    t = make_counts((6, 5), f64, device).requires_grad_()
+    kw = dict(size_average=size_average, reduce=reduce, reduction="none", full=True)
+    with pytest.warns(UserWarning, match="deprecated"):
+        out = fl.poisson_nll_loss(x, t, **kw)
+    with pytest.warns(UserWarning, match="deprecated"):
+        ref = F.poisson_nll_loss(x, t, **kw)
+    assert out.shape == ref.shape
+    torch.testing.assert_close(out, ref)
+    go = torch.rand_like(ref) + 0.5
+    for a, b in zip(torch.autograd.grad(out, [x, t], go), torch.autograd.grad(ref, [x, t], go)):
+        torch.testing.assert_close(a, b)
+
+
+BCAST = [((4, 3), (3,)), ((3,), (4, 3)), ((4, 1), (1, 3)), ((), (5,)), ((5,), ()), ((2, 1, 3), (4, 1))]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [f64, f32, bf16], ids=str)
+@pytest.mark.parametrize("xshape,tshape", BCAST, ids=str)
+def test_poisson_broadcast(device, dtype, xshape, tshape):
+    """torch broadcasts input and target (either one, no warning); gradients summed to each shape."""
+    x = make_input(xshape, dtype, device).requires_grad_()
+    t = make_counts(tshape, dtype, device).requires_grad_()
+    for red in REDUCTIONS:
+        for log_input, full in [(True, False), (False, True)]:
+            check(poisson_fn(fl, red, log_input, full), poisson_fn(F, red, log_input, full), (x, t),
+                  ["input", "target"], dtype)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("xdtype,tdtype", [(f32, f64), (f64, f32), (bf16, f32), (f16, bf16), (f32, bf16),
+                                           (f32, torch.int64), (bf16, torch.int32)], ids=str)
+def test_poisson_mixed_dtypes(device, xdtype, tdtype):
+    """input and target promote (an integer target too), as torch; gradients in each tensor's dtype."""
+    x = make_input((5, 7), xdtype, device).requires_grad_()
+    t = make_counts((5, 7), tdtype if tdtype.is_floating_point else f32, device)
+    t = t.round().to(tdtype) if not tdtype.is_floating_point else t.requires_grad_()
+    for red in REDUCTIONS:
+        for full in (False, True):
+            expect = F.poisson_nll_loss(x, t, full=full, reduction=red)
+            check(poisson_fn(fl, red, True, full), poisson_fn(F, red, True, full), (x, t), ["input", "target"],
+                  coarsest(xdtype, expect.dtype), out_dtype=expect.dtype)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_poisson_integer_inputs(device):
+    """torch computes with integer input and target (exp / log of integers give floats)."""
+    x = torch.randint(0, 4, (4, 5), device=device)
+    t = torch.randint(0, 4, (4, 5), device=device)
+    for log_input in (True, False):
+        for red in REDUCTIONS:
+            expect = F.poisson_nll_loss(x, t, log_input=log_input, reduction=red)
+            got = fl.poisson_nll_loss(x, t, log_input=log_input, reduction=red)
+            assert got.dtype == expect.dtype
+            torch.testing.assert_close(got, expect)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_poisson_bad_arguments(device):
+    x, t = make_input((4, 3), f32, device), make_counts((4, 3), f32, device)
+    for red in ("average", "batchmean", "None"):
+        raises_like(lambda: F.poisson_nll_loss(x, t, reduction=red), lambda: fl.poisson_nll_loss(x, t, reduction=red),
+                    ValueError, "is not a valid value for reduction")
+    for bad in (torch.rand(4, 2, device=device), torch.rand(5, 3, device=device), torch.rand(2, 4, 4, device=device)):
+        raises_like(lambda: F.poisson_nll_loss(x, bad), lambda: fl.poisson_nll_loss(x, bad), RuntimeError)
+
+
+# ===================================================================== gaussian_nll_loss
+def var_kinds(shape):
+    """'same': the input's shape; 'short': one dim short (homoscedastic, torch unsqueezes it); 'one': one
+    dim of size 1; 'float': a Python float."""
+    ks = ["same", "float"]
+    if len(shape) >= 1:
+        ks.append("short")
+    if len(shape) >= 2:
+        ks.append("one")
+    return ks
+
+
+def make_var(shape, kind, dtype, device, lo=0.1):
+    if kind == "float":  # torch multiplies it by ones_like(input): exact in every dtype, as the reference's
+        return 0.75
+    vs = {"same": shape, "short": shape[:-1], "one": shape[:-2] + (1,) + shape[-1:] if len(shape) >= 2 else shape}
+    return (torch.rand(vs[kind], device=device) * 2 + lo).to(dtype)
+
+
+def check_gaussian(x, t, v, reduction, full, eps, dtype, **kw):
+    if isinstance(v, float):
+        return check(gaussian_fn(fl, reduction, full, eps, var=v), gaussian_fn(F, reduction, full, eps, var=v), (x, t),
+                     ["input", "target"], dtype, **kw)
+    return check(gaussian_fn(fl, reduction, full, eps), gaussian_fn(F, reduction, full, eps), (x, t, v),
+                 ["input", "target", "var"], dtype, **kw)
+
+
+def _gaussian_cases():
+    out = []
+    for shape in SHAPES:
+        for red in REDUCTIONS:
+            for vk in var_kinds(shape):
+                for vgrad in ([True, False] if vk != "float" else [False]):
+                    if shape == BIG and (red == "mean" or not vgrad):
+                        continue
+                    if not vgrad and red != "none":
+                        continue
+                    out.append((shape, red, vk, vgrad, "contig"))
+        for layout in layouts(shape)[1:]:
+            out.append((shape, "none", "same", True, layout))
+            out.append((shape, "mean", "short", True, layout))
+    return out
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,reduction,vkind,vgrad,layout", _gaussian_cases(), ids=str)
+def test_gaussian_matches_torch(device, dtype, shape, reduction, vkind, vgrad, layout):
+    if dtype == f16 and shape == BIG and reduction == "sum":
+        pytest.skip("the float16 sum of 32001 losses overflows (65504)")
+    x = laid_out(lambda s: (torch.randn(s, device=device) * 1.5).to(dtype), shape,
+                 "contig" if layout == "expand" else layout).requires_grad_()
+    t = laid_out(lambda s: (torch.randn(s, device=device) * 1.5).to(dtype), shape, layout).requires_grad_()
+    v = make_var(shape, vkind, dtype, device)
+    if vkind == "same" and layout != "contig" and layout != "expand":
+        v = laid_out(lambda s: (torch.rand(s, device=device) * 2 + 0.1).to(dtype), shape, layout)
+    if isinstance(v, torch.Tensor):
+        v.requires_grad_(vgrad)
+    before = [a.detach().clone() for a in (x, t, v) if isinstance(a, torch.Tensor)]
+    for full in (False, True):
+        check_gaussian(x, t, v, reduction, full, 1e-6, dtype)
+    after = [a.detach() for a in (x, t, v) if isinstance(a, torch.Tensor)]
+    assert all(torch.equal(a, b) for a, b in zip(before, after)), "an input was modified (var clamped in place?)"
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("eps", [1e-6, 1e-2, 0.5, 1.5], ids=str)
+@pytest.mark.parametrize("vkind", ["same", "short", "one", "float"])
+def test_gaussian_eps_clamp(device, dtype, eps, vkind):
+    """var below eps is clamped for the loss; torch clamps under no_grad, so var's gradient is 1/2 (1/v -
+    r^2/v^2) at the clamped v, passed through the clamp unchanged (not zeroed)."""
+    x = (torch.randn(6, 30, device=device) * 1.5).to(dtype).requires_grad_()
+    t = (torch.randn(6, 30, device=device) * 1.5).to(dtype).requires_grad_()
+    v = make_var((6, 30), vkind, dtype, device, lo=0.0)
+    if isinstance(v, torch.Tensor):
+        with torch.no_grad():
+            v.view(-1)[::4] = 0.0  # exact zeros: non-negative, allowed, clamped to eps
+        v.requires_grad_()
+    for red in REDUCTIONS:
+        for full in (False, True):  # r / eps may pass float16's 65504: the reference rounded to the dtype
+            check_gaussian(x, t, v, red, full, eps, dtype, round_ref=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("xshape,tshape,vshape", [((4, 3), (3,), (4, 3)), ((4, 3), (4, 1), (4,)),
+                                                  ((3,), (4, 3), (3,)), ((7,), (7,), ()),
+                                                  ((2, 3, 4), (2, 3, 4), (2, 3)), ((2, 3, 4), (2, 3, 4), (1, 3, 4)),
+                                                  ((2, 3, 4), (3, 4), (2, 1, 4)), ((4, 1), (4, 1), (4,))], ids=str)
+def test_gaussian_broadcast(device, xshape, tshape, vshape):
+    """var shapes torch accepts (one dim short -- a 0-D var for a 1-D input --, one dim of size 1) and
+    target broadcasting (torch's composite broadcasts input - target; the loss may even grow)."""
+    x = (torch.randn(xshape, device=device, dtype=f64) * 1.5).requires_grad_()
+    t = (torch.randn(tshape, device=device, dtype=f64) * 1.5).requires_grad_()
+    v = (torch.rand(vshape, device=device, dtype=f64) * 2 + 0.1).requires_grad_()
+    for red in REDUCTIONS:
+        for full in (False, True):
+            check_gaussian(x, t, v, red, full, 1e-6, f64)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_gaussian_extreme_values(device, dtype):
+    """Large residuals, tiny, zero (clamped), large and NaN variances, NaN inputs: the float64 reference's
+    NaN / inf pattern (rounded to the dtype), loss and the three gradients."""
+    nan = float("nan")
+    x = torch.tensor([0.0, 1e3, -1e3, 5.0, nan, 1.0, 0.0, 3.0, -2.0, 0.5, 1e2, 0.0], device=device).to(dtype)
+    t = torch.tensor([0.0, 0.0, 1e3, -5.0, 1.0, nan, 0.0, 3.0, 2.0, 0.0, -1e2, 1e-3], device=device).to(dtype)
+    v = torch.tensor([1.0, 1e4, 1e-3, 0.0, 1.0, 1.0, 1e-30, 1e30, nan, 1e-6, 1e3, 0.0], device=device).to(dtype)
+    for eps in (1e-6, 0.1):
+        for red in REDUCTIONS:
+            xx, tt, vv = (a.clone().requires_grad_() for a in (x, t, v))
+            for full in (False, True):
+                check_gaussian(xx, tt, vv, red, full, eps, dtype, round_ref=True)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("xdtype,tdtype,vdtype", [(f32, f64, f32), (f64, f32, f32), (f32, f32, f64),
+                                                  (bf16, f32, bf16), (bf16, bf16, f32), (f16, bf16, f16),
+                                                  (f32, f32, "float"), (bf16, f32, "float")], ids=str)
+def test_gaussian_mixed_dtypes(device, xdtype, tdtype, vdtype):
+    """torch's composite promotes input, target and var (a Python float var takes the input's dtype)."""
+    x = (torch.randn(5, 7, device=device) * 1.5).to(xdtype).requires_grad_()
+    t = (torch.randn(5, 7, device=device) * 1.5).to(tdtype).requires_grad_()
+    v = 0.375 if vdtype == "float" else (torch.rand(5, 7, device=device) * 2 + 0.1).to(vdtype).requires_grad_()
+    for red in REDUCTIONS:
+        expect = F.gaussian_nll_loss(x, t, v, reduction=red)
+        check_gaussian(x, t, v, red, False, 1e-6, coarsest(xdtype, expect.dtype), out_dtype=expect.dtype)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_gaussian_bad_arguments(device):
+    x = torch.randn(4, 3, device=device)
+    t = torch.randn(4, 3, device=device)
+    v = torch.rand(4, 3, device=device) + 0.1
+    neg = v.clone()
+    neg[1, 2] = -0.5
+    for bad in (neg, -v, -1.0, -1e-30):
+        raises_like(lambda: F.gaussian_nll_loss(x, t, bad), lambda: fl.gaussian_nll_loss(x, t, bad), ValueError,
+                    "var has negative entry/entries")
+    for shape in [(3,), (1, 1), (4, 3, 1), (4, 2), (2, 4, 3), (5,), (5, 3), (1, 1, 3)]:
+        bad = torch.rand(shape, device=device) + 0.1
+        raises_like(lambda: F.gaussian_nll_loss(x, t, bad), lambda: fl.gaussian_nll_loss(x, t, bad), ValueError,
+                    "var is of incorrect size")
+    for red in ("average", "batchmean", "None"):
+        raises_like(lambda: F.gaussian_nll_loss(x, t, v, reduction=red),
+                    lambda: fl.gaussian_nll_loss(x, t, v, reduction=red), ValueError, "is not valid")
+    # torch checks var's sign before its size and the reduction
+    raises_like(lambda: F.gaussian_nll_loss(x, t, -torch.rand(3, device=device) - 0.1, reduction="x"),
+                lambda: fl.gaussian_nll_loss(x, t, -torch.rand(3, device=device) - 0.1, reduction="x"), ValueError,
+                "var has negative entry/entries")
+    # a target that does not broadcast
+    raises_like(lambda: F.gaussian_nll_loss(x, torch.randn(4, 2, device=device), v),
+                lambda: fl.gaussian_nll_loss(x, torch.randn(4, 2, device=device), v), RuntimeError)
+    # an integer var: torch's float check does not take it (TypeError)
+    raises_like(lambda: F.gaussian_nll_loss(x, t, 1), lambda: fl.gaussian_nll_loss(x, t, 1), TypeError)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("vdtype", [torch.int64, torch.int32], ids=str)
+def test_gaussian_integer_var_tensor(device, vdtype):
+    """torch clamps a copy of var in place at eps, which an integer tensor cannot take: RuntimeError."""
+    x, t = torch.randn(4, 3, device=device), torch.randn(4, 3, device=device)
+    vi = torch.ones(4, 3, dtype=vdtype, device=device)
+    raises_like(lambda: F.gaussian_nll_loss(x, t, vi), lambda: fl.gaussian_nll_loss(x, t, vi), RuntimeError)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("reduction", ["sum", "mean"])
+def test_gaussian_float16_gradient_no_intermediate_overflow(device, reduction):
+    """float16: a gradient whose unscaled value (before grad_output's factor) passes 65504 but whose
+    final value does not is finite, as torch's (which computes it in one expression)."""
+    x = torch.tensor([1.0, 0.5], device=device, dtype=f16).requires_grad_()
+    t = torch.tensor([0.0, 0.0], device=device, dtype=f16)
+    v = torch.tensor([6e-6, 1.0], device=device, dtype=f16)  # input gradient r / v = 1.7e5
+    g = torch.tensor(0.25 if reduction == "sum" else 0.5, device=device, dtype=f16)  # mean: a further 1/2
+    got, = torch.autograd.grad(fl.gaussian_nll_loss(x, t, v, reduction=reduction), x, g)
+    expect, = torch.autograd.grad(F.gaussian_nll_loss(x, t, v, reduction=reduction), x, g)
+    _, (rg,) = torch_ref(lambda a, b, c: F.gaussian_nll_loss(a, b, c, reduction=reduction), (x, t, v), g)
+    assert torch.isfinite(expect).all() and torch.isfinite(rounded(rg, f16)).all()
+    assert_close_ref(got, rounded(rg, f16), f16, "grad input")
+
+
+# ============================================================================ both losses
+BOTH = ["poisson_log", "poisson_rate_full", "gaussian", "gaussian_float"]
+
+
+def make_case(which, shape, dtype, device):
+    """(ours(reduction), torch(reduction), tensors, names) at a generic configuration."""
+    if which.startswith("poisson"):
+        log_input = which == "poisson_log"
+        x, t = make_input(shape, dtype, device, log_input=log_input), make_counts(shape, dtype, device)
+        full = not log_input
+        return ((lambda r: poisson_fn(fl, r, log_input, full)), (lambda r: poisson_fn(F, r, log_input, full)),
+                [x, t], ["input", "target"])
+    x = (torch.randn(shape, device=device) * 1.5).to(dtype)
+    t = (torch.randn(shape, device=device) * 1.5).to(dtype)
+    if which == "gaussian_float":
+        return ((lambda r: gaussian_fn(fl, r, True, 1e-6, var=0.75)),
+                (lambda r: gaussian_fn(F, r, True, 1e-6, var=0.75)), [x, t], ["input", "target"])
+    v = make_var(shape, "short", dtype, device)
+    return ((lambda r: gaussian_fn(fl, r, False, 0.2)), (lambda r: gaussian_fn(F, r, False, 0.2)), [x, t, v],
+            ["input", "target", "var"])
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which", BOTH)
+def test_requires_grad_subsets(device, which):
+    """Only one argument (or none) requires grad: torch's gradient for it (a target- or var-only gradient
+    must not depend on the input's being computed); nothing: no graph."""
+    ours_of, ref_of, tensors, names = make_case(which, (9, 13), f64, device)
+    for sub in [["input"], ["target"], ["var"], ["target", "var"], []]:
+        if "var" in sub and "var" not in names:
+            continue
+        ts = [a.detach().clone().requires_grad_(n in sub) for a, n in zip(tensors, names)]
+        for red in REDUCTIONS:
+            check(ours_of(red), ref_of(red), ts, names, f64)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which", BOTH)
+def test_no_grad_paths(device, which):
+    ours_of, ref_of, tensors, names = make_case(which, (8, 50), f32, device)
+    tensors = [a.requires_grad_() for a in tensors]
+    for red in REDUCTIONS:
+        ref = ref_of(red)(*tensors).detach()
+        with torch.no_grad():
+            out = ours_of(red)(*tensors)
+        assert not out.requires_grad
+        torch.testing.assert_close(out, ref)
+        with torch.inference_mode():
+            torch.testing.assert_close(ours_of(red)(*tensors), ref)
+        out = ours_of(red)(*[a.detach() for a in tensors])
+        assert not out.requires_grad
+        torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which", BOTH)
+@pytest.mark.parametrize("reduction", REDUCTIONS)
+def test_backward_plain_and_retain_graph(device, which, reduction):
+    """loss.backward() (grad_output exactly 1), retain_graph twice, two upstream gradients on one graph."""
+    ours_of, ref_of, tensors, names = make_case(which, (6, 50), f32, device)
+    mine = [a.detach().clone().requires_grad_() for a in tensors]
+    theirs = [a.detach().clone().requires_grad_() for a in tensors]
+    pairs = [(ours_of(reduction), mine), (ref_of(reduction), theirs)]
+    for fn, args in pairs:
+        loss = fn(*args)
+        loss.backward(torch.ones_like(loss)) if reduction == "none" else loss.backward()
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+        a.grad = b.grad = None
+    for fn, args in pairs:
+        loss = fn(*args).sum() * 3.0
+        loss.backward(retain_graph=True)
+        loss.backward()
+    for a, b in zip(mine, theirs):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    loss, loss2 = ours_of(reduction)(*mine), ref_of(reduction)(*theirs)
+    go1, go2 = (torch.rand(loss.shape, device=device) + 0.5 for _ in range(2))
+    got = torch.autograd.grad(loss, mine, go1, retain_graph=True) + torch.autograd.grad(loss, mine, go2)
+    exp = torch.autograd.grad(loss2, theirs, go1, retain_graph=True) + torch.autograd.grad(loss2, theirs, go2)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- autocast
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which", BOTH)
+@pytest.mark.parametrize("dt,other,ac", [(bf16, bf16, bf16), (f16, f16, f16), (bf16, f32, bf16), (f32, bf16, bf16)],
+                         ids=str)
+def test_autocast(device, which, dt, other, ac):
+    """Under torch.autocast: poisson_nll_loss gives float32 (torch's fp32 policy); gaussian_nll_loss's
+    composite keeps half data in half (float32 where an argument is float32); values against the float64
+    reference at the result dtype's accuracy; each gradient in its own tensor's dtype."""
+    ours_of, ref_of, tensors, names = make_case(which, (6, 40), f32, device)
+    tensors = [a.to(dt if n == "input" else other).requires_grad_() for a, n in zip(tensors, names)]
+    for red in REDUCTIONS:
+        with torch.autocast(device_type=device, dtype=ac):
+            expect = ref_of(red)(*tensors)
+            loss = ours_of(red)(*tensors)
+        assert loss.dtype == expect.dtype, (loss.dtype, expect.dtype)
+        grad_out = (torch.rand(loss.shape, device=device, dtype=f64) + 0.5).to(loss.dtype)
+        ref, rgrads = torch_ref(ref_of(red), tensors, grad_out)
+        tol = coarsest(loss.dtype, f32)
+        assert_close_ref(loss, ref, tol, f"loss {red}")
+        grads = torch.autograd.grad(loss, tensors, grad_out)
+        for g, r, a, n in zip(grads, rgrads, tensors, names):
+            assert g.dtype == a.dtype and g.shape == a.shape
+            tol = coarsest(a.dtype, loss.dtype)
+            assert_close_ref(g, r, tol, f"grad {n} {red}", floor=gfloor(tol, tensors[0].numel()))
+
+
+# ------------------------------------------------------------------------------- gradcheck
+def _gradcheck_cases():
+    out = []
+    for red in REDUCTIONS:
+        out += [("poisson", red, (li, fu)) for li in (True, False) for fu in (False, True)]
+        out += [("gaussian", red, (vk, fu, eps)) for vk, fu, eps in [("same", False, 1e-6), ("short", True, 1e-6),
+                                                                     ("one", False, 1e-6), ("float", True, 1e-6),
+                                                                     ("same", True, 0.05)]]
+    return out
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which,reduction,variant", _gradcheck_cases(), ids=str)
+def test_gradcheck(device, which, reduction, variant):
+    """float64 gradcheck of input and target (and var). Targets stay away from 1, where full's Stirling
+    term is masked (a jump), and var away from eps (the clamp's kink)."""
+    dev = dict(device=device, dtype=f64)
+    if which == "poisson":
+        log_input, full = variant
+        x = (torch.randn(3, 4, **dev) if log_input else torch.rand(3, 4, **dev) * 2 + 0.2).requires_grad_()
+        t = torch.rand(3, 4, **dev) * 3 + 0.1
+        t = torch.where((t - 1).abs() < 0.1, t + 0.3, t).requires_grad_()
+        assert torch.autograd.gradcheck(lambda a, b: fl.poisson_nll_loss(a, b, log_input=log_input, full=full,
+                                                                         reduction=reduction), (x, t))
+        return
+    vkind, full, eps = variant
+    x = torch.randn(3, 4, **dev).requires_grad_()
+    t = torch.randn(3, 4, **dev).requires_grad_()
+    v = make_var((3, 4), vkind, f64, device)
+    if isinstance(v, float):
+        assert torch.autograd.gradcheck(lambda a, b: fl.gaussian_nll_loss(a, b, v, full=full, eps=eps,
+                                                                          reduction=reduction), (x, t))
+        return
+    if eps > 1e-3:  # var well above eps: at a clamped entry torch's var gradient passes the clamp (not the
+        v = v + 2 * eps  # numerical derivative, 0 there; see test_gaussian_eps_clamp)
+    v.requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b, c: fl.gaussian_nll_loss(a, b, c, full=full, eps=eps,
+                                                                         reduction=reduction), (x, t, v))
+
+
+# --------------------------------------------------------------------------------- opcheck
+def _op_cases(device):
+    """Forward cases with fused gradients (grad_now) need opcheck's grad_output (the loss's sign) to be
+    1: their losses are positive (poisson: targets with t - t log t + Stirling > 0; gaussian: var >= 1 or
+    full). 'none' cases run without fused gradients."""
+    ops = torch.ops.fastloss
+    pl, plb = ops.pointwise_loss.default, ops.pointwise_loss_backward.default
+    x = (torch.randn(5, 7, device=device) * 0.5).requires_grad_()
+    r = (torch.rand(5, 7, device=device) * 2 + 0.2).requires_grad_()  # positive rates
+    t = (torch.rand(5, 7, device=device) * 0.8 + 0.2).requires_grad_()  # in (0.2, 1]: loss > 0
+    tc = (torch.rand(5, 7, device=device) * 3 + 0.2).requires_grad_()
+    y = torch.randn(5, 7, device=device, requires_grad=True)
+    v1 = (torch.rand(5, 7, device=device) + 1.0).requires_grad_()  # var >= 1: loss >= 0
+    v = (torch.rand(5, 7, device=device) * 2 + 0.1).requires_grad_()
+    x64 = torch.randn(3, 4, 2, device=device, dtype=f64, requires_grad=True)
+    t64 = (torch.rand(3, 4, 2, device=device, dtype=f64) * 3 + 0.2).requires_grad_()
+    v64 = (torch.rand(3, 4, 2, device=device, dtype=f64) + 1.0).requires_grad_()
+    xb = torch.randn(33, device=device).to(bf16)
+    tb = (torch.rand(33, device=device) * 3).to(bf16)
+    g = torch.rand(5, 7, device=device)
+    xd, rd, tcd, yd, vd = x.detach(), r.detach(), tc.detach(), y.detach(), v.detach()
+    half = torch.tensor(0.5, device=device)
+    return [
+        # poisson_nll (param = eps, param2 = log_input + 2 full)
+        (pl, (x, t, None, POISSON, 1e-8, 1, [True, True, False], None, None, 1.0)),
+        (pl, (x, tc, None, POISSON, 1e-8, 2, [True, True, False], None, None, 3.0)),
+        (pl, (r, t, None, POISSON, 1e-8, 1, [True, True, False], None, None, 0.0)),
+        (pl, (r, tc, None, POISSON, 0.5, 2, [True, True, False], None, None, 2.0)),
+        (pl, (x, tc, None, POISSON, 1e-8, 0, [False, False, False], None, None, 3.0)),
+        (pl, (x64, t64, None, POISSON, 1e-8, 2, [True, True, False], None, None, 3.0)),
+        (pl, (xb, tb, None, POISSON, 1e-8, 1, [False, False, False], f32, None, 1.0)),
+        (plb, (g, xd, tcd, None, POISSON, 1e-8, 0, g, [True, True, False], None, 3.0)),
+        (plb, (g[0, 0], rd, tcd, None, POISSON, 0.1, 1, half, [True, True, False], None, 2.0)),
+        # gaussian_nll (c = var, param = eps, param2 = full)
+        (pl, (y, tc, v1, GAUSSIAN, 1e-6, 1, [True, True, True], None, None, 0.0)),
+        (pl, (y, tc, v, GAUSSIAN, 0.5, 2, [True, True, True], None, None, 1.0)),
+        (pl, (y, tc, v1, GAUSSIAN, 1e-6, 2, [False, True, False], None, None, 0.0)),
+        (pl, (y, tc, v, GAUSSIAN, 1e-6, 0, [False, False, False], None, None, 1.0)),
+        (pl, (x64, t64, v64, GAUSSIAN, 1e-6, 1, [True, True, True], None, None, 1.0)),
+        (pl, (xb, tb, tb + 1, GAUSSIAN, 1e-6, 0, [False, False, False], None, None, 0.0)),
+        (plb, (g, yd, tcd, vd, GAUSSIAN, 1e-6, 0, g, [True, True, True], None, 1.0)),
+        (plb, (g[0, 0], yd, tcd, vd, GAUSSIAN, 0.5, 1, half, [True, False, True], None, 0.0)),
+    ]
+
+
+N_OP_CASES = 17
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("case", range(N_OP_CASES))
+def test_opcheck(device, case):
+    cases = _op_cases(device)
+    assert len(cases) == N_OP_CASES
+    op, args = cases[case]
+    torch.library.opcheck(op, args)
+
+
+# --------------------------------------------------------------------------------- torch.compile
+@pytest.mark.parametrize("device", device_params())
+def test_compile_fullgraph_aot_eager(device):
+    """poisson (both input modes, full) and gaussian with a Python float var in one graph, no break;
+    torch's values and gradients. (A tensor var needs torch's data-dependent sign check, which breaks
+    torch's own fullgraph trace too: see test_compile_tensor_var.)"""
+    def step(pois, gauss, x, r, t):
+        return (pois(x, t) + pois(r, t, log_input=False, full=True, reduction="sum")
+                + pois(x * 2.0, t, full=True, reduction="none").sum()
+                + gauss(x, t, 0.7) + gauss(x, t, 0.05, full=True, eps=0.1, reduction="none").sum())
+
+    x = make_input((8, 33), f32, device).requires_grad_()
+    r = make_input((8, 33), f32, device, log_input=False).requires_grad_()
+    t = make_counts((8, 33), f32, device).requires_grad_()
+    compiled = torch.compile(lambda *a: step(fl.poisson_nll_loss, fl.gaussian_nll_loss, *a), backend="aot_eager",
+                             fullgraph=True)
+    got = compiled(x, r, t)
+    g_got = torch.autograd.grad(got, [x, r, t])
+    ref = step(F.poisson_nll_loss, F.gaussian_nll_loss, x, r, t)
+    g_ref = torch.autograd.grad(ref, [x, r, t])
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_compile_tensor_var(device):
+    """A tensor var: torch's own sign check is data-dependent (torch's fullgraph trace fails on it);
+    compiled without fullgraph, torch's values and gradients (input, target, var)."""
+    x = torch.randn(6, 9, device=device, requires_grad=True)
+    t = torch.randn(6, 9, device=device, requires_grad=True)
+    v = (torch.rand(6, device=device) + 0.1).requires_grad_()
+
+    def step(gauss, a, b, c):
+        return gauss(a, b, c, reduction="sum") + gauss(a, b, c.unsqueeze(-1), full=True)
+
+    got = torch.compile(lambda a, b, c: step(fl.gaussian_nll_loss, a, b, c), backend="aot_eager")(x, t, v)
+    ref = step(F.gaussian_nll_loss, x, t, v)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(got, [x, t, v]), torch.autograd.grad(ref, [x, t, v])):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------- determinism
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which", ["poisson_log", "poisson_rate_full", "gaussian"])
+@pytest.mark.parametrize("reduction", ["sum", "none"])
+def test_deterministic(device, which, reduction):
+    """Two runs bitwise equal (loss and every gradient); on CPU also with one thread."""
+    ours_of, _, tensors, _ = make_case(which, (129, 2049), f32, device)
+    go = torch.rand(tensors[0].shape if reduction == "none" else (), device=device)
+
+    def run():
+        ts = [a.clone().requires_grad_() for a in tensors]
+        loss = ours_of(reduction)(*ts)
+        return [loss.detach()] + list(torch.autograd.grad(loss, ts, go))
+
+    assert_deterministic(run, device)
+
+
+# ------------------------------------------------------------------------------ no torch fallback
+def test_no_torch_loss_is_called(monkeypatch):
+    """With torch's poisson_nll_loss / gaussian_nll_loss poisoned (Python) and no aten op of theirs (nor
+    exp, log, pow, clamp, masked_fill) seen by the profiler (C++ calls included), the functions and
+    modules work, forward and backward."""
+    def boom(*a, **k):
+        raise AssertionError("fastloss called a torch loss")
+
+    x = make_input((5, 7), f64, "cpu").requires_grad_()
+    r = make_input((5, 7), f64, "cpu", log_input=False).requires_grad_()
+    t = make_counts((5, 7), f64, "cpu").requires_grad_()
+    v = (torch.rand(5, device="cpu", dtype=f64) + 0.1).requires_grad_()
+
+    def everything(pois, gauss):
+        out = []
+        for red in REDUCTIONS:
+            out += [pois(x, t, reduction=red), pois(r, t, log_input=False, full=True, reduction=red),
+                    gauss(x, t, v, reduction=red), gauss(x, t, 0.5, full=True, reduction=red)]
+        return out
+
+    expect = everything(F.poisson_nll_loss, F.gaussian_nll_loss)
+    monkeypatch.setattr(F, "poisson_nll_loss", boom)
+    monkeypatch.setattr(F, "gaussian_nll_loss", boom)
+    monkeypatch.setattr(torch, "poisson_nll_loss", boom)
+    mods = [fastloss.PoissonNLLLoss(), fastloss.PoissonNLLLoss(log_input=False, full=True),
+            fastloss.GaussianNLLLoss(full=True)]
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        got = everything(fl.poisson_nll_loss, fl.gaussian_nll_loss)
+        total = sum(g.sum() for g in got) + mods[0](x, t) + mods[1](r, t) + mods[2](x, t, v)
+        total.backward()
+    for a, b in zip(got, expect):
+        torch.testing.assert_close(a, b)
+    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in (x, r, t, v))
+    assert_profile_clean(prof, lambda n: "poisson" in n or "gaussian" in n
+                         or n in ("aten::exp", "aten::log", "aten::pow", "aten::clamp", "aten::clamp_",
+                                  "aten::masked_fill", "aten::masked_fill_", "aten::mean", "aten::xlogy"),
+                         "fastloss::pointwise_loss")
+
+
+# ------------------------------------------------------------------------------------ modules
+POISSON_MODULE_CASES = [{}, {"log_input": False}, {"log_input": False, "full": True, "eps": 1e-3},
+                        {"full": True, "reduction": "sum"}, {"reduction": "none"}, {"size_average": False},
+                        {"reduce": False}]
+GAUSSIAN_MODULE_CASES = [{}, {"full": True}, {"eps": 0.5, "reduction": "sum"}, {"reduction": "none"},
+                         {"full": True, "eps": 1e-2, "reduction": "none"}]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("kwargs", POISSON_MODULE_CASES, ids=str)
+def test_poisson_module(device, kwargs):
+    mod, ref_mod = module_pair("PoissonNLLLoss", kwargs, device)
+    assert (mod.log_input, mod.full, mod.eps) == (ref_mod.log_input, ref_mod.full, ref_mod.eps)
+    assert list(mod.parameters()) == [] and list(mod.buffers()) == []
+    assert repr(mod) == repr(ref_mod)
+    x = make_input((7, 11), f32, device, log_input=mod.log_input).requires_grad_()
+    t = make_counts((7, 11), f32, device).requires_grad_()
+    out, ref = mod(x, t), ref_mod(x, t)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref)
+    go = torch.rand_like(ref) + 0.5
+    for a, b in zip(torch.autograd.grad(out, [x, t], go), torch.autograd.grad(ref, [x, t], go)):
+        torch.testing.assert_close(a, b)
+    mod.reduction = ref_mod.reduction = "sum"  # read at call time, as torch's forward
+    mod.full = ref_mod.full = not mod.full
+    torch.testing.assert_close(mod(x, t), ref_mod(x, t))
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("kwargs", GAUSSIAN_MODULE_CASES, ids=str)
+@pytest.mark.parametrize("vkind", ["same", "short", "one", "float"])
+def test_gaussian_module(device, kwargs, vkind):
+    mod, ref_mod = module_pair("GaussianNLLLoss", kwargs, device)
+    assert (mod.full, mod.eps) == (ref_mod.full, ref_mod.eps)
+    assert list(mod.parameters()) == [] and list(mod.buffers()) == []
+    assert repr(mod) == repr(ref_mod)
+    x = torch.randn(7, 11, device=device, requires_grad=True)
+    t = torch.randn(7, 11, device=device, requires_grad=True)
+    v = make_var((7, 11), vkind, f32, device)
+    diff = [x, t] + ([v.requires_grad_()] if isinstance(v, torch.Tensor) else [])
+    out, ref = mod(x, t, v), ref_mod(x, t, v)
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref)
+    go = torch.rand_like(ref) + 0.5
+    for a, b in zip(torch.autograd.grad(out, diff, go), torch.autograd.grad(ref, diff, go)):
+        torch.testing.assert_close(a, b)
+    mod.reduction = ref_mod.reduction = "mean"
+    mod.eps = ref_mod.eps = 0.9
+    torch.testing.assert_close(mod(x, t, v), ref_mod(x, t, v))
+
+
+def test_patch_swaps_modules():
+    mod = torch.nn.GaussianNLLLoss(full=True, eps=1e-3)
+    assert fastloss.patch(mod) is mod and type(mod) is fastloss.GaussianNLLLoss
+    assert mod.full is True and mod.eps == 1e-3
+    try:
+        fastloss.patch()
+        assert F.poisson_nll_loss is fl.poisson_nll_loss and F.gaussian_nll_loss is fl.gaussian_nll_loss
+        assert torch.nn.PoissonNLLLoss is fastloss.PoissonNLLLoss
+        assert torch.nn.GaussianNLLLoss is fastloss.GaussianNLLLoss
+    finally:
+        fastloss.unpatch()
+    assert F.poisson_nll_loss is not fl.poisson_nll_loss and F.gaussian_nll_loss is not fl.gaussian_nll_loss
