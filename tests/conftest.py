@@ -99,3 +99,65 @@ def module_pair(cls, kwargs, device):
     assert mod.state_dict().keys() == ref_mod.state_dict().keys()
     assert mod.reduction == ref_mod.reduction
     return mod, ref_mod
+
+
+def laid_out(base, shape, layout):
+    """base(shape) in a memory layout: 'transpose' (2-D), 'slice' (1-D: every other element; 2-D: columns
+    1..C of a wider tensor), 'permute' (K-D, reversed dims), 'expand' (stride 0 along the first dim, a
+    broadcast view of the full size); 'contig' (or anything else): base(shape) itself."""
+    if layout == "transpose":
+        return base(shape[::-1]).t()
+    if layout == "slice":
+        if len(shape) == 1:
+            return base((2 * shape[0],))[::2]
+        return base((shape[0], shape[1] + 3))[:, 1:shape[1] + 1]
+    if layout == "permute":
+        return base(shape[::-1]).permute(*reversed(range(len(shape))))
+    if layout == "expand":
+        return base((1, *shape[1:])).expand(shape)
+    return base(shape)
+
+
+def assert_matches_with_grads(out, ref, inputs):
+    """out against torch's ref: shape, dtype and values, then the gradients of inputs for a random upstream
+    gradient in [0.5, 1.5)."""
+    assert out.shape == ref.shape and out.dtype == ref.dtype
+    torch.testing.assert_close(out, ref)
+    go = torch.rand_like(ref) + 0.5
+    for a, b in zip(torch.autograd.grad(out, inputs, go), torch.autograd.grad(ref, inputs, go)):
+        torch.testing.assert_close(a, b)
+
+
+def assert_legacy_matches(ours_call, ref_call, inputs):
+    """ours_call() and torch's ref_call() (legacy size_average / reduce given) both warn that those are
+    deprecated, and agree: values and the gradients of inputs."""
+    with pytest.warns(UserWarning, match="deprecated"):
+        out = ours_call()
+    with pytest.warns(UserWarning, match="deprecated"):
+        ref = ref_call()
+    assert_matches_with_grads(out, ref, inputs)
+
+
+def assert_compiled_matches(compiled, ref_fn, args, inputs, atol=1e-5, grad_atol=1e-6):
+    """compiled(*args) against ref_fn(*args) (eager torch): the values, and the gradients of inputs
+    (rtol 1e-5)."""
+    got = compiled(*args)
+    g_got = torch.autograd.grad(got, inputs)
+    ref = ref_fn(*args)
+    g_ref = torch.autograd.grad(ref, inputs)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=atol)
+    for a, b in zip(g_got, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=grad_atol)
+
+
+def opcheck_test(op_cases, n_cases):
+    """A test_opcheck(device, case): torch.library.opcheck of each (op, args) of op_cases(device), which
+    must list n_cases of them (the count is needed at collection time, before any device exists)."""
+    @pytest.mark.parametrize("device", device_params())
+    @pytest.mark.parametrize("case", range(n_cases))
+    def test_opcheck(device, case):
+        cases = op_cases(device)
+        assert len(cases) == n_cases
+        op, args = cases[case]
+        torch.library.opcheck(op, args)
+    return test_opcheck

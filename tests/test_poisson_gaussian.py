@@ -12,12 +12,14 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import DTYPES, assert_close_ref, assert_deterministic, assert_profile_clean, device_params, module_pair
-from test_binary import BIG, LEGACY, REDUCTIONS, check, laid_out, raises_like, rounded
-from test_regression import coarsest, gfloor, layouts, torch_ref
+from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_legacy_matches,
+                      assert_matches_with_grads, assert_profile_clean, device_params, laid_out, module_pair,
+                      opcheck_test)
+from test_binary import (BIG, LEGACY, REDUCTIONS, check, check_autocast, check_backward_plain_and_retain_graph,
+                         check_no_grad_paths, check_requires_grad_subsets, layout_cases, raises_like, rounded)
+from test_regression import coarsest, torch_ref
 
 fl = fastloss.functional
-SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), BIG, (2, 3, 4, 5)]
 POISSON, GAUSSIAN = 10, 11  # fastloss::pointwise_loss kinds (csrc/ops/pointwise.h)
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 
@@ -52,28 +54,24 @@ def gaussian_fn(module, reduction="mean", full=False, eps=1e-6, var=None):
     return lambda x, t, v: module.gaussian_nll_loss(x, t, v, full=full, eps=eps, reduction=reduction)
 
 
+def skip_float16_big_sum(dtype, shape, reduction):
+    if dtype == f16 and shape == BIG and reduction == "sum":
+        pytest.skip("the float16 sum of 32001 losses overflows (65504)")
+
+
 # ====================================================================== poisson_nll_loss
 def _poisson_cases():
-    out = []
-    for shape in SHAPES:
-        for red in REDUCTIONS:
-            for log_input in (True, False):
-                for full in (False, True):
-                    if shape == BIG and red == "mean":
-                        continue
-                    out.append((shape, red, log_input, full, "contig"))
-        for layout in layouts(shape)[1:]:
-            out.append((shape, "none", True, True, layout))
-            out.append((shape, "mean", False, True, layout))
-    return out
+    def contig(shape):
+        return [(red, log_input, full) for red in REDUCTIONS if not (shape == BIG and red == "mean")
+                for log_input in (True, False) for full in (False, True)]
+    return layout_cases(contig, lambda shape: [("none", True, True), ("mean", False, True)])
 
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,reduction,log_input,full,layout", _poisson_cases(), ids=str)
 def test_poisson_matches_torch(device, dtype, shape, reduction, log_input, full, layout):
-    if dtype == f16 and shape == BIG and reduction == "sum":
-        pytest.skip("the float16 sum of 32001 losses overflows (65504)")
+    skip_float16_big_sum(dtype, shape, reduction)
     x = make_input(shape, dtype, device, "contig" if layout == "expand" else layout, log_input).requires_grad_()
     t = make_counts(shape, dtype, device, layout).requires_grad_()
     before = [x.detach().clone(), t.detach().clone()]
@@ -129,15 +127,7 @@ def test_poisson_legacy_size_average_reduce(device, size_average, reduce):
     x = make_input((6, 5), f64, device).requires_grad_()
     t = make_counts((6, 5), f64, device).requires_grad_()
     kw = dict(size_average=size_average, reduce=reduce, reduction="none", full=True)
-    with pytest.warns(UserWarning, match="deprecated"):
-        out = fl.poisson_nll_loss(x, t, **kw)
-    with pytest.warns(UserWarning, match="deprecated"):
-        ref = F.poisson_nll_loss(x, t, **kw)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref)
-    go = torch.rand_like(ref) + 0.5
-    for a, b in zip(torch.autograd.grad(out, [x, t], go), torch.autograd.grad(ref, [x, t], go)):
-        torch.testing.assert_close(a, b)
+    assert_legacy_matches(lambda: fl.poisson_nll_loss(x, t, **kw), lambda: F.poisson_nll_loss(x, t, **kw), [x, t])
 
 
 BCAST = [((4, 3), (3,)), ((3,), (4, 3)), ((4, 1), (1, 3)), ((), (5,)), ((5,), ()), ((2, 1, 3), (4, 1))]
@@ -222,8 +212,7 @@ def check_gaussian(x, t, v, reduction, full, eps, dtype, **kw):
 
 
 def _gaussian_cases():
-    out = []
-    for shape in SHAPES:
+    def contig(shape):
         for red in REDUCTIONS:
             for vk in var_kinds(shape):
                 for vgrad in ([True, False] if vk != "float" else [False]):
@@ -231,19 +220,15 @@ def _gaussian_cases():
                         continue
                     if not vgrad and red != "none":
                         continue
-                    out.append((shape, red, vk, vgrad, "contig"))
-        for layout in layouts(shape)[1:]:
-            out.append((shape, "none", "same", True, layout))
-            out.append((shape, "mean", "short", True, layout))
-    return out
+                    yield red, vk, vgrad
+    return layout_cases(contig, lambda shape: [("none", "same", True), ("mean", "short", True)])
 
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("shape,reduction,vkind,vgrad,layout", _gaussian_cases(), ids=str)
 def test_gaussian_matches_torch(device, dtype, shape, reduction, vkind, vgrad, layout):
-    if dtype == f16 and shape == BIG and reduction == "sum":
-        pytest.skip("the float16 sum of 32001 losses overflows (65504)")
+    skip_float16_big_sum(dtype, shape, reduction)
     x = laid_out(lambda s: (torch.randn(s, device=device) * 1.5).to(dtype), shape,
                  "contig" if layout == "expand" else layout).requires_grad_()
     t = laid_out(lambda s: (torch.randn(s, device=device) * 1.5).to(dtype), shape, layout).requires_grad_()
@@ -405,30 +390,16 @@ def test_requires_grad_subsets(device, which):
     """Only one argument (or none) requires grad: torch's gradient for it (a target- or var-only gradient
     must not depend on the input's being computed); nothing: no graph."""
     ours_of, ref_of, tensors, names = make_case(which, (9, 13), f64, device)
-    for sub in [["input"], ["target"], ["var"], ["target", "var"], []]:
-        if "var" in sub and "var" not in names:
-            continue
-        ts = [a.detach().clone().requires_grad_(n in sub) for a, n in zip(tensors, names)]
-        for red in REDUCTIONS:
-            check(ours_of(red), ref_of(red), ts, names, f64)
+    subsets = [sub for sub in [["input"], ["target"], ["var"], ["target", "var"], []]
+               if "var" not in sub or "var" in names]
+    check_requires_grad_subsets(ours_of, ref_of, tensors, names, subsets)
 
 
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("which", BOTH)
 def test_no_grad_paths(device, which):
     ours_of, ref_of, tensors, names = make_case(which, (8, 50), f32, device)
-    tensors = [a.requires_grad_() for a in tensors]
-    for red in REDUCTIONS:
-        ref = ref_of(red)(*tensors).detach()
-        with torch.no_grad():
-            out = ours_of(red)(*tensors)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(ours_of(red)(*tensors), ref)
-        out = ours_of(red)(*[a.detach() for a in tensors])
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
+    check_no_grad_paths(ours_of, ref_of, [a.requires_grad_() for a in tensors], also_detached=True)
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -437,27 +408,7 @@ def test_no_grad_paths(device, which):
 def test_backward_plain_and_retain_graph(device, which, reduction):
     """loss.backward() (grad_output exactly 1), retain_graph twice, two upstream gradients on one graph."""
     ours_of, ref_of, tensors, names = make_case(which, (6, 50), f32, device)
-    mine = [a.detach().clone().requires_grad_() for a in tensors]
-    theirs = [a.detach().clone().requires_grad_() for a in tensors]
-    pairs = [(ours_of(reduction), mine), (ref_of(reduction), theirs)]
-    for fn, args in pairs:
-        loss = fn(*args)
-        loss.backward(torch.ones_like(loss)) if reduction == "none" else loss.backward()
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
-        a.grad = b.grad = None
-    for fn, args in pairs:
-        loss = fn(*args).sum() * 3.0
-        loss.backward(retain_graph=True)
-        loss.backward()
-    for a, b in zip(mine, theirs):
-        torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
-    loss, loss2 = ours_of(reduction)(*mine), ref_of(reduction)(*theirs)
-    go1, go2 = (torch.rand(loss.shape, device=device) + 0.5 for _ in range(2))
-    got = torch.autograd.grad(loss, mine, go1, retain_graph=True) + torch.autograd.grad(loss, mine, go2)
-    exp = torch.autograd.grad(loss2, theirs, go1, retain_graph=True) + torch.autograd.grad(loss2, theirs, go2)
-    for a, b in zip(got, exp):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    check_backward_plain_and_retain_graph(ours_of, ref_of, reduction, tensors, names, names, device)
 
 
 # ---------------------------------------------------------------------------------- autocast
@@ -471,20 +422,7 @@ def test_autocast(device, which, dt, other, ac):
     reference at the result dtype's accuracy; each gradient in its own tensor's dtype."""
     ours_of, ref_of, tensors, names = make_case(which, (6, 40), f32, device)
     tensors = [a.to(dt if n == "input" else other).requires_grad_() for a, n in zip(tensors, names)]
-    for red in REDUCTIONS:
-        with torch.autocast(device_type=device, dtype=ac):
-            expect = ref_of(red)(*tensors)
-            loss = ours_of(red)(*tensors)
-        assert loss.dtype == expect.dtype, (loss.dtype, expect.dtype)
-        grad_out = (torch.rand(loss.shape, device=device, dtype=f64) + 0.5).to(loss.dtype)
-        ref, rgrads = torch_ref(ref_of(red), tensors, grad_out)
-        tol = coarsest(loss.dtype, f32)
-        assert_close_ref(loss, ref, tol, f"loss {red}")
-        grads = torch.autograd.grad(loss, tensors, grad_out)
-        for g, r, a, n in zip(grads, rgrads, tensors, names):
-            assert g.dtype == a.dtype and g.shape == a.shape
-            tol = coarsest(a.dtype, loss.dtype)
-            assert_close_ref(g, r, tol, f"grad {n} {red}", floor=gfloor(tol, tensors[0].numel()))
+    check_autocast(ours_of, ref_of, tensors, names, device, ac)
 
 
 # ------------------------------------------------------------------------------- gradcheck
@@ -572,16 +510,7 @@ def _op_cases(device):
     ]
 
 
-N_OP_CASES = 17
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("case", range(N_OP_CASES))
-def test_opcheck(device, case):
-    cases = _op_cases(device)
-    assert len(cases) == N_OP_CASES
-    op, args = cases[case]
-    torch.library.opcheck(op, args)
+test_opcheck = opcheck_test(_op_cases, 17)
 
 
 # --------------------------------------------------------------------------------- torch.compile
@@ -600,13 +529,8 @@ def test_compile_fullgraph_aot_eager(device):
     t = make_counts((8, 33), f32, device).requires_grad_()
     compiled = torch.compile(lambda *a: step(fl.poisson_nll_loss, fl.gaussian_nll_loss, *a), backend="aot_eager",
                              fullgraph=True)
-    got = compiled(x, r, t)
-    g_got = torch.autograd.grad(got, [x, r, t])
-    ref = step(F.poisson_nll_loss, F.gaussian_nll_loss, x, r, t)
-    g_ref = torch.autograd.grad(ref, [x, r, t])
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
-    for a, b in zip(g_got, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_compiled_matches(compiled, lambda *a: step(F.poisson_nll_loss, F.gaussian_nll_loss, *a), (x, r, t),
+                            [x, r, t], atol=1e-4, grad_atol=1e-5)
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -620,11 +544,8 @@ def test_compile_tensor_var(device):
     def step(gauss, a, b, c):
         return gauss(a, b, c, reduction="sum") + gauss(a, b, c.unsqueeze(-1), full=True)
 
-    got = torch.compile(lambda a, b, c: step(fl.gaussian_nll_loss, a, b, c), backend="aot_eager")(x, t, v)
-    ref = step(F.gaussian_nll_loss, x, t, v)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-    for a, b in zip(torch.autograd.grad(got, [x, t, v]), torch.autograd.grad(ref, [x, t, v])):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    assert_compiled_matches(torch.compile(lambda a, b, c: step(fl.gaussian_nll_loss, a, b, c), backend="aot_eager"),
+                            lambda a, b, c: step(F.gaussian_nll_loss, a, b, c), (x, t, v), [x, t, v], grad_atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------- determinism
@@ -700,12 +621,7 @@ def test_poisson_module(device, kwargs):
     assert repr(mod) == repr(ref_mod)
     x = make_input((7, 11), f32, device, log_input=mod.log_input).requires_grad_()
     t = make_counts((7, 11), f32, device).requires_grad_()
-    out, ref = mod(x, t), ref_mod(x, t)
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    torch.testing.assert_close(out, ref)
-    go = torch.rand_like(ref) + 0.5
-    for a, b in zip(torch.autograd.grad(out, [x, t], go), torch.autograd.grad(ref, [x, t], go)):
-        torch.testing.assert_close(a, b)
+    assert_matches_with_grads(mod(x, t), ref_mod(x, t), [x, t])
     mod.reduction = ref_mod.reduction = "sum"  # read at call time, as torch's forward
     mod.full = ref_mod.full = not mod.full
     torch.testing.assert_close(mod(x, t), ref_mod(x, t))
@@ -723,12 +639,7 @@ def test_gaussian_module(device, kwargs, vkind):
     t = torch.randn(7, 11, device=device, requires_grad=True)
     v = make_var((7, 11), vkind, f32, device)
     diff = [x, t] + ([v.requires_grad_()] if isinstance(v, torch.Tensor) else [])
-    out, ref = mod(x, t, v), ref_mod(x, t, v)
-    assert out.shape == ref.shape and out.dtype == ref.dtype
-    torch.testing.assert_close(out, ref)
-    go = torch.rand_like(ref) + 0.5
-    for a, b in zip(torch.autograd.grad(out, diff, go), torch.autograd.grad(ref, diff, go)):
-        torch.testing.assert_close(a, b)
+    assert_matches_with_grads(mod(x, t, v), ref_mod(x, t, v), diff)
     mod.reduction = ref_mod.reduction = "mean"
     mod.eps = ref_mod.eps = 0.9
     torch.testing.assert_close(mod(x, t, v), ref_mod(x, t, v))

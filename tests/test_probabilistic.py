@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_deterministic, assert_profile_clean, device_params,
-                      module_pair, requires_cuda)
+from conftest import (DTYPES, assert_close_ref, assert_deterministic, assert_matches_with_grads, assert_profile_clean,
+                      device_params, module_pair, requires_cuda)
 from test_regression import coarsest, gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum", "batchmean"]
@@ -222,11 +222,7 @@ def test_legacy_size_average_reduce(device, size_average, reduce, reduction):
     check_warnings(got_w, ref_w, reduction, legacy=True)
     assert any("deprecated" in str(w.message) for w in got_w)
     assert not any("batchmean" in str(w.message) for w in got_w)
-    assert out.shape == ref.shape
-    torch.testing.assert_close(out, ref)
-    go = torch.rand_like(ref) + 0.5
-    for a, b in zip(torch.autograd.grad(out, [x, t], go), torch.autograd.grad(ref, [x, t], go)):
-        torch.testing.assert_close(a, b)
+    assert_matches_with_grads(out, ref, [x, t])
 
 
 @pytest.mark.parametrize("device", device_params())

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, TOL, assert_close_ref, assert_deterministic, device_params, module_pair,
+from conftest import (DTYPES, TOL, assert_close_ref, assert_deterministic, device_params, laid_out, module_pair,
                       requires_cuda)
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -44,17 +44,7 @@ def make(shape, dtype, device, layout="contig", scale=2.0, positive=False):
         t = torch.rand(s, device=device) + 0.2 if positive else torch.randn(s, device=device) * scale
         return t.to(dtype)
 
-    if layout == "transpose":
-        return base(shape[::-1]).t()
-    if layout == "slice":
-        if len(shape) == 1:
-            return base((2 * shape[0],))[::2]
-        return base((shape[0], shape[1] + 3))[:, 1:shape[1] + 1]
-    if layout == "permute":
-        return base(shape[::-1]).permute(*reversed(range(len(shape))))
-    if layout == "expand":
-        return base((1, *shape[1:])).expand(shape)
-    return base(shape)
+    return laid_out(base, shape, layout)
 
 
 def layouts(shape):
