@@ -138,16 +138,15 @@ def assert_legacy_matches(ours_call, ref_call, inputs):
     assert_matches_with_grads(out, ref, inputs)
 
 
-def assert_compiled_matches(compiled, ref_fn, args, inputs, atol=1e-5, grad_atol=1e-6):
-    """compiled(*args) against ref_fn(*args) (eager torch): the values, and the gradients of inputs
-    (rtol 1e-5)."""
+def assert_compiled_matches(compiled, ref_fn, args, inputs, atol=1e-5, grad_atol=1e-6, rtol=1e-5):
+    """compiled(*args) against ref_fn(*args) (eager torch): the values, and the gradients of inputs."""
     got = compiled(*args)
     g_got = torch.autograd.grad(got, inputs)
     ref = ref_fn(*args)
     g_ref = torch.autograd.grad(ref, inputs)
-    torch.testing.assert_close(got, ref, rtol=1e-5, atol=atol)
+    torch.testing.assert_close(got, ref, rtol=rtol, atol=atol)
     for a, b in zip(g_got, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=grad_atol)
+        torch.testing.assert_close(a, b, rtol=rtol, atol=grad_atol)
 
 
 def opcheck_test(op_cases, n_cases):

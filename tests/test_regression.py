@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, TOL, assert_close_ref, assert_deterministic, device_params, laid_out, module_pair,
+from conftest import (DTYPES, TOL, assert_close_ref, assert_compiled_matches, assert_deterministic, device_params, laid_out, module_pair,
                       requires_cuda)
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -603,13 +603,7 @@ def test_compile_fullgraph_aot_eager(device):
     t = torch.randn(8, 33, device=device, requires_grad=True)
     w = (torch.rand(8, 33, device=device) + 0.2).requires_grad_()
     compiled = torch.compile(lambda *a: step(fastloss.functional, *a), backend="aot_eager", fullgraph=True)
-    got = compiled(x, t, w)
-    g_got = torch.autograd.grad(got, [x, t, w])
-    ref = step(F, x, t, w)
-    g_ref = torch.autograd.grad(ref, [x, t, w])
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    for a, b in zip(g_got, g_ref):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    assert_compiled_matches(compiled, lambda *a: step(F, *a), (x, t, w), [x, t, w], atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------- determinism
