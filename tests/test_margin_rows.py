@@ -240,6 +240,19 @@ def test_multilabel_margin_matches_torch(device, dtype, shape, tdim, kind, reduc
     assert torch.equal(before, x.detach()), "the input was modified"
 
 
+def assert_ml_reductions_match(x, t, dtype, floor_elems):
+    """multilabel_margin_loss on (x, t) against torch's for every reduction: the loss and, for a random
+    grad_output, the input's gradient."""
+    for red in REDUCTIONS:
+        xx = x.clone().requires_grad_()
+        loss = fl().multilabel_margin_loss(xx, t, reduction=red)
+        go = torch.rand(loss.shape, device=x.device, dtype=f64) + 0.5
+        ref, (rgx,) = torch_ref(ml_fn(F, red), (xx, t), go)
+        assert_close_ref(loss, ref, dtype, f"loss {red}")
+        gx, = torch.autograd.grad(loss, xx, go.to(loss.dtype))
+        assert_close_ref(gx, rgx, dtype, f"grad {red}", floor=gfloor(dtype, floor_elems))
+
+
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_multilabel_duplicates_and_boundary(device, dtype):
@@ -248,14 +261,7 @@ def test_multilabel_duplicates_and_boundary(device, dtype):
     worked by hand."""
     x = torch.tensor([[0.5, 0.5, 1.0, 0.0, 2.0], [1.0, 0.0, 3.0, 0.25, -1.0]], device=device, dtype=dtype)
     t = torch.tensor([[2, 2, -1, 4, 0], [0, 3, 0, -1, 1]], device=device)
-    for red in REDUCTIONS:
-        xx = x.clone().requires_grad_()
-        loss = fl().multilabel_margin_loss(xx, t, reduction=red)
-        go = torch.rand(loss.shape, device=device, dtype=f64) + 0.5
-        ref, (rgx,) = torch_ref(ml_fn(F, red), (xx, t), go)
-        assert_close_ref(loss, ref, dtype, f"loss {red}")
-        gx, = torch.autograd.grad(loss, xx, go.to(loss.dtype))
-        assert_close_ref(gx, rgx, dtype, f"grad {red}", floor=gfloor(dtype, 10))
+    assert_ml_reductions_match(x, t, dtype, floor_elems=10)
     # row 0 lists class 2 twice: against classes 0, 1, 4 active (z = 0.5, 0.5, 2), class 3 on the
     # boundary (z = 0); row 1 lists 0, 3, 0: target 0 against class 2 (z = 3; class 1 on the boundary),
     # target 3 against classes 1 and 2 (z = 0.75, 3.75); class 4 never active
@@ -277,14 +283,7 @@ def test_multilabel_extreme_values(device, dtype):
                       [0.0, -INF, 1.0], [INF, INF, -INF]], device=device, dtype=dtype)
     t = torch.tensor([[0, -1, 2], [0, 2, -1], [0, -1, 0], [0, -1, 1], [0, -1, -1], [2, -1, 0], [2, 0, -1]],
                      device=device)
-    for red in REDUCTIONS:
-        xx = x.clone().requires_grad_()
-        loss = fl().multilabel_margin_loss(xx, t, reduction=red)
-        go = torch.rand(loss.shape, device=device, dtype=f64) + 0.5
-        ref, (rgx,) = torch_ref(ml_fn(F, red), (xx, t), go)
-        assert_close_ref(loss, ref, dtype, f"loss {red}")
-        gx, = torch.autograd.grad(loss, xx, go.to(loss.dtype))
-        assert_close_ref(gx, rgx, dtype, f"grad {red}", floor=gfloor(dtype, 21))
+    assert_ml_reductions_match(x, t, dtype, floor_elems=21)
 
 
 # ================================================================================== shared checks
