@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_deterministic, device_params, module_pair,
-                      requires_cuda)
+from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, device_params,
+                      module_pair, requires_cuda)
 from test_regression import (REDUCTIONS, _nullcontext, coarsest, diff_of, gfloor, make, poison_torch_losses,
                              torch_ref)
 
@@ -893,13 +893,7 @@ def test_compile_fullgraph_aot_eager(device):
     t = (torch.randint(0, 2, (8, 33), device=device) * 2 - 1).float()
     ht = torch.randint(-1, 2, (8, 33), device=device).float()
     compiled = torch.compile(lambda *args: step(fastloss.functional, *args), backend="aot_eager", fullgraph=True)
-    got = compiled(a, p, n, t, ht)
-    g_got = torch.autograd.grad(got, [a, p, n])
-    ref = step(F, a, p, n, t, ht)
-    g_ref = torch.autograd.grad(ref, [a, p, n])
-    torch.testing.assert_close(got, ref, rtol=1e-4, atol=1e-4)
-    for x, y in zip(g_got, g_ref):
-        torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-6)
+    assert_compiled_matches(compiled, lambda *args: step(F, *args), (a, p, n, t, ht), [a, p, n], atol=1e-4, rtol=1e-4)
 
 
 # ---------------------------------------------------------------------------------------- determinism

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_matches_with_grads, assert_profile_clean,
-                      device_params, module_pair, requires_cuda)
+from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic,
+                      assert_matches_with_grads, assert_profile_clean, device_params, module_pair, requires_cuda)
 from test_regression import coarsest, gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum", "batchmean"]

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, TOL, assert_close_ref, assert_compiled_matches, assert_deterministic, device_params, laid_out, module_pair,
-                      requires_cuda)
+from conftest import (DTYPES, TOL, assert_close_ref, assert_compiled_matches, assert_deterministic, device_params,
+                      laid_out, module_pair, requires_cuda)
 
 REDUCTIONS = ["none", "mean", "sum"]
 LOSSES = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
