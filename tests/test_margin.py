@@ -180,6 +180,23 @@ BCAST_OK = [((4, 3), (3,)), ((4, 3), (1, 3)), ((4, 3), (4, 1)), ((5,), ()), ((2,
 BCAST_BAD = [((3,), (4, 3)), ((), (5,)), ((4, 1), (1, 3)), ((2, 1, 3), (4, 1))]  # the input would be broadcast
 
 
+def assert_reductions_match(x, t, dtype, no_warning=False):
+    """soft_margin_loss(x, t) against torch's for every reduction: the loss (and, with no_warning, that it
+    warns nothing and has torch's shape) and, for a random grad_output, the input's gradient."""
+    for red in REDUCTIONS:
+        with warnings.catch_warnings():
+            if no_warning:
+                warnings.simplefilter("error")
+            loss = ours(x, t, reduction=red)
+        if no_warning:
+            assert loss.shape == F.soft_margin_loss(x, t, reduction=red).shape
+        grad_out = torch.rand(loss.shape, device=x.device, dtype=torch.float64) + 0.5
+        ref, (rgx,) = torch_ref(sm_fn(F, red), (x, t), grad_out)
+        assert_close_ref(loss, ref, dtype, f"loss {red}")
+        gx, = torch.autograd.grad(loss, x, grad_out.to(loss.dtype))
+        assert_close_ref(gx, rgx, dtype, f"grad input {red}", floor=gfloor(dtype, x.numel()))
+
+
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", [f64, f32, bf16], ids=str)
 @pytest.mark.parametrize("xshape,tshape", BCAST_OK, ids=str)
@@ -187,16 +204,7 @@ def test_broadcast_target(device, dtype, xshape, tshape):
     """A target that broadcasts to the input's shape: torch broadcasts it, with no warning."""
     x = make(xshape, dtype, device).requires_grad_()
     t = make(tshape, dtype, device).sign()
-    for red in REDUCTIONS:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            loss = ours(x, t, reduction=red)
-        assert loss.shape == F.soft_margin_loss(x, t, reduction=red).shape
-        grad_out = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, (rgx,) = torch_ref(sm_fn(F, red), (x, t), grad_out)
-        assert_close_ref(loss, ref, dtype, f"loss {red}")
-        gx, = torch.autograd.grad(loss, x, grad_out.to(loss.dtype))
-        assert_close_ref(gx, rgx, dtype, f"grad input {red}", floor=gfloor(dtype, x.numel()))
+    assert_reductions_match(x, t, dtype, no_warning=True)
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -317,13 +325,7 @@ def test_extreme_values(device, dtype):
                      device=device)
     x = x.to(dtype).requires_grad_()
     t = t.to(dtype)
-    for red in REDUCTIONS:
-        loss = ours(x, t, reduction=red)
-        grad_out = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, (rgx,) = torch_ref(sm_fn(F, red), (x, t), grad_out)
-        assert_close_ref(loss, ref, dtype, f"loss {red}")
-        gx, = torch.autograd.grad(loss, x, grad_out.to(loss.dtype))
-        assert_close_ref(gx, rgx, dtype, f"grad input {red}", floor=gfloor(dtype, x.numel()))
+    assert_reductions_match(x, t, dtype)
 
 
 @pytest.mark.parametrize("device", device_params())
