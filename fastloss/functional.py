@@ -30,18 +30,28 @@ def _reduction_enum(size_average, reduce, reduction):
     return _Reduction.get_enum(reduction)  # ValueError for an unknown string, as torch
 
 
+def _refuse_grad(name, t, arg):
+    """torch's error for an argument its loss does not differentiate, when it requires grad."""
+    if t is not None and t.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"fastloss.{name}: The function '{name}' is not differentiable with respect to argument "
+                           f"'{arg}'. This input cannot have requires_grad True.")
+
+
+def _weight_dtype_error(name, input_dtype, weight_dtype):
+    return RuntimeError(f"fastloss.{name}: expected scalar type {_TYPE_NAMES.get(input_dtype, input_dtype)} but "
+                        f"found {_TYPE_NAMES.get(weight_dtype, weight_dtype)} (weight must have the input's dtype, "
+                        f"as in torch)")
+
+
 def _check_weight(name, input, weight, autocast, differentiable):
     """torch's rules for `weight`: the input's dtype outside autocast (autocast casts both to
     float32), and no requires_grad where torch's loss does not differentiate it."""
     if weight is None:
         return
     if not autocast and weight.dtype != input.dtype and weight.is_floating_point():
-        raise RuntimeError(f"fastloss.{name}: expected scalar type {_TYPE_NAMES.get(input.dtype, input.dtype)} "
-                           f"but found {_TYPE_NAMES.get(weight.dtype, weight.dtype)} (weight must have the "
-                           f"input's dtype, as in torch)")
-    if weight.requires_grad and torch.is_grad_enabled() and not differentiable:
-        raise RuntimeError(f"fastloss.{name}: The function is not differentiable with respect to argument "
-                           f"'weight' (as torch's nll_loss). This input cannot have requires_grad True.")
+        raise _weight_dtype_error(name, input.dtype, weight.dtype)
+    if not differentiable:
+        _refuse_grad(name, weight, "weight")
 
 
 def cross_entropy(
@@ -307,9 +317,7 @@ def soft_margin_loss(
         return handle_torch_function(soft_margin_loss, (input, target), input, target, size_average=size_average,
                                      reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
-    if target.requires_grad and torch.is_grad_enabled():
-        raise RuntimeError("fastloss.soft_margin_loss: The function 'soft_margin_loss' is not differentiable with "
-                           "respect to argument 'target'. This input cannot have requires_grad True.")
+    _refuse_grad("soft_margin_loss", target, "target")
     dtype = _floating_common("soft_margin_loss", input)
     shape = torch.broadcast_shapes(input.shape, target.shape)
     if shape != input.shape:  # torch writes the loss in the input's shape
@@ -406,7 +414,7 @@ def binary_cross_entropy(
         raise RuntimeError(f"fastloss.binary_cross_entropy: Found dtype {_TYPE_NAMES.get(target.dtype, target.dtype)} "
                            f"but expected {_TYPE_NAMES.get(input.dtype, input.dtype)} (target must have the input's "
                            f"dtype, as in torch)")
-    _check_weight("binary_cross_entropy", input, weight, True, differentiable=False)
+    _refuse_grad("binary_cross_entropy", weight, "weight")
     if weight is not None:
         weight = _expand_to("binary_cross_entropy", weight.to(input.dtype), input.shape)
     return _pointwise(_BCE, input, target, weight, 0.0, red)
@@ -443,10 +451,8 @@ def binary_cross_entropy_with_logits(
         # in float32), else everything is float32
         same = input.dtype == target.dtype and weight is None and pos_weight is None
         dtype = input.dtype if same else torch.float32
-    for t, tname in ((weight, "weight"), (pos_weight, "pos_weight")):
-        if t is not None and t.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError(f"fastloss.{name}: The function '{name}' is not differentiable with respect to "
-                               f"argument '{tname}'. This input cannot have requires_grad True.")
+    _refuse_grad(name, weight, "weight")
+    _refuse_grad(name, pos_weight, "pos_weight")
     weight = _expand_to(name, weight.to(dtype), input.shape) if weight is not None else None
     pos_weight = _expand_to(name, pos_weight.to(dtype), input.shape) if pos_weight is not None else None
     return _pointwise(_BCE_LOGITS, input.to(dtype), target.to(dtype), weight, 1.0 if pos_weight is not None else 0.0,
@@ -803,11 +809,8 @@ def multi_margin_loss(
         # torch: the input's dtype (autocast casts half/bfloat16 inputs and weights to float32 alike)
         wdt, xdt = _autocast_dtype(weight, autocast), _autocast_dtype(input, autocast)
         if wdt != xdt:
-            raise RuntimeError(f"fastloss.multi_margin_loss: expected scalar type {_TYPE_NAMES.get(xdt, xdt)} but "
-                               f"found {_TYPE_NAMES.get(wdt, wdt)} (weight must have the input's dtype, as in torch)")
-        if weight.requires_grad and torch.is_grad_enabled():
-            raise RuntimeError("fastloss.multi_margin_loss: The function 'multi_margin_loss' is not differentiable "
-                               "with respect to argument 'weight'. This input cannot have requires_grad True.")
+            raise _weight_dtype_error("multi_margin_loss", xdt, wdt)
+        _refuse_grad("multi_margin_loss", weight, "weight")
     grad_now = red != 0 and torch.is_grad_enabled() and input.requires_grad
     return _ops.multi_margin_loss(input, target, int(p), float(margin), weight, red, grad_now,
                                   autocast_out_dtype(input))[0]
