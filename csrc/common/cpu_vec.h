@@ -47,5 +47,10 @@ struct VecOps {
 
 const VecOps& vec_ops();
 
+// Whether code compiled twice (baseline and AVX2+FMA, as cpu/vec_impl.inc and cpu/margin_rows_impl.inc)
+// runs its AVX2 build: the CPU has AVX2 and FMA and FASTLOSS_CPU_ISA=base does not force the baseline.
+// Decided once; false where no AVX2 build exists.
+bool use_avx2_fma();
+
 }  // namespace cpu
 }  // namespace fastloss

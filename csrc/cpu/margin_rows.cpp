@@ -18,12 +18,12 @@
 
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <limits>
 #include <vector>
 
 #include "common/common.h"
 #include "common/cpu_reduce.h"
+#include "common/cpu_vec.h"
 #include "ops/margin_rows_ops.h"
 
 namespace fastloss {
@@ -64,33 +64,17 @@ namespace isa_avx2 {
 #pragma GCC pop_options
 #endif
 
-// AVX2+FMA where the CPU has it (FASTLOSS_CPU_ISA=base forces the baseline build, as for the vector
-// table), decided once.
-bool use_avx2() {
-#ifdef FASTLOSS_MARGIN_ROWS_AVX2
-  static const bool yes = [] {
-    const char* force = std::getenv("FASTLOSS_CPU_ISA");
-    if (force && force[0] == 'b') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return yes;
-#else
-  return false;
-#endif
-}
-
 struct CpuMarginRows {
   static Done multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
 #ifdef FASTLOSS_MARGIN_ROWS_AVX2
-    if (use_avx2()) return {isa_avx2::run_multi_margin(p, pw, margin, run)};
+    if (use_avx2_fma()) return {isa_avx2::run_multi_margin(p, pw, margin, run)};
 #endif
     return {isa_base::run_multi_margin(p, pw, margin, run)};
   }
 
   static Done multilabel(const MarginRowsPlan& p, MarginRun& run) {
 #ifdef FASTLOSS_MARGIN_ROWS_AVX2
-    if (use_avx2()) return {isa_avx2::run_multilabel(p, run)};
+    if (use_avx2_fma()) return {isa_avx2::run_multilabel(p, run)};
 #endif
     return {isa_base::run_multilabel(p, run)};
   }

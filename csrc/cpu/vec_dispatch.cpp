@@ -22,15 +22,25 @@ namespace isa_avx2 {
 #pragma GCC pop_options
 #endif
 
+bool use_avx2_fma() {
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+  static const bool yes = [] {
+    // FASTLOSS_CPU_ISA=base forces the portable builds (for testing both on one machine).
+    const char* force = std::getenv("FASTLOSS_CPU_ISA");
+    if (force && force[0] == 'b') return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return yes;
+#else
+  return false;
+#endif
+}
+
 const VecOps& vec_ops() {
   static const VecOps table = [] {
 #ifdef FASTLOSS_HAVE_AVX2_TABLE
-    // FASTLOSS_CPU_ISA=base forces the portable table (for testing both on one machine).
-    const char* force = std::getenv("FASTLOSS_CPU_ISA");
-    bool want_base = force && force[0] == 'b';
-    __builtin_cpu_init();
-    if (!want_base && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      return isa_avx2::make_table("avx2+fma");
+    if (use_avx2_fma()) return isa_avx2::make_table("avx2+fma");
 #endif
     return isa_base::make_table("baseline");
   }();

@@ -28,6 +28,7 @@
 
 #include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "common/cuda/block_reduce.cuh"
 #include "common/cuda/target_check.cuh"
@@ -303,6 +304,21 @@ __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
 // ---------------------------------------------------------------------------------------------
 // host side
 
+// The fields MmIo and MlIo share: the scores, targets, gradient, per-row losses and row factor.
+template <class Io>
+void fill_rows_io(Io& io, const MarginRowsPlan& p, const MarginRun& run) {
+  using scalar_t = std::remove_const_t<std::remove_pointer_t<decltype(io.x)>>;
+  using acc = typename Io::acc;
+  io.x = p.input.const_data_ptr<scalar_t>();
+  io.target = p.target.const_data_ptr<int64_t>();
+  io.grad = run.grad.numel() ? run.grad.mutable_data_ptr<scalar_t>() : nullptr;
+  io.row_loss = run.row_loss.defined() ? run.row_loss.mutable_data_ptr<acc>() : nullptr;
+  io.k = RowK<acc>{run.kdev.defined() ? run.kdev.const_data_ptr<acc>() : nullptr, run.single,
+                   static_cast<acc>(run.kscale)};
+  io.rows = p.rows;
+  io.C = p.C;
+}
+
 struct Pending {
   TargetCheck check;
   Tensor first_bad;  // the device flag the check copies from, kept alive until the check is read
@@ -333,16 +349,9 @@ struct CudaMarginRows {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.input.scalar_type(), "fastloss_multi_margin_cuda", [&] {
       using acc = acc_t<scalar_t>;
       MmIo<scalar_t> io{};
-      io.x = p.input.const_data_ptr<scalar_t>();
-      io.target = p.target.const_data_ptr<int64_t>();
+      fill_rows_io(io, p, run);
       io.weight = p.weight.defined() ? p.weight.const_data_ptr<acc>() : nullptr;
-      io.grad = run.grad.numel() ? run.grad.mutable_data_ptr<scalar_t>() : nullptr;
-      io.row_loss = run.row_loss.defined() ? run.row_loss.mutable_data_ptr<acc>() : nullptr;
-      io.k = RowK<acc>{run.kdev.defined() ? run.kdev.const_data_ptr<acc>() : nullptr, run.single,
-                       static_cast<acc>(run.kscale)};
       io.margin = static_cast<acc>(margin);
-      io.rows = p.rows;
-      io.C = p.C;
       io.vec = p.C % Pack<scalar_t>::N == 0 && aligned16(io.x) && (!io.grad || aligned16(io.grad));
       auto launch = [&](auto kernel) {
         kernel<<<blocks, kThreads, 0, stream>>>(io);
@@ -369,14 +378,7 @@ struct CudaMarginRows {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.input.scalar_type(), "fastloss_multilabel_cuda", [&] {
       using acc = acc_t<scalar_t>;
       MlIo<scalar_t> io{};
-      io.x = p.input.const_data_ptr<scalar_t>();
-      io.target = p.target.const_data_ptr<int64_t>();
-      io.grad = run.grad.numel() ? run.grad.mutable_data_ptr<scalar_t>() : nullptr;
-      io.row_loss = run.row_loss.defined() ? run.row_loss.mutable_data_ptr<acc>() : nullptr;
-      io.k = RowK<acc>{run.kdev.defined() ? run.kdev.const_data_ptr<acc>() : nullptr, run.single,
-                       static_cast<acc>(run.kscale)};
-      io.rows = p.rows;
-      io.C = p.C;
+      fill_rows_io(io, p, run);
       io.first_bad = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
       const int64_t per_class = static_cast<int64_t>(sizeof(long long) + sizeof(acc));
       // dynamic shared memory beyond 48 KB needs an opt-in; 1 KB is left for the static scratch
