@@ -54,9 +54,11 @@ def gaussian_fn(module, reduction="mean", full=False, eps=1e-6, var=None):
     return lambda x, t, v: module.gaussian_nll_loss(x, t, v, full=full, eps=eps, reduction=reduction)
 
 
-def skip_float16_big_sum(dtype, shape, reduction):
-    if dtype == f16 and shape == BIG and reduction == "sum":
-        pytest.skip("the float16 sum of 32001 losses overflows (65504)")
+def with_dtypes(cases):
+    """(dtype, *case) for every dtype and case (shape, reduction, ...), except float16 sums of the BIG shape:
+    the float16 sum of 32001 losses overflows (65504) in any implementation, so there is nothing to compare."""
+    return [(dtype, *case) for dtype in DTYPES for case in cases
+            if not (dtype == f16 and case[0] == BIG and case[1] == "sum")]
 
 
 # ====================================================================== poisson_nll_loss
@@ -68,10 +70,8 @@ def _poisson_cases():
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,reduction,log_input,full,layout", _poisson_cases(), ids=str)
+@pytest.mark.parametrize("dtype,shape,reduction,log_input,full,layout", with_dtypes(_poisson_cases()), ids=str)
 def test_poisson_matches_torch(device, dtype, shape, reduction, log_input, full, layout):
-    skip_float16_big_sum(dtype, shape, reduction)
     x = make_input(shape, dtype, device, "contig" if layout == "expand" else layout, log_input).requires_grad_()
     t = make_counts(shape, dtype, device, layout).requires_grad_()
     before = [x.detach().clone(), t.detach().clone()]
@@ -225,10 +225,8 @@ def _gaussian_cases():
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shape,reduction,vkind,vgrad,layout", _gaussian_cases(), ids=str)
+@pytest.mark.parametrize("dtype,shape,reduction,vkind,vgrad,layout", with_dtypes(_gaussian_cases()), ids=str)
 def test_gaussian_matches_torch(device, dtype, shape, reduction, vkind, vgrad, layout):
-    skip_float16_big_sum(dtype, shape, reduction)
     x = laid_out(lambda s: (torch.randn(s, device=device) * 1.5).to(dtype), shape,
                  "contig" if layout == "expand" else layout).requires_grad_()
     t = laid_out(lambda s: (torch.randn(s, device=device) * 1.5).to(dtype), shape, layout).requires_grad_()
