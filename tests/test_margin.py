@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
-                      device_params, module_pair, requires_cuda)
+                      device_params, module_pair, requires_cuda, opcheck_test)
 from test_regression import gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -458,11 +458,7 @@ def _op_cases(device):
     ]
 
 
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("case", range(6))
-def test_opcheck(device, case):
-    op, args = _op_cases(device)[case]
-    torch.library.opcheck(op, args)
+test_opcheck = opcheck_test(_op_cases, 6)
 
 
 # --------------------------------------------------------------------------------- torch.compile

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
-                      device_params, module_pair, requires_cuda)
+                      device_params, module_pair, requires_cuda, opcheck_test)
 from test_regression import _nullcontext, gfloor, make
 
 REDUCTIONS = ["none", "mean", "sum"]
@@ -523,11 +523,7 @@ def _op_cases(device):
     ]
 
 
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("case", range(13))
-def test_opcheck(device, case):
-    op, args = _op_cases(device)[case]
-    torch.library.opcheck(op, args)
+test_opcheck = opcheck_test(_op_cases, 13)
 
 
 # ------------------------------------------------------------------------------------ torch.compile

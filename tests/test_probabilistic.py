@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic,
-                      assert_matches_with_grads, assert_profile_clean, device_params, module_pair, requires_cuda)
+                      assert_matches_with_grads, assert_profile_clean, device_params, module_pair, requires_cuda,
+                      opcheck_test)
 from test_regression import coarsest, gfloor, layouts, make, poison_torch_losses, torch_ref
 
 REDUCTIONS = ["none", "mean", "sum", "batchmean"]
@@ -510,11 +511,7 @@ def _op_cases(device):
     ]
 
 
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("case", range(11))
-def test_opcheck(device, case):
-    op, args = _op_cases(device)[case]
-    torch.library.opcheck(op, args)
+test_opcheck = opcheck_test(_op_cases, 11)
 
 
 # --------------------------------------------------------------------------------- torch.compile
