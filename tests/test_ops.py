@@ -245,3 +245,71 @@ def test_no_device_function_called_from_host():
     imported = {line.split()[-1].split("@")[0] for line in out.splitlines() if line.strip()}
     assert "cudaMalloc" in imported or "cudaLaunchKernel" in imported or len(imported) > 50, "nm output unreadable"
     assert "exit" not in imported, "a host stub of a __device__ function (exit(1)) is in the library"
+
+
+# A third/fourth tensor of the pointwise op that is a broadcast view (pos_weight (C,), var (N, 1), a
+# scalar var, a weight (C, 1) of a 3-D input) is read through its small source (PwBcast), never
+# materialized. (shape, source shape, view of the source broadcast to shape); the last two are
+# layouts that are not one dense block (fallback: made contiguous).
+BCAST_CASES = [
+    ((2000, 37), (37,), lambda s, shape: s.expand(shape)),              # rep 1, per C: chunk and tile ends
+    ((2000, 37), (2000, 1), lambda s, shape: s.expand(shape)),          # rep C, per N
+    ((2000, 37), (), lambda s, shape: s.expand(shape)),                 # scalar: per 1
+    ((3, 5, 7), (5, 1), lambda s, shape: s.expand(shape)),              # rep 7, per 5, outer broadcast
+    ((3, 5, 7), (1, 5, 1), lambda s, shape: s.expand(shape)),
+    ((4, 1, 6), (1, 6), lambda s, shape: s.expand(shape)),              # size-1 dims inside
+    ((9, 1001), (1001,), lambda s, shape: s[::1].expand(shape)),
+    ((3, 5, 7), (3, 1, 7), lambda s, shape: s.expand(shape)),           # fallback: two blocks
+    ((6, 8), (8, 6), lambda s, shape: s.t()),                           # fallback: transposed
+]
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("case", range(len(BCAST_CASES)))
+@pytest.mark.parametrize("kind", ["bce_logits", "gaussian", "l1_sum", "l1_mean"])
+def test_pointwise_broadcast_third_tensor(device, dtype, case, kind):
+    shape, src_shape, view = BCAST_CASES[case]
+    g = torch.Generator().manual_seed(case)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
+    t = torch.rand(shape, generator=g, dtype=torch.float64).to(device, dtype)
+    src = (torch.rand(src_shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
+    c = view(src, shape)
+    assert c.shape == shape and (case >= len(BCAST_CASES) - 2 or not c.is_contiguous())
+    op = torch.ops.fastloss.pointwise_loss
+    # (kind, param, reduction, c, d, param2): c and d each broadcast
+    calls = {"bce_logits": [(9, 1.0, 2, c, c, 0.0), (9, 1.0, 0, None, c, 0.0), (9, 0.0, 1, c, None, 0.0)],
+             "gaussian": [(11, 1e-6, 1, c, None, 1.0), (11, 1e-6, 0, c, None, 0.0)],
+             "l1_sum": [(0, 0.0, 2, c, None, 0.0)],
+             "l1_mean": [(0, 0.0, 1, c, None, 0.0)]}[kind]
+    for k, param, red, cc, dd, param2 in calls:
+        fused = red != 0 and not (k == 0 and red == 1)  # weighted-mean l1: its gradients in the backward only
+        grad_now = [fused, fused, fused and cc is not None]
+        got = op(x, t, cc, k, param, red, grad_now, None, dd, param2)
+        dense = lambda u: None if u is None else u.contiguous()
+        want = op(x, t, dense(cc), k, param, red, grad_now, None, dense(dd), param2)
+        for a, b in zip(got, want):  # the same arithmetic on the same values: bitwise equal
+            assert a.shape == b.shape
+            assert torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num())
+        if red != 0:
+            back = torch.ops.fastloss.pointwise_loss_backward
+            gl = torch.tensor(0.75, device=device, dtype=dtype)
+            mask = [True, True, cc is not None]
+            for a, b in zip(back(gl, x, t, cc, k, param, red, got[0], mask, dd, param2),
+                            back(gl, x, t, dense(cc), k, param, red, got[0], mask, dense(dd), param2)):
+                assert torch.equal(a, b)
+
+
+def test_pointwise_broadcast_is_not_materialized():
+    """BCEWithLogitsLoss(pos_weight=(C,)) and gaussian_nll_loss with var (N, 1): no full-size copy."""
+    x = torch.randn(64, 33, requires_grad=True)
+    t = torch.rand(64, 33)
+    pw, var = torch.rand(33) + 0.5, torch.rand(64, 1) + 0.5
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
+        fastloss.functional.binary_cross_entropy_with_logits(x, t, pos_weight=pw, weight=pw)
+        fastloss.functional.gaussian_nll_loss(x, t, var)
+    events = prof.events()
+    assert sum(e.name == "fastloss::pointwise_loss" for e in events) == 2
+    copies = [(e.name, e.input_shapes) for e in events if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")
+              and any(list(s) == [64, 33] for s in e.input_shapes)]  # (gaussian's var check copies a scalar)
+    assert not copies, copies

@@ -33,6 +33,14 @@ inline void load_tile(const scalar_t* src, acc_t<scalar_t>* dst, int64_t m) {
   for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<acc_t<scalar_t>>(src[i]);
 }
 
+// Elements [t0, t0 + m) of a third/fourth tensor, dense or broadcast (ops/pointwise.h PwBcast).
+template <typename scalar_t>
+inline void load_tile(const scalar_t* src, const PwBcast& bc, int64_t t0, acc_t<scalar_t>* dst, int64_t m) {
+  if (!bc.per) return load_tile(src + t0, dst, m);
+  PwBcastCursor<scalar_t> cur(src, bc, t0);
+  for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<acc_t<scalar_t>>(cur.next());
+}
+
 template <typename scalar_t>
 inline void store_tile(scalar_t* dst, const acc_t<scalar_t>* v, const acc_t<scalar_t>* k, acc_t<scalar_t> sub,
                        int64_t m) {
@@ -55,13 +63,13 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, i
     load_tile(io.a + t0, A, m);
     load_tile(io.b + t0, B, m);
     if (io.c) {
-      load_tile(io.c + t0, C, m);
+      load_tile(io.c, io.cb, t0, C, m);
     } else {
       for (int64_t i = 0; i < m; ++i) C[i] = acc(1);
     }
     if constexpr (K == PwKind::BCEWithLogits) {
       if (io.d) {
-        load_tile(io.d + t0, D, m);
+        load_tile(io.d, io.db, t0, D, m);
       } else {
         for (int64_t i = 0; i < m; ++i) D[i] = acc(1);
       }

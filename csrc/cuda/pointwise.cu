@@ -37,8 +37,8 @@ template <PwKind K, typename scalar_t>
 __device__ __forceinline__ acc_t<scalar_t> pw_one(const PwIo<scalar_t>& io, int64_t i, acc_t<scalar_t> k,
                                                   acc_t<scalar_t> sub, int64_t& bad) {
   using acc = acc_t<scalar_t>;
-  const acc c = io.c ? load_acc(io.c, i) : acc(1);
-  const acc d = io.d ? load_acc(io.d, i) : acc(1);
+  const acc c = io.c ? load_acc(io.c, io.cb.at(i)) : acc(1);
+  const acc d = io.d ? load_acc(io.d, io.db.at(i)) : acc(1);
   const acc a = load_acc(io.a, i), b = load_acc(io.b, i);
   pw_check<K>(io.first_bad, a, b, i, bad);
   const PwOut<acc> o = pw_eval<K, acc>(a, b, c, d, io.param, io.param2);
@@ -50,6 +50,22 @@ __device__ __forceinline__ acc_t<scalar_t> pw_one(const PwIo<scalar_t>& io, int6
   if (io.g[1]) store_acc(io.g[1], i, o.db * k);
   if (io.g[2]) store_acc(io.g[2], i, (o.dc - sub) * k);
   return o.loss;
+}
+
+// Vector v of a third/fourth tensor: one 16-byte load when dense, else P::N cached scalar loads of its
+// broadcast source (pos_weight, var: small, L1/L2-resident); absent: 1.
+template <class P, typename scalar_t, typename acc>
+__device__ __forceinline__ void load_third(const scalar_t* src, const PwBcast& bc, int64_t v, acc* out) {
+  if (!src) {
+#pragma unroll
+    for (int j = 0; j < P::N; ++j) out[j] = acc(1);
+  } else if (!bc.per) {
+    P::unpack(reinterpret_cast<const uint4*>(src)[v], out);
+  } else {
+    PwBcastCursor<scalar_t> cur(src, bc, v * P::N);
+#pragma unroll
+    for (int j = 0; j < P::N; ++j) out[j] = static_cast<acc>(cur.next());
+  }
 }
 
 template <PwKind K, typename scalar_t>
@@ -71,14 +87,9 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
       acc a[P::N], b[P::N], c[P::N], d[P::N], loss[P::N], g0[P::N], g1[P::N], g2[P::N];
       P::unpack(reinterpret_cast<const uint4*>(io.a)[v], a);
       P::unpack(reinterpret_cast<const uint4*>(io.b)[v], b);
-      if (io.c) {
-        P::unpack(reinterpret_cast<const uint4*>(io.c)[v], c);
-      } else {
-#pragma unroll
-        for (int j = 0; j < P::N; ++j) c[j] = acc(1);
-      }
-      if (K == PwKind::BCEWithLogits && io.d) {  // pos_weight: the only kind with a fourth tensor
-        P::unpack(reinterpret_cast<const uint4*>(io.d)[v], d);
+      load_third<P>(io.c, io.cb, v, c);
+      if (K == PwKind::BCEWithLogits) {  // pos_weight: the only kind with a fourth tensor
+        load_third<P>(io.d, io.db, v, d);
       } else {
 #pragma unroll
         for (int j = 0; j < P::N; ++j) d[j] = acc(1);
@@ -134,7 +145,8 @@ void pw_grid(int64_t n, int device, int* blocks, int64_t* per) {
 
 template <typename scalar_t>
 bool all_aligned(const PwIo<scalar_t>& io) {
-  bool ok = aligned16(io.a) && aligned16(io.b) && (!io.c || aligned16(io.c)) && (!io.d || aligned16(io.d)) &&
+  bool ok = aligned16(io.a) && aligned16(io.b) && (!io.c || io.cb.per || aligned16(io.c)) &&
+            (!io.d || io.db.per || aligned16(io.d)) &&
             (!io.loss_s || aligned16(io.loss_s)) &&
             (!io.gl_s || aligned16(io.gl_s));
   for (int j = 0; j < 3; ++j) ok = ok && (!io.g[j] || aligned16(io.g[j]));

@@ -31,6 +31,23 @@ const char* pw_name(PwKind k) {
   }
 }
 
+// t (the input's shape) seen as a broadcast of one dense block of its dimensions -- stride 0 or size 1
+// everywhere else, as expand() leaves pos_weight (C,), var (N, 1) or a scalar var --: that block as a
+// 1-D tensor, described by *b. Any other layout: t made contiguous (b dense). Saves the full-size copy
+// (and its read) that materializing the broadcast would cost.
+static at::Tensor pw_broadcast_source(const at::Tensor& t, PwBcast* b) {
+  *b = PwBcast{};
+  if (t.is_contiguous() || t.numel() == 0) return t.contiguous();
+  int64_t k = t.dim() - 1, rep = 1, per = 1;
+  for (; k >= 0 && (t.stride(k) == 0 || t.size(k) == 1); --k) rep *= t.size(k);  // broadcast inner dims
+  for (; k >= 0 && (t.size(k) == 1 || t.stride(k) == per); --k) per *= t.size(k);  // the dense block
+  for (; k >= 0; --k)  // outer dims: broadcast only
+    if (t.stride(k) != 0 && t.size(k) != 1) return t.contiguous();
+  b->rep = rep;
+  b->per = per;
+  return t.as_strided({per}, {1});
+}
+
 PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, int64_t kind,
                       double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype,
                       const c10::optional<at::Tensor>& d) {
@@ -68,9 +85,9 @@ PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optio
   p.a = a.contiguous();
   p.b = b.contiguous();
   const bool has_c = c.has_value() && c->defined();
-  if (has_c) p.c = c->contiguous();
-  if (has_d) p.d = d->contiguous();
   p.by_weight_sum = pw_mean_by_weight_sum(k, has_c) && p.reduction == Reduction::Mean;
+  if (has_c) p.c = p.by_weight_sum ? c->contiguous() : pw_broadcast_source(*c, &p.cb);  // sum(c) reads it densely
+  if (has_d) p.d = pw_broadcast_source(*d, &p.db);
   p.out_dtype = out_dtype.value_or(a.scalar_type());
   p.out_acc = p.out_dtype != a.scalar_type();
   TORCH_CHECK(!p.out_acc || p.out_dtype == acc_dtype(a.scalar_type()), op, ": out_dtype must be the input's dtype or ",

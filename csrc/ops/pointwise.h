@@ -242,12 +242,47 @@ inline bool pw_mean_by_weight_sum(PwKind k, bool has_c) {
   return has_c && (k == PwKind::L1 || k == PwKind::MSE);
 }
 
+// A third or fourth tensor that broadcasts to the input's shape without being materialized
+// (pos_weight (C,), var (N, 1), a weight (1, C, 1), a scalar var): element i reads
+// src[(i / rep) % per]. per == 0: dense, element i reads src[i].
+struct PwBcast {
+  int64_t rep = 1, per = 0;
+  C10_HOST_DEVICE int64_t at(int64_t i) const { return per ? (i / rep) % per : i; }
+};
+
+// Walks a PwBcast from element i on, one element per next(): one division at the start only.
+template <typename T>
+struct PwBcastCursor {
+  const T* src;
+  int64_t rep, per, r, idx;
+  C10_HOST_DEVICE PwBcastCursor(const T* s, const PwBcast& b, int64_t i) : src(s), rep(b.rep), per(b.per) {
+    if (((static_cast<uint64_t>(i) | static_cast<uint64_t>(rep) | static_cast<uint64_t>(per)) >> 32) == 0) {
+      const uint32_t q = static_cast<uint32_t>(i) / static_cast<uint32_t>(rep);  // 32-bit: a few times cheaper on GPUs
+      r = static_cast<uint32_t>(i) - q * static_cast<uint32_t>(rep);
+      idx = q % static_cast<uint32_t>(per);
+    } else {
+      const int64_t q = i / rep;
+      r = i - q * rep;
+      idx = q % per;
+    }
+  }
+  C10_HOST_DEVICE T next() {
+    const T v = src[idx];
+    if (++r == rep) {
+      r = 0;
+      if (++idx == per) idx = 0;
+    }
+    return v;
+  }
+};
+
 // The pointers of one kernel call, filled on the host by make_pw_io (ops/pointwise_ops.h) and read
 // by both devices' loops; null = absent / not wanted.
 template <typename scalar_t>
 struct PwIo {
   using acc = acc_t<scalar_t>;
   const scalar_t *a, *b, *c, *d;  // c, d null: 1
+  PwBcast cb, db;                 // c, d read as broadcast (PwBcast::per != 0) or densely
   acc param, param2;
   int64_t n, per;             // elements; elements per CUDA block (a multiple of 8)
   scalar_t* loss_s;           // per-element loss in the input dtype ('none'), or null
@@ -272,7 +307,9 @@ struct PwPlan {
   PwKind kind;
   Reduction reduction;
   int64_t n;
-  at::Tensor a, b, c, d;           // contiguous; c, d undefined when absent
+  at::Tensor a, b, c, d;           // contiguous; c, d undefined when absent. A broadcast c or d is
+                                   // kept as its (per)-element source with cb / db describing the broadcast
+  PwBcast cb, db;
   bool by_weight_sum;              // mean divides by sum(c) (l1/mse with a weight)
   c10::ScalarType out_dtype;       // the loss's dtype (float32 for half/bfloat16 under autocast)
   bool out_acc;                    // out_dtype is the accumulate type rather than the input's

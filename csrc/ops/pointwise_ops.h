@@ -23,6 +23,8 @@ PwIo<scalar_t> make_pw_io(const PwPlan& p, double param, double param2, const st
   io.b = p.b.const_data_ptr<scalar_t>();
   io.c = p.c.defined() ? p.c.const_data_ptr<scalar_t>() : nullptr;
   io.d = p.d.defined() ? p.d.const_data_ptr<scalar_t>() : nullptr;
+  io.cb = p.cb;
+  io.db = p.db;
   io.param = static_cast<acc_t<scalar_t>>(param);
   io.param2 = static_cast<acc_t<scalar_t>>(param2);
   io.n = p.n;
