@@ -101,3 +101,14 @@ def test_cuda_error_leaves_context_usable():
         CE(x, torch.full((64,), 1000, device="cuda"))
     torch.testing.assert_close(CE(x, torch.zeros(64, dtype=torch.long, device="cuda")),
                                F.cross_entropy(x, torch.zeros(64, dtype=torch.long, device="cuda")))
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("op", ["scale_grad", "scale_grad_"])
+@pytest.mark.parametrize("classes,inner,rows", [(4, 1, 2), (3, 2, 2), (0, 1, 1), (4, 0, 2)])
+def test_scale_grad_refuses_partial_rows(device, op, classes, inner, rows):
+    """The ops index the factor by element / (classes * inner): a grad that is not whole rows must raise,
+    not read past the factor (called directly; the library's own calls are always whole rows)."""
+    g = torch.randn(10, device=device)
+    with pytest.raises(RuntimeError, match="not a multiple of classes \\* inner"):
+        getattr(torch.ops.fastloss, op)(g, torch.rand(rows, device=device), classes, inner)

@@ -15,7 +15,11 @@ void check_scale_grad_args(const at::Tensor& grad, const at::Tensor& grad_loss, 
   TORCH_CHECK(grad.is_contiguous(), op, ": grad must be contiguous");
   TORCH_CHECK(classes >= 0 && inner >= 0, op, ": classes and inner must be non-negative");
   check_same_device(grad, "grad", grad_loss, "grad_loss", op);
-  const int64_t rows = classes * inner == 0 ? 0 : grad.numel() / (classes * inner) * inner;
+  // the kernels index the factor by element / (classes * inner): a grad that is not whole rows would read past it
+  const int64_t ci = classes * inner;
+  TORCH_CHECK(ci > 0 ? grad.numel() % ci == 0 : grad.numel() == 0, op, ": grad has ", num(grad.numel()),
+              " elements, not a multiple of classes * inner = ", num(ci));
+  const int64_t rows = ci == 0 ? 0 : grad.numel() / ci * inner;
   TORCH_CHECK(grad_loss.numel() == 1 || grad_loss.numel() == rows, op, ": grad_loss must have 1 or ", num(rows),
               " elements, got ", num(grad_loss.numel()));
 }
