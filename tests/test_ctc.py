@@ -408,6 +408,19 @@ def test_long_sequences(device, T, N, C, S, blank, dtype, raw, reduction):
     """Long inputs and targets (losses in the thousands): within the dtype tolerance (grown with T) of
     torch's float64 result (float32 gradients: 10x closer than torch's own float32); concatenated
     targets bitwise equal to padded ones."""
+    check_long(device, T, N, C, S, blank, dtype, raw, reduction)
+
+
+@requires_cuda
+@pytest.mark.parametrize("S,dtype,reduction", [(1500, torch.float32, "none"), (1500, torch.float64, "mean"),
+                                               (3500, torch.float32, "sum"), (3500, torch.bfloat16, "none")])
+def test_cuda_many_states_per_thread(S, dtype, reduction):
+    """CUDA: 2S+1 > 2048 states take K = 4 (S = 1500) and K = 8 (S = 3500) states per thread, and S = 3500
+    rows need more than 48 KB of (opt-in) shared memory: the same checks as the long sequences."""
+    check_long("cuda", 2 * S + 100, 2, 20, S, 0, dtype, False, reduction)
+
+
+def check_long(device, T, N, C, S, blank, dtype, raw, reduction):
     lp = make_log_probs(T, N, C, dtype, device, raw)
     targets = make_targets(N, S, C, blank)
     il = [T] + [T - 13 * n for n in range(1, N)]
@@ -792,3 +805,15 @@ def test_cuda_targets_on_other_device():
     lp, targets, il, tl = make_case(10, 2, 5, 3, 0, None, "random", torch.float32, "cpu")
     with pytest.raises(BAD):
         ctc()(lp, targets.cuda(), il, tl)
+
+
+@requires_cuda
+def test_cuda_graph_capture_refused():
+    """Documented limitation (as torch's CUDA ctc_loss): the lengths are read on the host per call, so CUDA
+    graph capture raises a clear error instead of capturing a copy from a temporary host buffer."""
+    lp, targets, il, tl = make_case(20, 2, 6, 5, 0, None, "random", torch.float32, "cuda")
+    g = torch.cuda.CUDAGraph()
+    with pytest.raises(RuntimeError, match="graph capture is not supported"):
+        with torch.cuda.graph(g):
+            ctc()(lp, targets, il, tl)
+    check_against_torch(lp, targets, il, tl, 0, "mean", False, torch.float32)  # CUDA still works

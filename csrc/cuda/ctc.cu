@@ -100,7 +100,7 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
   for (int64_t i = threadIdx.x; i < 2 * R; i += blockDim.x) rows[i] = ninf<acc>();
 
   // this thread's states, their labels and whether the skip transition is allowed
-  int64_t lab[K];
+  int32_t lab[K];  // labels < C < 2^31; 32-bit halves their registers (the 64-register cap of 1024 threads)
   bool skip[K];
   bool bad = false;
 #pragma unroll
@@ -108,7 +108,7 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
     const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
     const int64_t l = label_of(tg, S, s, C, blank, backward ? nullptr : first_bad);
     bad |= l < 0;
-    lab[j] = l < 0 ? blank : l;
+    lab[j] = static_cast<int32_t>(l < 0 ? blank : l);
     skip[j] = false;
     if ((s & 1) && s < Sp) {
       const int64_t other = backward ? s + 2 : s - 2;  // alpha: from s - 2; beta: from s + 2
@@ -312,12 +312,19 @@ void launch_recursion(const CtcPlan& p, const int64_t* meta, int64_t W, int thre
 std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& targets, const Tensor& input_lengths,
                                          const Tensor& target_lengths, int64_t blank, int64_t reduction,
                                          bool zero_infinity, bool grad_now) {
+  const c10::cuda::CUDAGuard guard(log_probs.device());
+  // The plan (lengths, offsets, the longest target) is made on the host and copied from a temporary host
+  // buffer: a graph would replay that copy from freed memory, and fixed lengths besides. Refused, as torch's
+  // CUDA ctc_loss (whose blocking copy fails the capture).
+  TORCH_CHECK(!TargetCheck::capturing(), "fastloss.ctc_loss: CUDA graph capture is not supported (the lengths are "
+              "read on the host for each call)");
   const CtcPlan p = plan_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity);
-  const c10::cuda::CUDAGuard guard(p.log_probs.device());
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto dev = p.log_probs.device();
   const auto adt = acc_dtype(p.log_probs.scalar_type());
   const int64_t W = 2 * p.max_target + 1;  // states per row
+  TORCH_CHECK(p.C <= std::numeric_limits<int32_t>::max(), "fastloss.ctc_loss: more than 2^31 - 1 classes are not "
+              "supported on CUDA, got ", num(p.C));
   const Tensor meta = p.meta.to(dev, /*non_blocking=*/true);
   Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
                           p.log_probs.options());

@@ -11,7 +11,7 @@
 
 #include <cstdint>
 #include <limits>
-#include <vector>
+#include <deque>
 
 #include "common/options.h"
 
@@ -29,6 +29,9 @@ class TargetCheck {
     active_ = option(Option::ValidateTargets) && !capturing();
     if (!active_) return;
     Slot& s = slot(first_bad.get_device());
+    // a check abandoned by an exception may still have its copy in flight on another stream: let it
+    // land before this one is queued (an event already passed, the usual case, returns at once)
+    C10_CUDA_CHECK(cudaEventSynchronize(s.event));
     C10_CUDA_CHECK(cudaMemcpyAsync(s.host, first_bad.const_data_ptr<int64_t>(), sizeof(int64_t),
                                    cudaMemcpyDeviceToHost, stream));
     C10_CUDA_CHECK(cudaEventRecord(s.event, stream));
@@ -42,16 +45,17 @@ class TargetCheck {
     return pos == std::numeric_limits<int64_t>::max() ? -1 : pos;
   }
 
+  static bool capturing() {
+    return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
+  }
+
  private:
   struct Slot {
     int64_t* host = nullptr;  // pinned
     cudaEvent_t event = nullptr;
   };
-  static bool capturing() {
-    return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-  }
   static Slot& slot(int device) {  // one per thread and device, created once, never freed
-    thread_local std::vector<Slot> slots;
+    thread_local std::deque<Slot> slots;  // a deque: growing it keeps earlier slots (and slot_) in place
     if (device >= static_cast<int>(slots.size())) slots.resize(device + 1);
     Slot& s = slots[device];
     if (!s.host) {
