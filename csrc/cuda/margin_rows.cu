@@ -395,7 +395,11 @@ struct CudaMarginRows {
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         kernel<<<capped_blocks(p.rows, dev.sm_count * 16), kThreads, smem, stream>>>(io);
       } else {  // rows too long for shared memory: counters in a per-block global scratch
-        const int blocks = capped_blocks(p.rows, dev.sm_count * 2);
+        // C int64 counters per block: at most max(256 MiB, the input's size) in all -- torch's own
+        // kernel allocates an input-sized is_target -- so few, very long rows cannot take 4x the input
+        const int64_t budget = std::max<int64_t>(int64_t(256) << 20, p.rows * p.C * int64_t(sizeof(scalar_t)));
+        const int64_t fit = std::max<int64_t>(1, budget / (p.C * int64_t(sizeof(int64_t))));
+        const int blocks = capped_blocks(std::min(p.rows, fit), dev.sm_count * 2);
         scratch = at::empty({blocks, p.C}, p.target.options());
         io.scratch = reinterpret_cast<long long*>(scratch.mutable_data_ptr<int64_t>());
         ml_kernel<scalar_t, kThreads, false><<<blocks, kThreads, 0, stream>>>(io);
