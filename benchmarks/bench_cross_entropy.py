@@ -19,7 +19,8 @@ from fastloss.bench import Case, copy_bandwidth, peak_extra_memory, sync, timeit
 
 try:  # peer library, optional
     from liger_kernel.transformers.cross_entropy import LigerCrossEntropyLoss
-except Exception:  # noqa: BLE001 - any import failure means "not available"
+except Exception as e:  # noqa: BLE001 - any import failure means "not available"
+    print(f"liger-kernel not importable: {type(e).__name__}: {e}", file=sys.stderr)
     LigerCrossEntropyLoss = None
 
 
@@ -30,7 +31,8 @@ def impls(case, compile_ok):
         "torch": lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw),
     }
     if compile_ok:
-        compiled = torch.compile(lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw), fullgraph=True)
+        torch._dynamo.reset()  # else the 2nd and 3rd cases recompile the same lambda with dynamic shapes
+        compiled = torch.compile(lambda x, t, w: F.cross_entropy(x, t, weight=w, **kw), fullgraph=True, dynamic=False)
         out["torch.compile"] = compiled
     if LigerCrossEntropyLoss is not None and case.device.type == "cuda":
         def liger(x, t, w):

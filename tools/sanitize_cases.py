@@ -59,9 +59,9 @@ def run():
     fastloss.set_target_validation(False)
     CE(x, torch.tensor([0, -7, 1000, 2], device=dev), reduction="none").sum().backward()
     fastloss.set_target_validation(True)
-    n += pointwise_and_row_cases(dev)
-    n += ctc_cases(dev)
-    n += margin_rows_cases(dev)
+    for cases in (pointwise_and_row_cases, broadcast_cases, ctc_cases, margin_rows_cases):
+        print(f"sanitize: {cases.__name__} ...", file=sys.stderr, flush=True)  # a timeout still shows how far it got
+        n += cases(dev)
     torch.cuda.synchronize()
     print(f"sanitize cases done: {n + 4} calls", file=sys.stderr)
 
@@ -123,6 +123,27 @@ def pointwise_and_row_cases(dev):
     return n + 2
 
 
+def broadcast_cases(dev):
+    """Pointwise third/fourth tensors that broadcast, read through their small source (PwBcast, never
+    materialized): weight and pos_weight (C,), var (N, 1); odd C (vector tails), a misaligned source."""
+    Fl = fastloss.functional
+    n = 0
+    for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
+        for N, C in [(1, 1), (37, 5), (129, 37), (64, 1001)]:
+            x = torch.randn(N, C, device=dev, dtype=dtype, requires_grad=True)
+            t = torch.rand(N, C, device=dev, dtype=dtype)
+            src = torch.rand(N + C + 1, device=dev, dtype=dtype) + 0.5
+            pw = src[1:C + 1]  # offset 1: not 16-byte aligned
+            var = src[1:N + 1].unsqueeze(1).detach().requires_grad_()
+            for red in ["none", "mean", "sum"]:
+                for loss in [Fl.binary_cross_entropy_with_logits(x, t, weight=pw, pos_weight=pw, reduction=red),
+                             Fl.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction=red),
+                             Fl.gaussian_nll_loss(x, t, var, reduction=red)]:
+                    loss.backward(torch.rand_like(loss))
+                    n += 1
+    return n
+
+
 def ctc_cases(dev):
     """ctc_loss: every dtype, padded and concatenated targets, repeats, target length 0, input length 0,
     impossible samples, K = 1 and K = 2 states per thread (2S+1 > 1024), and a bad device target
@@ -130,7 +151,9 @@ def ctc_cases(dev):
     ctc = fastloss.functional.ctc_loss
     n = 0
     for dtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
-        for T, N, C, S in [(1, 1, 2, 1), (7, 3, 5, 3), (40, 4, 33, 12), (20, 2, 7, 600)]:
+        # S 600, 1500, 3500: K = 2, 4, 8 states per thread; 3500 also needs > 48 KB of (opt-in) shared memory
+        for T, N, C, S in [(1, 1, 2, 1), (7, 3, 5, 3), (40, 4, 33, 12), (20, 2, 7, 600), (30, 2, 5, 1500),
+                           (20, 2, 5, 3500)]:
             lp = torch.randn(T, N, C, device=dev, dtype=torch.float32).log_softmax(-1).to(dtype).requires_grad_()
             tg = torch.randint(1, C, (N, S), device=dev)
             tg[0, 1:] = tg[0, :-1].clone()  # repeats
