@@ -300,16 +300,48 @@ def test_pointwise_broadcast_third_tensor(device, dtype, case, kind):
                 assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("grad_in_acc", [False, True])
+def test_pointwise_broadcast_grad_output(device, dtype, grad_in_acc):
+    """reduction='none' backward with grad_output a broadcast view (the grad of loss.sum() / loss.mean(), of
+    a per-row sum, of a per-class weighting): read through its source, bitwise equal to the dense one;
+    grad_output in the input's dtype or in the accumulate type (autocast's float32 loss)."""
+    if grad_in_acc and dtype == torch.float64:
+        pytest.skip("float64's accumulate type is float64")
+    shape = (300, 37)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
+    t = torch.rand(shape, generator=g, dtype=torch.float64).to(device, dtype)
+    var = (torch.rand(shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
+    gdt = torch.float32 if grad_in_acc else dtype
+    back = torch.ops.fastloss.pointwise_loss_backward
+    none_loss = torch.empty(0, device=device, dtype=dtype)  # only weighted-mean l1/mse read it
+    for src_shape in [(), (300, 1), (37,), (1, 37)]:
+        gl = torch.rand(src_shape, generator=g, dtype=torch.float64).to(device, gdt).expand(shape)
+        for k, c, param, param2 in [(9, None, 0.0, 0.0), (11, var, 1e-6, 1.0), (0, var, 0.0, 0.0)]:
+            mask = [True, True, c is not None]
+            got = back(gl, x, t, c, k, param, 0, none_loss, mask, None, param2)
+            want = back(gl.contiguous(), x, t, c, k, param, 0, none_loss, mask, None, param2)
+            for a, b in zip(got, want):
+                assert a.shape == b.shape and torch.equal(a, b), (src_shape, k)
+
+
 def test_pointwise_broadcast_is_not_materialized():
-    """BCEWithLogitsLoss(pos_weight=(C,)) and gaussian_nll_loss with var (N, 1): no full-size copy."""
+    """BCEWithLogitsLoss(pos_weight=(C,)) and gaussian_nll_loss with var (N, 1): no full-size copy; nor in
+    the backward of loss.sum() / loss.mean() / a row sum of a reduction='none' loss (an expanded grad)."""
     x = torch.randn(64, 33, requires_grad=True)
     t = torch.rand(64, 33)
     pw, var = torch.rand(33) + 0.5, torch.rand(64, 1) + 0.5
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], record_shapes=True) as prof:
         fastloss.functional.binary_cross_entropy_with_logits(x, t, pos_weight=pw, weight=pw)
         fastloss.functional.gaussian_nll_loss(x, t, var)
+        fastloss.functional.binary_cross_entropy_with_logits(x, t, pos_weight=pw, reduction="none").sum().backward()
+        fastloss.functional.l1_loss(x, t, reduction="none").mean().backward()
+        fastloss.functional.multilabel_soft_margin_loss(x, t, reduction="none").sum().backward()
     events = prof.events()
-    assert sum(e.name == "fastloss::pointwise_loss" for e in events) == 2
+    assert sum(e.name == "fastloss::pointwise_loss" for e in events) == 5
+    assert sum(e.name == "fastloss::pointwise_loss_backward" for e in events) == 3
     copies = [(e.name, e.input_shapes) for e in events if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")
               and any(list(s) == [64, 33] for s in e.input_shapes)]  # (gaussian's var check copies a scalar)
     assert not copies, copies

@@ -33,7 +33,7 @@ inline void load_tile(const scalar_t* src, acc_t<scalar_t>* dst, int64_t m) {
   for (int64_t i = 0; i < m; ++i) dst[i] = static_cast<acc_t<scalar_t>>(src[i]);
 }
 
-// Elements [t0, t0 + m) of a third/fourth tensor, dense or broadcast (ops/pointwise.h PwBcast).
+// Elements [t0, t0 + m) of c, d or grad_loss, dense or broadcast (ops/pointwise.h PwBcast).
 template <typename scalar_t>
 inline void load_tile(const scalar_t* src, const PwBcast& bc, int64_t t0, acc_t<scalar_t>* dst, int64_t m) {
   if (!bc.per) return load_tile(src + t0, dst, m);
@@ -117,10 +117,11 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, i
     if (io.loss_a) std::copy(L, L + m, io.loss_a + t0);
     if (!any_grad) continue;
     if (io.gl_s) {
-      load_tile(io.gl_s + t0, KK, m);
+      load_tile(io.gl_s, io.glb, t0, KK, m);
       for (int64_t e = 0; e < m; ++e) KK[e] *= k0;
     } else if (io.gl_a) {
-      for (int64_t e = 0; e < m; ++e) KK[e] = io.gl_a[t0 + e] * k0;
+      load_tile(io.gl_a, io.glb, t0, KK, m);
+      for (int64_t e = 0; e < m; ++e) KK[e] *= k0;
     } else {
       for (int64_t e = 0; e < m; ++e) KK[e] = k0;
     }

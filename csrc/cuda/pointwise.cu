@@ -44,16 +44,16 @@ __device__ __forceinline__ acc_t<scalar_t> pw_one(const PwIo<scalar_t>& io, int6
   const PwOut<acc> o = pw_eval<K, acc>(a, b, c, d, io.param, io.param2);
   if (io.loss_s) store_acc(io.loss_s, i, o.loss);
   if (io.loss_a) io.loss_a[i] = o.loss;
-  if (io.gl_s) k *= load_acc(io.gl_s, i);
-  if (io.gl_a) k *= io.gl_a[i];
+  if (io.gl_s) k *= load_acc(io.gl_s, io.glb.at(i));
+  if (io.gl_a) k *= io.gl_a[io.glb.at(i)];
   if (io.g[0]) store_acc(io.g[0], i, o.da * k);
   if (io.g[1]) store_acc(io.g[1], i, o.db * k);
   if (io.g[2]) store_acc(io.g[2], i, (o.dc - sub) * k);
   return o.loss;
 }
 
-// Vector v of a third/fourth tensor: one 16-byte load when dense, else P::N cached scalar loads of its
-// broadcast source (pos_weight, var: small, L1/L2-resident); absent: 1.
+// Vector v of c, d or grad_loss: one 16-byte load when dense, else P::N cached scalar loads of its
+// broadcast source (pos_weight, var, an expanded grad: small, L1/L2-resident); absent: 1.
 template <class P, typename scalar_t, typename acc>
 __device__ __forceinline__ void load_third(const scalar_t* src, const PwBcast& bc, int64_t v, acc* out) {
   if (!src) {
@@ -96,12 +96,19 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
       }
       acc kk[P::N];
       if (io.gl_s) {
-        P::unpack(reinterpret_cast<const uint4*>(io.gl_s)[v], kk);
+        load_third<P>(io.gl_s, io.glb, v, kk);
 #pragma unroll
         for (int j = 0; j < P::N; ++j) kk[j] *= k0;
+      } else if (io.gl_a && io.glb.per) {  // float32 grad_loss of a half loss (autocast), broadcast
+        PwBcastCursor<acc> cur(io.gl_a, io.glb, v * P::N);
+#pragma unroll
+        for (int j = 0; j < P::N; ++j) kk[j] = k0 * cur.next();
+      } else if (io.gl_a) {
+#pragma unroll
+        for (int j = 0; j < P::N; ++j) kk[j] = k0 * io.gl_a[v * P::N + j];
       } else {
 #pragma unroll
-        for (int j = 0; j < P::N; ++j) kk[j] = io.gl_a ? k0 * io.gl_a[v * P::N + j] : k0;
+        for (int j = 0; j < P::N; ++j) kk[j] = k0;
       }
 #pragma unroll
       for (int j = 0; j < P::N; ++j) {
@@ -148,7 +155,7 @@ bool all_aligned(const PwIo<scalar_t>& io) {
   bool ok = aligned16(io.a) && aligned16(io.b) && (!io.c || io.cb.per || aligned16(io.c)) &&
             (!io.d || io.db.per || aligned16(io.d)) &&
             (!io.loss_s || aligned16(io.loss_s)) &&
-            (!io.gl_s || aligned16(io.gl_s));
+            (!io.gl_s || io.glb.per || aligned16(io.gl_s));
   for (int j = 0; j < 3; ++j) ok = ok && (!io.g[j] || aligned16(io.g[j]));
   return ok;
 }

@@ -35,7 +35,7 @@ const char* pw_name(PwKind k) {
 // everywhere else, as expand() leaves pos_weight (C,), var (N, 1) or a scalar var --: that block as a
 // 1-D tensor, described by *b. Any other layout: t made contiguous (b dense). Saves the full-size copy
 // (and its read) that materializing the broadcast would cost.
-static at::Tensor pw_broadcast_source(const at::Tensor& t, PwBcast* b) {
+at::Tensor pw_broadcast_source(const at::Tensor& t, PwBcast* b) {
   *b = PwBcast{};
   if (t.is_contiguous() || t.numel() == 0) return t.contiguous();
   int64_t k = t.dim() - 1, rep = 1, per = 1;

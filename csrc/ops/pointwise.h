@@ -293,6 +293,7 @@ struct PwIo {
   const acc* kdev;            // gradient factor in the tensors' memory (backward mean/sum), or null
   const scalar_t* gl_s;       // per-element grad_loss (backward 'none'), or null
   const acc* gl_a;            // the same in the accumulate dtype (autocast), or null
+  PwBcast glb;                // gl_s / gl_a read as broadcast (loss.sum().backward(): an expanded grad)
   const acc* sub;             // subtracted from d/dc before scaling (weighted-mean weight gradient), or null
   int64_t* first_bad;         // binary_cross_entropy's forward: min of pw_bce_bad codes (init INT64_MAX), or null
   bool vec;                   // CUDA: every pointer 16-byte aligned
@@ -318,6 +319,10 @@ struct PwPlan {
 PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, int64_t kind,
                       double param, int64_t reduction, c10::optional<c10::ScalarType> out_dtype,
                       const c10::optional<at::Tensor>& d);
+
+// t (the input's shape) as a broadcast of one dense block of its dimensions: that block as a 1-D
+// tensor with *b describing the broadcast; any other layout made contiguous (b dense).
+at::Tensor pw_broadcast_source(const at::Tensor& t, PwBcast* b);
 
 // Raises torch's "all elements of input/target should be between 0 and 1" for a pw_bce_bad code >= 0.
 void pw_bce_raise(const PwPlan& p, int64_t code);

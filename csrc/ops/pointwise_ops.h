@@ -86,12 +86,15 @@ struct PointwiseOps {
     if (p.n == 0) return {g[0], g[1], g[2]};
     const auto adt = acc_dtype(p.a.scalar_type());
     Tensor gl, single, sub;
+    PwBcast glb;
     if (p.reduction == Reduction::None) {
       TORCH_CHECK(grad_loss.numel() == p.n, op, ": grad_loss must have ", num(p.n), " elements, got ",
                   num(grad_loss.numel()));
       TORCH_CHECK(grad_loss.scalar_type() == p.a.scalar_type() || grad_loss.scalar_type() == adt, op,
                   ": grad_loss must have the input's dtype or ", adt, ", got ", grad_loss.scalar_type());
-      gl = grad_loss.contiguous();
+      // the grad of loss.sum() / loss.mean() is an expanded scalar, of a per-row sum an expanded column:
+      // read through its source rather than materialized
+      gl = grad_loss.sizes() == p.a.sizes() ? pw_broadcast_source(grad_loss, &glb) : grad_loss.contiguous();
     } else {
       TORCH_CHECK(grad_loss.numel() == 1, op, ": grad_loss must have 1 element, got ", num(grad_loss.numel()));
       single = pw_single_factor(p, grad_loss, p.by_weight_sum ? Dev::weight_sum(p) : Tensor());
@@ -104,6 +107,7 @@ struct PointwiseOps {
       if (sub.defined()) io.sub = sub.const_data_ptr<acc>();
       if (gl.defined() && gl.scalar_type() == p.a.scalar_type()) io.gl_s = gl.const_data_ptr<scalar_t>();
       if (gl.defined() && gl.scalar_type() != p.a.scalar_type()) io.gl_a = gl.const_data_ptr<acc>();
+      io.glb = glb;
       Dev::template backward<scalar_t>(p, io);
     });
     return {g[0], g[1], g[2]};
