@@ -30,6 +30,11 @@ def _reduction_enum(size_average, reduce, reduction):
     return _Reduction.get_enum(reduction)  # ValueError for an unknown string, as torch
 
 
+def _as(t, dtype):
+    """t in dtype; the tensor itself when it already is (Tensor.to costs a few microseconds even then)."""
+    return t if t.dtype == dtype else t.to(dtype)
+
+
 def _refuse_grad(name, t, arg):
     """torch's error for an argument its loss does not differentiate, when it requires grad."""
     if t is not None and t.requires_grad and torch.is_grad_enabled():
@@ -177,8 +182,8 @@ def _regression(name, kind, input, target, weight, param, red):
             dtype = torch.promote_types(dtype, weight.dtype)
     else:
         dtype = _floating_common(name, input, target, weight)
-    input, target = input.to(dtype), target.to(dtype)
-    weight = weight.to(dtype) if weight is not None else None
+    input, target = _as(input, dtype), _as(target, dtype)
+    weight = _as(weight, dtype) if weight is not None else None
     if (weight is not None and red == 1 and kind in (_L1, _MSE)
             and weight.shape != torch.broadcast_shapes(input.shape, target.shape)):
         # torch divides by the sum of the weight as given, not of its broadcast: the fused sum over
@@ -278,7 +283,7 @@ def margin_ranking_loss(
             f"input1: {input1.size()}, input2: {input2.size()}, target: {target.size()} "
         )
     dtype = _floating_common("margin_ranking_loss", input1, input2, target)
-    return _pointwise(_MARGIN_RANKING, input1.to(dtype), input2.to(dtype), target.to(dtype), margin, red)
+    return _pointwise(_MARGIN_RANKING, _as(input1, dtype), _as(input2, dtype), _as(target, dtype), margin, red)
 
 
 def hinge_embedding_loss(
@@ -326,7 +331,7 @@ def soft_margin_loss(
     if autocast_out_dtype(input) is not None:
         # torch's autocast runs soft_margin_loss in float32: the target is not rounded to the input's dtype
         input, dtype = input.float(), torch.float32
-    return _pointwise(_SOFT_MARGIN, input, target.to(dtype), None, 0.0, red)
+    return _pointwise(_SOFT_MARGIN, input, _as(target, dtype), None, 0.0, red)
 
 
 def kl_div(
@@ -357,7 +362,7 @@ def kl_div(
     if not input.is_floating_point() or not target.is_floating_point():
         raise RuntimeError("fastloss.kl_div: Integral inputs not supported (as torch.kl_div).")
     dtype = _floating_common("kl_div", input, target)
-    loss = _pointwise(_KL_DIV, input.to(dtype), target.to(dtype), None, 1.0 if log_target else 0.0, red)
+    loss = _pointwise(_KL_DIV, _as(input, dtype), _as(target, dtype), None, 1.0 if log_target else 0.0, red)
     if reduction == "batchmean" and input.dim() != 0:
         loss = loss / input.size()[0]
     return loss
@@ -453,10 +458,10 @@ def binary_cross_entropy_with_logits(
         dtype = input.dtype if same else torch.float32
     _refuse_grad(name, weight, "weight")
     _refuse_grad(name, pos_weight, "pos_weight")
-    weight = _expand_to(name, weight.to(dtype), input.shape) if weight is not None else None
-    pos_weight = _expand_to(name, pos_weight.to(dtype), input.shape) if pos_weight is not None else None
-    return _pointwise(_BCE_LOGITS, input.to(dtype), target.to(dtype), weight, 1.0 if pos_weight is not None else 0.0,
-                      red, d=pos_weight)
+    weight = _expand_to(name, _as(weight, dtype), input.shape) if weight is not None else None
+    pos_weight = _expand_to(name, _as(pos_weight, dtype), input.shape) if pos_weight is not None else None
+    return _pointwise(_BCE_LOGITS, _as(input, dtype), _as(target, dtype), weight,
+                      1.0 if pos_weight is not None else 0.0, red, d=pos_weight)
 
 
 _HALF_TYPES = frozenset((torch.float16, torch.bfloat16))
@@ -485,9 +490,9 @@ def poisson_nll_loss(
     dtype = torch.promote_types(input.dtype, target.dtype)
     if not dtype.is_floating_point:  # torch's exp / log of integers give the default float dtype
         dtype = torch.get_default_dtype()
-    dtype = _floating_common("poisson_nll_loss", input.to(dtype), target)
+    dtype = _floating_common("poisson_nll_loss", _as(input, dtype), target)
     flags = (1 if log_input else 0) + (2 if full else 0)
-    return _pointwise(_POISSON, input.to(dtype), target.to(dtype), None, float(eps), _Reduction.get_enum(reduction),
+    return _pointwise(_POISSON, _as(input, dtype), _as(target, dtype), None, float(eps), _Reduction.get_enum(reduction),
                       param2=flags)
 
 
@@ -526,7 +531,7 @@ def gaussian_nll_loss(
         raise ValueError(reduction + " is not valid")
     dtype = _floating_common("gaussian_nll_loss", input, target, var)
     # composed of plain tensor ops in torch, which autocast leaves in the inputs' dtype
-    return _pointwise(_GAUSSIAN, input.to(dtype), target.to(dtype), var.to(dtype), float(eps),
+    return _pointwise(_GAUSSIAN, _as(input, dtype), _as(target, dtype), _as(var, dtype), float(eps),
                       _Reduction.get_enum(reduction), autocast=False, param2=1.0 if full else 0.0)
 
 
@@ -552,8 +557,8 @@ def multilabel_soft_margin_loss(
     class_dim = input.dim() - 1
     C = input.size(class_dim)
     dtype = _floating_common("multilabel_soft_margin_loss", input, target, weight)
-    x, t = input.to(dtype), target.to(dtype)
-    w = weight.to(dtype) if weight is not None else None
+    x, t = _as(input, dtype), _as(target, dtype)
+    w = _as(weight, dtype) if weight is not None else None
     shape = torch.broadcast_shapes(x.shape, t.shape, *(() if w is None else (w.shape,)))
     if reduction == "none" or shape != input.shape:
         # one loss per row, or a weight/target that adds leading dimensions (torch still sums over
@@ -585,8 +590,8 @@ def sigmoid_focal_loss(
     if targets.size() != inputs.size():
         raise ValueError(f"Target size ({targets.size()}) must be the same as input size ({inputs.size()})")
     dtype = _floating_common("sigmoid_focal_loss", inputs, targets)
-    return _pointwise(_FOCAL, inputs.to(dtype), targets.to(dtype), None, float(alpha), _Reduction.get_enum(reduction),
-                      param2=float(gamma))
+    return _pointwise(_FOCAL, _as(inputs, dtype), _as(targets, dtype), None, float(alpha),
+                      _Reduction.get_enum(reduction), param2=float(gamma))
 
 
 # ------------------------------------------------------------------------------------ row-wise
@@ -604,7 +609,7 @@ def _triplet(anchor, positive, negative, margin, p, eps, swap, red, autocast=Tru
     """The fused triplet op on broadcast inputs of one floating dtype (rows = all but the last dim)."""
     _check_same_ndim(anchor, positive, negative)
     dtype = _floating_common("triplet_margin_loss", anchor, positive, negative)
-    a, pos, neg = anchor.to(dtype), positive.to(dtype), negative.to(dtype)
+    a, pos, neg = _as(anchor, dtype), _as(positive, dtype), _as(negative, dtype)
     if not (a.shape == pos.shape == neg.shape):
         a, pos, neg = torch.broadcast_tensors(a, pos, neg)
     grad_mode = torch.is_grad_enabled() and red != 0
@@ -707,7 +712,7 @@ def cosine_embedding_loss(
         raise RuntimeError(f"0D target tensor expects 1D input tensors, but found inputs with sizes "
                            f"{list(input1.size())} and {list(input2.size())}.")
     dtype = _floating_common("cosine_embedding_loss", input1, input2)
-    x1, x2 = input1.to(dtype), input2.to(dtype)
+    x1, x2 = _as(input1, dtype), _as(input2, dtype)
     if x1.shape != x2.shape:
         x1, x2 = torch.broadcast_tensors(x1, x2)
     target = target.detach()
