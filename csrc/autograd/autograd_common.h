@@ -7,12 +7,16 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/grad_mode.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 
 #include <torch/autograd.h>
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <string>
+#include <utility>
 
 namespace fastloss {
 
@@ -29,6 +33,29 @@ namespace fastloss {
 // no second gradient-sized buffer. Otherwise (retain_graph, tracing, fake or functional tensors)
 // it is out of place.
 at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner);
+
+// Whether a call records an autograd graph: grad mode on and an input that requires grad, or an input
+// carrying a forward-mode tangent (the Function refuses those: no jvp). Non-tensor arguments count as no.
+inline bool wants_graph(const at::Tensor& t, bool grad_mode) {
+  return t.defined() && ((grad_mode && t.requires_grad()) || t._fw_grad(/*level=*/0).defined());
+}
+inline bool wants_graph(const std::optional<at::Tensor>& t, bool grad_mode) {
+  return t.has_value() && wants_graph(*t, grad_mode);
+}
+template <typename... Ts>
+bool records_graph(const Ts&... tensors) {
+  const bool grad_mode = at::GradMode::is_enabled();
+  return (wants_graph(tensors, grad_mode) || ...);
+}
+
+// The op below autograd, for a call that records no graph: an autograd Function's context, saved
+// data and node cost ~10 us of host time even then (inference, validation under no_grad), about
+// what a small loss's whole kernel takes.
+template <typename Sig, typename... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView below;
+  return op.call(std::forward<Args>(args)...);
+}
 
 // Which gradients the forward wrote (grad_now), kept in the context for backward.
 template <size_t N>

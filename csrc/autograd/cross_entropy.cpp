@@ -129,6 +129,9 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_autograd(const Tensor& input, c
                                                           int64_t ignore_index, double label_smoothing,
                                                           bool compute_grad, bool save_lse,
                                                           std::optional<c10::ScalarType> out_dtype) {
+  if (!records_graph(input, target, weight))
+    return call_below_autograd(ce_op(), input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
+                               save_lse, out_dtype);
   auto r = CrossEntropyFn::apply(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
                                  save_lse, out_dtype);
   return {r[0], r[1], r[2]};
@@ -137,6 +140,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_autograd(const Tensor& input, c
 std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& target,
                                              const std::optional<Tensor>& weight, int64_t reduction,
                                              int64_t ignore_index, std::optional<c10::ScalarType> out_dtype) {
+  if (!records_graph(input, target, weight))
+    return call_below_autograd(nll_op(), input, target, weight, reduction, ignore_index, out_dtype);
   auto r = NllLossFn::apply(input, target, weight, reduction, ignore_index, out_dtype);
   return {r[0], r[1]};
 }

@@ -63,6 +63,9 @@ class CtcFn : public torch::autograd::Function<CtcFn> {
 std::tuple<Tensor, Tensor> ctc_autograd(const Tensor& log_probs, const Tensor& targets, const Tensor& input_lengths,
                                         const Tensor& target_lengths, int64_t blank, int64_t reduction,
                                         bool zero_infinity, bool grad_now) {
+  if (!records_graph(log_probs, targets, input_lengths, target_lengths))
+    return call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                               zero_infinity, grad_now);
   auto r = CtcFn::apply(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now);
   return {r[0], r[1]};
 }

@@ -108,6 +108,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> triplet_autograd(const Tensor& a, con
                                                             double margin, double p, double eps, bool swap,
                                                             int64_t reduction, std::array<bool, 3> grad_now,
                                                             OptDtype out_dtype) {
+  if (!records_graph(a, pos, neg))
+    return call_below_autograd(triplet_op(), a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
   auto r = TripletFn::apply(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
   return {r[0], r[1], r[2], r[3]};
 }
@@ -115,6 +117,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> triplet_autograd(const Tensor& a, con
 std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tensor& x2, const Tensor& target,
                                                    double margin, int64_t reduction, std::array<bool, 2> grad_now,
                                                    OptDtype out_dtype) {
+  if (!records_graph(x1, x2, target))
+    return call_below_autograd(cosine_op(), x1, x2, target, margin, reduction, grad_now, out_dtype);
   auto r = CosineFn::apply(x1, x2, target, margin, reduction, grad_now, out_dtype);
   return {r[0], r[1], r[2]};
 }

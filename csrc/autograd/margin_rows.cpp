@@ -99,12 +99,16 @@ class MultilabelMarginFn : public torch::autograd::Function<MultilabelMarginFn> 
 std::tuple<Tensor, Tensor> multi_margin_autograd(const Tensor& input, const Tensor& target, int64_t p, double margin,
                                                  const OptTensor& weight, int64_t reduction, bool grad_now,
                                                  OptDtype out_dtype) {
+  if (!records_graph(input, target, weight))
+    return call_below_autograd(mm_op(), input, target, p, margin, weight, reduction, grad_now, out_dtype);
   auto r = MultiMarginFn::apply(input, target, p, margin, weight, reduction, grad_now, out_dtype);
   return {r[0], r[1]};
 }
 
 std::tuple<Tensor, Tensor> multilabel_margin_autograd(const Tensor& input, const Tensor& target, int64_t reduction,
                                                       bool grad_now, OptDtype out_dtype) {
+  if (!records_graph(input, target))
+    return call_below_autograd(ml_op(), input, target, reduction, grad_now, out_dtype);
   auto r = MultilabelMarginFn::apply(input, target, reduction, grad_now, out_dtype);
   return {r[0], r[1]};
 }

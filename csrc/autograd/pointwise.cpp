@@ -81,6 +81,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_autograd(const Tensor& a, c
                                                               std::array<bool, 3> grad_now,
                                                               std::optional<c10::ScalarType> out_dtype,
                                                               const std::optional<Tensor>& d, double param2) {
+  if (!records_graph(a, b, c, d))
+    return call_below_autograd(pw_op(), a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
   auto r = PointwiseFn::apply(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
   return {r[0], r[1], r[2], r[3]};
 }
