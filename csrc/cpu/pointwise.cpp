@@ -118,13 +118,12 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, i
     if (!any_grad) continue;
     if (io.gl_s) {
       load_tile(io.gl_s, io.glb, t0, KK, m);
-      for (int64_t e = 0; e < m; ++e) KK[e] *= k0;
     } else if (io.gl_a) {
       load_tile(io.gl_a, io.glb, t0, KK, m);
-      for (int64_t e = 0; e < m; ++e) KK[e] *= k0;
     } else {
-      for (int64_t e = 0; e < m; ++e) KK[e] = k0;
+      for (int64_t e = 0; e < m; ++e) KK[e] = acc(1);
     }
+    for (int64_t e = 0; e < m; ++e) KK[e] *= k0;
     if (io.g[0]) store_tile(io.g[0] + t0, DA, KK, acc(0), m);
     if (io.g[1]) store_tile(io.g[1] + t0, DB, KK, acc(0), m);
     if (io.g[2]) store_tile(io.g[2] + t0, DC, KK, sub, m);

@@ -52,19 +52,24 @@ __device__ __forceinline__ acc_t<scalar_t> pw_one(const PwIo<scalar_t>& io, int6
   return o.loss;
 }
 
-// Vector v of c, d or grad_loss: one 16-byte load when dense, else P::N cached scalar loads of its
+// Vector v of c, d or grad_loss (src: the input's dtype, or grad_loss in the accumulate type under
+// autocast): one 16-byte load when dense in the input's dtype, else P::N scalar loads -- cached ones of a
 // broadcast source (pos_weight, var, an expanded grad: small, L1/L2-resident); absent: 1.
-template <class P, typename scalar_t, typename acc>
-__device__ __forceinline__ void load_third(const scalar_t* src, const PwBcast& bc, int64_t v, acc* out) {
+template <typename scalar_t, typename T, typename acc>
+__device__ __forceinline__ void load_vec(const T* src, const PwBcast& bc, int64_t v, acc* out) {
+  using P = Pack<scalar_t>;
   if (!src) {
 #pragma unroll
     for (int j = 0; j < P::N; ++j) out[j] = acc(1);
-  } else if (!bc.per) {
-    P::unpack(reinterpret_cast<const uint4*>(src)[v], out);
-  } else {
-    PwBcastCursor<scalar_t> cur(src, bc, v * P::N);
+  } else if (bc.per) {
+    PwBcastCursor<T> cur(src, bc, v * P::N);
 #pragma unroll
     for (int j = 0; j < P::N; ++j) out[j] = static_cast<acc>(cur.next());
+  } else if constexpr (std::is_same_v<T, scalar_t>) {
+    P::unpack(reinterpret_cast<const uint4*>(src)[v], out);
+  } else {
+#pragma unroll
+    for (int j = 0; j < P::N; ++j) out[j] = static_cast<acc>(src[v * P::N + j]);
   }
 }
 
@@ -87,29 +92,13 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
       acc a[P::N], b[P::N], c[P::N], d[P::N], loss[P::N], g0[P::N], g1[P::N], g2[P::N];
       P::unpack(reinterpret_cast<const uint4*>(io.a)[v], a);
       P::unpack(reinterpret_cast<const uint4*>(io.b)[v], b);
-      load_third<P>(io.c, io.cb, v, c);
-      if (K == PwKind::BCEWithLogits) {  // pos_weight: the only kind with a fourth tensor
-        load_third<P>(io.d, io.db, v, d);
-      } else {
+      load_vec<scalar_t>(io.c, io.cb, v, c);
+      load_vec<scalar_t>(K == PwKind::BCEWithLogits ? io.d : nullptr, io.db, v, d);  // pos_weight: only there
+      acc kk[P::N];  // grad_loss (1 when a single factor) times k0
+      if (io.gl_a) load_vec<scalar_t>(io.gl_a, io.glb, v, kk);
+      else load_vec<scalar_t>(io.gl_s, io.glb, v, kk);
 #pragma unroll
-        for (int j = 0; j < P::N; ++j) d[j] = acc(1);
-      }
-      acc kk[P::N];
-      if (io.gl_s) {
-        load_third<P>(io.gl_s, io.glb, v, kk);
-#pragma unroll
-        for (int j = 0; j < P::N; ++j) kk[j] *= k0;
-      } else if (io.gl_a && io.glb.per) {  // float32 grad_loss of a half loss (autocast), broadcast
-        PwBcastCursor<acc> cur(io.gl_a, io.glb, v * P::N);
-#pragma unroll
-        for (int j = 0; j < P::N; ++j) kk[j] = k0 * cur.next();
-      } else if (io.gl_a) {
-#pragma unroll
-        for (int j = 0; j < P::N; ++j) kk[j] = k0 * io.gl_a[v * P::N + j];
-      } else {
-#pragma unroll
-        for (int j = 0; j < P::N; ++j) kk[j] = k0;
-      }
+      for (int j = 0; j < P::N; ++j) kk[j] *= k0;
 #pragma unroll
       for (int j = 0; j < P::N; ++j) {
         pw_check<K>(io.first_bad, a[j], b[j], v * P::N + j, bad);
