@@ -50,30 +50,19 @@ struct Done {  // the CPU checks synchronously: bad() is already known
   int64_t bad() const { return pos; }
 };
 
-namespace isa_base {
-#include "cpu/margin_rows_impl.inc"
-}  // namespace isa_base
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTLOSS_MARGIN_ROWS_AVX2 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "cpu/margin_rows_impl.inc"
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#endif
+#define FASTLOSS_ISA_BODY "cpu/margin_rows_impl.inc"
+#include "cpu/per_isa.inc"
 
 struct CpuMarginRows {
   static Done multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
-#ifdef FASTLOSS_MARGIN_ROWS_AVX2
+#ifdef FASTLOSS_CPU_HAVE_AVX2
     if (use_avx2_fma()) return {isa_avx2::run_multi_margin(p, pw, margin, run)};
 #endif
     return {isa_base::run_multi_margin(p, pw, margin, run)};
   }
 
   static Done multilabel(const MarginRowsPlan& p, MarginRun& run) {
-#ifdef FASTLOSS_MARGIN_ROWS_AVX2
+#ifdef FASTLOSS_CPU_HAVE_AVX2
     if (use_avx2_fma()) return {isa_avx2::run_multilabel(p, run)};
 #endif
     return {isa_base::run_multilabel(p, run)};

@@ -1,5 +1,5 @@
-// Compiles cpu/vec_impl.inc for baseline x86-64 and, with GCC on x86-64, again for AVX2+FMA;
-// vec_ops() returns the table the running CPU supports (decided once).
+// Compiles cpu/vec_impl.inc for baseline x86-64 and, with GCC on x86-64, again for AVX2+FMA
+// (cpu/per_isa.inc); vec_ops() returns the table the running CPU supports (decided once).
 #include "common/cpu_vec.h"
 
 #include <cstdint>
@@ -8,22 +8,11 @@
 namespace fastloss {
 namespace cpu {
 
-namespace isa_base {
-#include "cpu/vec_impl.inc"
-}  // namespace isa_base
-
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FASTLOSS_HAVE_AVX2_TABLE 1
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace isa_avx2 {
-#include "cpu/vec_impl.inc"
-}  // namespace isa_avx2
-#pragma GCC pop_options
-#endif
+#define FASTLOSS_ISA_BODY "cpu/vec_impl.inc"
+#include "cpu/per_isa.inc"
 
 bool use_avx2_fma() {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#ifdef FASTLOSS_CPU_HAVE_AVX2
   static const bool yes = [] {
     // FASTLOSS_CPU_ISA=base forces the portable builds (for testing both on one machine).
     const char* force = std::getenv("FASTLOSS_CPU_ISA");
@@ -39,7 +28,7 @@ bool use_avx2_fma() {
 
 const VecOps& vec_ops() {
   static const VecOps table = [] {
-#ifdef FASTLOSS_HAVE_AVX2_TABLE
+#ifdef FASTLOSS_CPU_HAVE_AVX2
     if (use_avx2_fma()) return isa_avx2::make_table("avx2+fma");
 #endif
     return isa_base::make_table("baseline");
