@@ -301,14 +301,13 @@ def test_pointwise_broadcast_third_tensor(device, dtype, case, kind):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("grad_in_acc", [False, True])
+# (float64's accumulate type is float64: no separate accumulate-type grad there)
+@pytest.mark.parametrize("dtype,grad_in_acc", [(torch.float64, False), (torch.float32, False), (torch.float32, True),
+                                               (torch.bfloat16, False), (torch.bfloat16, True)])
 def test_pointwise_broadcast_grad_output(device, dtype, grad_in_acc):
     """reduction='none' backward with grad_output a broadcast view (the grad of loss.sum() / loss.mean(), of
     a per-row sum, of a per-class weighting): read through its source, bitwise equal to the dense one;
     grad_output in the input's dtype or in the accumulate type (autocast's float32 loss)."""
-    if grad_in_acc and dtype == torch.float64:
-        pytest.skip("float64's accumulate type is float64")
     shape = (300, 37)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=g, dtype=torch.float64).to(device, dtype)
@@ -366,7 +365,8 @@ def test_cuda_graph_capture(case):
     sign = torch.randint(0, 2, (64,), device="cuda", generator=g) * 2 - 1
     fns = {
         "l1_mean": lambda v: Fl.l1_loss(v, t),
-        "bce_logits_pos_weight_sum": lambda v: Fl.binary_cross_entropy_with_logits(v, t, pos_weight=pw, reduction="sum"),
+        "bce_logits_pos_weight_sum":
+            lambda v: Fl.binary_cross_entropy_with_logits(v, t, pos_weight=pw, reduction="sum"),
         "bce_none": lambda v: Fl.binary_cross_entropy(v.sigmoid(), t, reduction="none"),
         "focal_mean": lambda v: Fl.sigmoid_focal_loss(v, t, reduction="mean"),
         "triplet_mean": lambda v: Fl.triplet_margin_loss(v, p, n),
