@@ -11,7 +11,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from ._registrations._common import autocast_out_dtype
+from ._registrations._common import FastOps, autocast_enabled, autocast_out_dtype
 
 __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
            "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
@@ -19,7 +19,9 @@ __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss",
            "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss",
            "multi_margin_loss", "multilabel_margin_loss"]
 
-_ops = torch.ops.fastloss
+# torch.ops.fastloss's forward ops, with the eager fast path (_registrations/_common.py)
+_ops = FastOps("cross_entropy", "nll_loss", "pointwise_loss", "triplet_margin", "cosine_embedding", "ctc_loss",
+               "multi_margin_loss", "multilabel_margin_loss")
 
 _TYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
 
@@ -76,8 +78,8 @@ def cross_entropy(
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction, label_smoothing=label_smoothing)
     red = _reduction_enum(size_average, reduce, reduction)
-    autocast = torch.is_autocast_enabled(input.device.type)
-    prob = input.dim() >= 1 and input.shape == target.shape and target.is_floating_point()
+    autocast = autocast_enabled(input)
+    prob = target.is_floating_point() and input.dim() >= 1 and input.shape == target.shape
     if prob and target.dtype != input.dtype and input.is_floating_point():
         # torch multiplies log_softmax(input) by target with type promotion (float32 under autocast):
         # compute in that dtype.
@@ -111,7 +113,7 @@ def nll_loss(
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
-    autocast = torch.is_autocast_enabled(input.device.type)
+    autocast = autocast_enabled(input)
     _check_weight("nll_loss", input, weight, autocast, differentiable=False)
     loss, _ = _ops.nll_loss(input, target, weight, red, ignore_index, autocast_out_dtype(input))
     return loss
@@ -403,7 +405,7 @@ def binary_cross_entropy(
     if target.size() != input.size():
         raise ValueError(f"Using a target size ({target.size()}) that is different to the input size "
                          f"({input.size()}) is deprecated. Please ensure they have the same size.")
-    if input.device.type == "cuda" and torch.is_autocast_enabled("cuda"):
+    if input.is_cuda and torch.is_autocast_enabled("cuda"):
         raise RuntimeError(
             "torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe to autocast.\n"
             "Many models use a sigmoid layer right before the binary cross entropy layer.\n"
@@ -411,7 +413,7 @@ def binary_cross_entropy(
             "or torch.nn.BCEWithLogitsLoss.  binary_cross_entropy_with_logits and BCEWithLogits are\n"
             "safe to autocast.")
     _floating_common("binary_cross_entropy", input)
-    if (torch.is_autocast_enabled(input.device.type) and _HALF_TYPES.intersection((input.dtype, target.dtype))
+    if (autocast_enabled(input) and _HALF_TYPES.intersection((input.dtype, target.dtype))
             and (input.dtype != target.dtype or weight is not None)):
         # autocast computes in float32: half data is read as is only when nothing else needs rounding
         input, target = input.float(), target.float()
@@ -451,7 +453,7 @@ def binary_cross_entropy_with_logits(
                            f"{_INT_NAMES.get(target.dtype, target.dtype)} (target must be floating point, as in torch)")
     _floating_common(name, input)
     dtype = target.dtype  # torch computes the loss in place in the target's dtype
-    if torch.is_autocast_enabled(input.device.type) and _HALF_TYPES.intersection((input.dtype, target.dtype)):
+    if autocast_enabled(input) and _HALF_TYPES.intersection((input.dtype, target.dtype)):
         # autocast computes in float32: half data is read as is when both share it (the loss is written
         # in float32), else everything is float32
         same = input.dtype == target.dtype and weight is None and pos_weight is None
@@ -807,7 +809,7 @@ def multi_margin_loss(
     red = _reduction_enum(size_average, reduce, reduction)
     if p != 1 and p != 2:
         raise ValueError("only p == 1 and p == 2 supported")
-    autocast = torch.is_autocast_enabled(input.device.type)
+    autocast = autocast_enabled(input)
     if weight is not None:
         if weight.dim() != 1:
             raise ValueError("weight must be one-dimensional")

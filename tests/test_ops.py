@@ -438,3 +438,131 @@ def test_forward_ad_refused(no_grad):
                    lambda v: fastloss.functional.multi_margin_loss(v, torch.arange(4))):
             with pytest.raises(RuntimeError, match="jvp is not implemented"):
                 fn(xd)
+
+
+# --------------------------------------------------------------------------------- eager fast path
+# fastloss.functional calls its ops through fastloss._C._fast_call (csrc/module.cpp): the dispatcher
+# call torch.ops makes, without torch.ops' Python argument matching; anything it does not take goes to
+# the handle's fallback (torch.ops.fastloss.<op>).
+def _counting_handle(name):
+    """A fresh handle whose fallback is torch.ops.fastloss.<name> behind a call counter."""
+    from fastloss import _C
+    calls = []
+
+    def fallback(*args):
+        calls.append(args)
+        return getattr(torch.ops.fastloss, name)(*args)
+
+    return _C._fast_handle("fastloss::" + name, fallback), calls
+
+
+def test_fast_call_matches_torch_ops():
+    """Same results as torch.ops, bitwise, for every argument form the fast path takes (Tensor?, int,
+    float, bool, bool[3], ScalarType? given as dtype, int or None, trailing defaults), gradients included;
+    none of them reaches the fallback."""
+    from fastloss import _C
+    ce, ce_calls = _counting_handle("cross_entropy")
+    pw, pw_calls = _counting_handle("pointwise_loss")
+    x = torch.randn(6, 5, requires_grad=True)
+    t = torch.randint(0, 5, (6,))
+    w = torch.rand(5) + 0.5
+    b = torch.randn(6, 5)
+    for args in [(x, t, None, 1, -100, 0.0, True, False, None), (x, t, w, 2, 3, 0.25, True, False, torch.float64),
+                 (x.detach(), t, w, 0, -100, 0.5, False, False, None)]:
+        got, want = _C._fast_call(ce, *args), torch.ops.fastloss.cross_entropy(*args)
+        assert isinstance(got, tuple) and len(got) == 3
+        assert got[0].dtype == want[0].dtype and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+        if args[0].requires_grad:
+            (g_got,) = torch.autograd.grad(got[0].sum(), x)
+            (g_want,) = torch.autograd.grad(want[0].sum(), x)
+            assert torch.equal(g_got, g_want)
+    for args in [(x, b, None, 1, 0.0, 1, [True, False, False], None),  # d and param2 from the schema's defaults
+                 (x, b, w.expand(6, 5), 3, 0.7, 2, (True, False, True), 6, None, 0.0)]:  # ScalarType as its number
+        got, want = _C._fast_call(pw, *args), torch.ops.fastloss.pointwise_loss(*args)
+        assert all(torch.equal(g, h) for g, h in zip(got, want))
+    assert ce_calls == [] and pw_calls == []
+
+
+@pytest.mark.parametrize("case", ["numpy_int", "int_as_float", "subclass", "too_many", "missing"])
+def test_fast_call_falls_back_to_torch_ops(case):
+    """An argument the fast path does not convert goes to the fallback with the arguments unchanged, which
+    answers (or refuses) it exactly as torch.ops does."""
+    import numpy as np
+    from fastloss import _C
+
+    class Sub(torch.Tensor):
+        pass
+
+    h, calls = _counting_handle("cross_entropy")
+    x = torch.randn(6, 5)
+    t = torch.randint(0, 5, (6,))
+    args = [x, t, None, 1, -100, 0.0, False, False, None]
+    if case == "numpy_int":
+        args[4] = np.int64(-100)
+    elif case == "int_as_float":
+        args[5] = 0
+    elif case == "subclass":
+        args[0] = x.as_subclass(Sub)
+    elif case == "too_many":
+        args.append(None)
+    elif case == "missing":
+        args = args[:5]
+    if case in ("too_many", "missing"):
+        with pytest.raises((RuntimeError, TypeError)):
+            _C._fast_call(h, *args)
+    else:
+        got = _C._fast_call(h, *args)
+        assert torch.equal(got[0], torch.ops.fastloss.cross_entropy(x, t, None, 1, -100, 0.0, False, False, None)[0])
+    assert len(calls) == 1 and all(a is b for a, b in zip(calls[0], args))
+    # a bool[3] of the wrong length: refused by torch.ops, reached through the fallback
+    h2, calls2 = _counting_handle("pointwise_loss")
+    with pytest.raises(RuntimeError):
+        _C._fast_call(h2, x, x, None, 1, 0.0, 1, [True, False], None)
+    assert len(calls2) == 1
+
+
+def test_fast_call_errors_and_handles():
+    """Kernel errors keep torch.ops' Python exception types and messages; a bad handle is refused."""
+    from fastloss import _C
+    h, calls = _counting_handle("cross_entropy")
+    x = torch.randn(4, 5)
+    bad = torch.tensor([0, 1, 7, 2])
+    with pytest.raises(IndexError) as fast:
+        _C._fast_call(h, x, bad, None, 1, -100, 0.0, False, False, None)
+    with pytest.raises(IndexError) as slow:
+        torch.ops.fastloss.cross_entropy(x, bad, None, 1, -100, 0.0, False, False, None)
+    assert str(fast.value).splitlines()[0] == str(slow.value).splitlines()[0] and calls == []
+    with pytest.raises(ValueError, match="unknown handle"):
+        _C._fast_call(10**6, x)
+    with pytest.raises(RuntimeError, match="does not convert"):
+        _C._fast_handle("fastloss::_set_option", print)  # str argument, int return
+
+
+def test_fast_call_seen_by_dispatch_modes_and_profiler():
+    """The fast path is a dispatcher call: a TorchDispatchMode sees the fastloss op (so make_fx, fake
+    tensors and friends work), and the profiler records it under its name."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Record(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(4, 5, requires_grad=True)
+    t = torch.arange(4)
+    with Record() as rec:
+        loss = CE(x, t)
+        fastloss.functional.mse_loss(x, torch.zeros(4, 5))
+    assert "fastloss.cross_entropy.default" in rec.ops and "fastloss.pointwise_loss.default" in rec.ops
+    loss.backward()
+    with torch.autograd.profiler.profile() as prof:
+        CE(x, t)
+    assert any(e.name == "fastloss::cross_entropy" for e in prof.function_events)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        fake = CE(torch.empty(4, 5), torch.zeros(4, dtype=torch.long), reduction="none")
+    assert fake.shape == (4,)
