@@ -446,3 +446,27 @@ def test_forward_gradient_buffer_becomes_input_grad(device):
     del grad
     loss.backward(retain_graph=True)
     assert x.grad.data_ptr() != ptr  # the saved gradient stays intact for a second backward
+
+
+@pytest.mark.parametrize("prob", [False, True])
+def test_cpu_every_row_tail(prob):
+    """Rows of 1..40 classes: every length of the vector loops' padded tail (0..15 after 16-wide
+    blocks), with a -inf logit in some rows, against torch in float64."""
+    for C in range(1, 41):
+        x = torch.randn(7, C) * 4
+        if C > 2:
+            x[1, C - 1] = float("-inf")
+            x[3, C // 2] = float("-inf")
+        x.requires_grad_()
+        t = torch.randn(7, C).softmax(1) if prob else torch.randint(0, C, (7,))
+        if not prob and C > 2:
+            t[1], t[3] = 0, (C // 2 + 1) % C  # targets on finite logits
+        go = torch.rand(7)
+        got = fastloss.functional.cross_entropy(x, t, label_smoothing=0.0 if prob else 0.1, reduction="none")
+        (g,) = torch.autograd.grad(got, x, go)
+        x64 = x.detach().double().requires_grad_()
+        t64 = t.double() if prob else t
+        want = F.cross_entropy(x64, t64, label_smoothing=0.0 if prob else 0.1, reduction="none")
+        (g64,) = torch.autograd.grad(want, x64, go.double())
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5, msg=f"C={C}")
+        torch.testing.assert_close(g.double(), g64, rtol=1e-5, atol=1e-6, msg=f"C={C}")
