@@ -673,3 +673,25 @@ def test_no_torch_loss_is_called(monkeypatch):
         total = total + m(x, t)
     total.backward()
     assert x.grad is not None and t.grad is not None and w.grad is not None
+
+
+# l1/mse with a weight average by sum(weight) under 'mean': a different division, not compared
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name,reduction", [(n, r) for n in ["huber_loss", "l1_loss", "mse_loss"]
+                                            for r in ["none", "mean", "sum"] if n == "huber_loss" or r != "mean"])
+def test_cpu_two_input_path_matches_general_path(name, reduction, dtype):
+    """Without a weight the CPU kernel takes its a-and-b loop (cpu/pointwise.cpp pw_range_ab); a weight of
+    ones takes the general staged loop. Both must give the same bits: values, summation order, gradients
+    (several 16384-element chunks and a partial 256-element tile)."""
+    n = 3 * 16384 + 1000 + 13
+    x = torch.randn(n, dtype=dtype)
+    y = torch.randn(n, dtype=dtype)
+    fn = getattr(fastloss.functional, name)
+    outs = []
+    for w in (None, torch.ones(n, dtype=dtype)):
+        xi, yi = x.clone().requires_grad_(), y.clone().requires_grad_()
+        loss = fn(xi, yi, reduction=reduction, weight=w)
+        loss.backward(torch.ones_like(loss) if reduction == "none" else None)
+        outs.append((loss.detach(), xi.grad, yi.grad))
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)
