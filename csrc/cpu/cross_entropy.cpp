@@ -407,7 +407,7 @@ std::tuple<Tensor, Tensor> nll_loss_cpu(const Tensor& input, const Tensor& targe
       at::parallel_for(0, p.rows(), 4096, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = static_cast<int64_t>(tp[r]);
-          const int64_t n = r / D, s = r % D;
+          const int64_t n = D == 1 ? r : r / D, s = D == 1 ? 0 : r % D;  // 2-D input: no 64-bit division
           lp[r] = t == ignore_index ? acc(0) : -(wp ? wp[t] : acc(1)) * static_cast<acc>(xp[(n * C + t) * D + s]);
         }
       });
@@ -430,7 +430,8 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
   Tensor tgt = target.contiguous();
   Tensor g = grad_loss.to(adt).contiguous();
   Tensor w = as_acc(weight, adt);
-  Tensor out = at::zeros(input.sizes(), input.options());
+  // 2-D input: each row written once, zeros and its target entry (no separate zero-fill pass)
+  Tensor out = D == 1 ? at::empty(input.sizes(), input.options()) : at::zeros(input.sizes(), input.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const acc scale = red == Reduction::Mean ? acc(1) / total_weight.item<acc>() : acc(1);
@@ -441,10 +442,11 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
       using target_t = decltype(target_tag);
       const target_t* tp = tgt.const_data_ptr<target_t>();
       at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
+        if (D == 1) std::fill(op + begin * C, op + end * C, scalar_t(0));
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = static_cast<int64_t>(tp[r]);
           if (t == ignore_index || t < 0 || t >= C) continue;
-          const int64_t n = r / D, s = r % D;
+          const int64_t n = D == 1 ? r : r / D, s = D == 1 ? 0 : r % D;  // 2-D input: no 64-bit division
           op[(n * C + t) * D + s] = static_cast<scalar_t>(-(wp ? wp[t] : acc(1)) * f(r) * scale);
         }
       });
