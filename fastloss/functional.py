@@ -135,7 +135,7 @@ def _floating_common(name, *tensors):
     """torch's type promotion over the given tensors (None skipped); integer results are refused."""
     dtype = tensors[0].dtype
     for t in tensors[1:]:
-        if t is not None:
+        if t is not None and t.dtype != dtype:  # promote_types only where dtypes differ (~0.5 us a call)
             dtype = torch.promote_types(dtype, t.dtype)
     if dtype not in _TYPE_NAMES:
         raise RuntimeError(f"fastloss.{name}: expected floating point inputs (float64, float32, float16 or "
@@ -157,7 +157,7 @@ def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0):
     """One fused call. With mean/sum the forward also writes the gradients that will be needed (the
     backward then only scales them), except for l1/mse with a weight under 'mean', whose denominator
     sum(weight) is known only at the end of the pass. d (pos_weight) is never differentiated."""
-    if a.shape != b.shape or any(t is not None and t.shape != a.shape for t in (c, d)):
+    if a.shape != b.shape or (c is not None and c.shape != a.shape) or (d is not None and d.shape != a.shape):
         given = [t for t in (a, b, c, d) if t is not None]
         it = iter(torch.broadcast_tensors(*given))
         a, b = next(it), next(it)
@@ -169,7 +169,8 @@ def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0):
         # the fused gradient is stored before grad_output scales it: float16 could overflow there
         # (e.g. BCE's 1 / (x (1 - x)) at x ~ 1e-5) where torch's one expression stays finite
         fused = False
-    grad_now = [fused and grad_mode and t is not None and t.requires_grad for t in (a, b, c)]
+    fused = fused and grad_mode
+    grad_now = [fused and a.requires_grad, fused and b.requires_grad, fused and c is not None and c.requires_grad]
     out_dtype = autocast_out_dtype(a) if autocast else None
     return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype, d, float(param2))[0]
 

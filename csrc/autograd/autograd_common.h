@@ -57,17 +57,30 @@ auto call_below_autograd(const c10::TypedOperatorHandle<Sig>& op, Args&&... args
   return op.call(std::forward<Args>(args)...);
 }
 
-// Which gradients the forward wrote (grad_now), kept in the context for backward.
+// Which gradients the forward wrote (grad_now), kept in the context for backward as one bit mask
+// (each saved_data entry is a string-keyed map insert: host time a small loss notices).
 template <size_t N>
 void save_now(torch::autograd::AutogradContext* ctx, const std::array<bool, N>& now) {
-  for (size_t j = 0; j < N; ++j) ctx->saved_data["now" + std::to_string(j)] = now[j];
+  int64_t bits = 0;
+  for (size_t j = 0; j < N; ++j) bits |= int64_t(now[j]) << j;
+  ctx->saved_data["now"] = bits;
 }
 
 template <size_t N>
 std::array<bool, N> load_now(torch::autograd::AutogradContext* ctx) {
+  const int64_t bits = ctx->saved_data["now"].toInt();
   std::array<bool, N> now{};
-  for (size_t j = 0; j < N; ++j) now[j] = ctx->saved_data["now" + std::to_string(j)].toBool();
+  for (size_t j = 0; j < N; ++j) now[j] = (bits >> j) & 1;
   return now;
+}
+
+// Whether backward can need more than the gradients the forward wrote: an input that will ask for a
+// gradient (requires grad now; needs_input_grad in backward is the same edge) without grad_now.
+template <size_t N>
+bool needs_unfused(const std::array<const at::Tensor*, N>& inputs, const std::array<bool, N>& now) {
+  for (size_t j = 0; j < N; ++j)
+    if (inputs[j] && inputs[j]->defined() && inputs[j]->requires_grad() && !now[j]) return true;
+  return false;
 }
 
 // The backward of a loss whose forward may already have written some gradients (grad_now): for each

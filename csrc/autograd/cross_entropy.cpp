@@ -60,10 +60,10 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
     const ClassView v = class_view(input);
     ctx->saved_data["classes"] = v.classes;
     ctx->saved_data["inner"] = v.inner;
-    ctx->saved_data["reduction"] = reduction;
+    // reduction, compute_grad, has_weight in one entry (fewer map inserts: ~us on a small loss)
+    ctx->saved_data["cfg"] =
+        reduction | int64_t(compute_grad) << 8 | int64_t(weight.has_value() && weight->defined()) << 9;
     ctx->saved_data["label_smoothing"] = label_smoothing;
-    ctx->saved_data["compute_grad"] = compute_grad;
-    ctx->saved_data["has_weight"] = weight.has_value() && weight->defined();
     if (save_lse)  // probability targets whose target or weight needs a gradient
       ctx->save_for_backward({grad, input, target, lse, weight.value_or(Tensor())});
     else
@@ -78,10 +78,12 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
     if (!grad_loss.defined()) return out;
     // needs_input_grad counts tensor arguments only: input 0, target 1, weight 2 (when given).
     auto saved = ctx->get_saved_variables();
-    const int64_t reduction = ctx->saved_data["reduction"].toInt();
+    const int64_t cfg = ctx->saved_data["cfg"].toInt();
+    const int64_t reduction = cfg & 0xff;
+    const bool compute_grad = (cfg >> 8) & 1, has_weight = (cfg >> 9) & 1;
     const double eps = ctx->saved_data["label_smoothing"].toDouble();
     if (ctx->needs_input_grad(0)) {
-      TORCH_CHECK(ctx->saved_data["compute_grad"].toBool(),
+      TORCH_CHECK(compute_grad,
                   "fastloss.cross_entropy: the input gradient was not computed in forward (the op was called "
                   "with compute_grad=False)");
       out[0] = scale_saved_grad(saved[0], grad_loss, ctx->saved_data["classes"].toInt(),
@@ -90,7 +92,7 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
     const std::optional<Tensor> weight = saved[4].defined() ? std::optional<Tensor>(saved[4]) : std::nullopt;
     if (ctx->needs_input_grad(1))
       out[1] = ce_target_bwd_op().call(grad_loss, saved[1], saved[3], weight, reduction, eps);
-    if (ctx->saved_data["has_weight"].toBool() && ctx->needs_input_grad(2))
+    if (has_weight && ctx->needs_input_grad(2))
       out[2] = prob_weight_grad(grad_loss, saved[1], saved[2], saved[3], reduction, eps);
     return out;
   }

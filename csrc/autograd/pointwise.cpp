@@ -38,35 +38,40 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
     auto [loss, ga, gb, gc] = pw_op().call(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
     ctx->set_materialize_grads(false);
     ctx->mark_non_differentiable({ga, gb, gc});
-    ctx->saved_data["kind"] = kind;
+    const bool has_c = c.has_value() && c->defined(), has_d = d.has_value() && d->defined();
+    // kind, reduction, has_c, has_d in one entry (fewer map inserts: ~us on a small loss)
+    ctx->saved_data["cfg"] = kind | reduction << 8 | int64_t(has_c) << 16 | int64_t(has_d) << 17;
     ctx->saved_data["param"] = param;
     ctx->saved_data["param2"] = param2;
-    ctx->saved_data["has_d"] = d.has_value() && d->defined();
-    ctx->saved_data["reduction"] = reduction;
-    ctx->saved_data["has_c"] = c.has_value() && c->defined();
     save_now(ctx, grad_now);
-    ctx->save_for_backward({a, b, c.value_or(Tensor()), loss, ga, gb, gc, d.value_or(Tensor())});
+    // the inputs only when backward may have to compute a gradient the forward did not write
+    const Tensor none;
+    if (needs_unfused<3>({&a, &b, has_c ? &*c : &none}, grad_now))
+      ctx->save_for_backward({a, b, c.value_or(Tensor()), loss, ga, gb, gc, d.value_or(Tensor())});
+    else
+      ctx->save_for_backward({Tensor(), Tensor(), Tensor(), Tensor(), ga, gb, gc, Tensor()});
     return {loss, ga, gb, gc};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    refuse_double_backward(pw_name(to_pw_kind(ctx->saved_data["kind"].toInt())) + 9);  // drop "fastloss."
+    const int64_t cfg = ctx->saved_data["cfg"].toInt();
+    const int64_t kind = cfg & 0xff, reduction = (cfg >> 8) & 0xff;
+    const bool has_c = (cfg >> 16) & 1, has_d = (cfg >> 17) & 1;
+    refuse_double_backward(pw_name(to_pw_kind(kind)) + 9);  // drop "fastloss."
     variable_list out(10);
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;
     auto saved = ctx->get_saved_variables();
-    const bool has_c = ctx->saved_data["has_c"].toBool();
     // needs_input_grad counts tensor arguments only: a 0, b 1, c 2 (when given)
     const std::array<bool, 3> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
                                    has_c && ctx->needs_input_grad(2)};
     const std::array<bool, 3> rest = take_fused_grads(need, load_now<3>(ctx), &saved[4], grad_loss, out);
     if (any_of(rest.data(), 3)) {
       const std::optional<Tensor> c = has_c ? std::optional<Tensor>(saved[2]) : std::nullopt;
-      const std::optional<Tensor> d =
-          ctx->saved_data["has_d"].toBool() ? std::optional<Tensor>(saved[7]) : std::nullopt;
-      auto [ga, gb, gc] = pw_bwd_op().call(grad_loss, saved[0], saved[1], c, ctx->saved_data["kind"].toInt(),
-                                           ctx->saved_data["param"].toDouble(), ctx->saved_data["reduction"].toInt(),
-                                           saved[3], rest, d, ctx->saved_data["param2"].toDouble());
+      TORCH_CHECK(saved[0].defined(), "fastloss: internal error: pointwise backward needs inputs it did not save");
+      const std::optional<Tensor> d = has_d ? std::optional<Tensor>(saved[7]) : std::nullopt;
+      auto [ga, gb, gc] = pw_bwd_op().call(grad_loss, saved[0], saved[1], c, kind, ctx->saved_data["param"].toDouble(),
+                                           reduction, saved[3], rest, d, ctx->saved_data["param2"].toDouble());
       if (rest[0]) out[0] = ga;
       if (rest[1]) out[1] = gb;
       if (rest[2]) out[2] = gc;
