@@ -69,6 +69,29 @@ constexpr bool pw_generic() {
                                           K == PwKind::BCEWithLogits));
 }
 
+// The per-element loss ('none') of a tile, in the input's dtype and/or the accumulate dtype (autocast).
+template <typename scalar_t>
+inline void store_losses(const PwIo<scalar_t>& io, const acc_t<scalar_t>* L, int64_t t0, int64_t m) {
+  if (io.loss_s)
+    for (int64_t e = 0; e < m; ++e) io.loss_s[t0 + e] = static_cast<scalar_t>(L[e]);
+  if (io.loss_a) std::copy(L, L + m, io.loss_a + t0);
+}
+
+// One tile of pw_range_ab: losses into L, d/da (kG0) and d/db (kG1) times k0 stored; one loop, so it
+// vectorizes with no per-element branch on which gradients are wanted.
+template <PwKind K, bool kG0, bool kG1, typename scalar_t>
+inline void pw_tile_ab(const PwIo<scalar_t>& io, int64_t t0, int64_t m, acc_t<scalar_t> k0, acc_t<scalar_t>* L) {
+  using acc = acc_t<scalar_t>;
+  const scalar_t *a = io.a + t0, *b = io.b + t0;
+  scalar_t *g0 = kG0 ? io.g[0] + t0 : nullptr, *g1 = kG1 ? io.g[1] + t0 : nullptr;
+  for (int64_t i = 0; i < m; ++i) {
+    const PwOut<acc> o = pw_eval<K, acc>(acc(a[i]), acc(b[i]), acc(1), acc(1), io.param, io.param2);
+    L[i] = o.loss;
+    if constexpr (kG0) g0[i] = static_cast<scalar_t>(o.da * k0);
+    if constexpr (kG1) g1[i] = static_cast<scalar_t>(o.db * k0);
+  }
+}
+
 // pw_range for the common call with only a and b (no weight, no pos_weight, no per-element
 // grad_output: mean/sum, or a 'none' forward): one loop per tile reads a and b and writes the loss
 // and gradients, instead of pw_range's staging arrays (fp32 mse fwd+bwd was below torch's speed).
@@ -79,37 +102,15 @@ acc_t<scalar_t> pw_range_ab(const PwIo<scalar_t>& io, int64_t begin, int64_t end
   acc L[kTile];
   acc lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   const acc k0 = io.gscale * (io.kdev ? *io.kdev : acc(1));
-  const acc p1 = io.param, p2 = io.param2;
+  using Tile = void (*)(const PwIo<scalar_t>&, int64_t, int64_t, acc, acc*);
+  constexpr Tile kTiles[2][2] = {{pw_tile_ab<K, false, false, scalar_t>, pw_tile_ab<K, false, true, scalar_t>},
+                                 {pw_tile_ab<K, true, false, scalar_t>, pw_tile_ab<K, true, true, scalar_t>}};
+  const Tile tile = kTiles[io.g[0] != nullptr][io.g[1] != nullptr];
   for (int64_t t0 = begin; t0 < end; t0 += kTile) {
     const int64_t m = std::min(kTile, end - t0);
-    const scalar_t *a = io.a + t0, *b = io.b + t0;
-    scalar_t *g0 = io.g[0] ? io.g[0] + t0 : nullptr, *g1 = io.g[1] ? io.g[1] + t0 : nullptr;
-    if (g0 && g1) {
-      for (int64_t i = 0; i < m; ++i) {
-        const PwOut<acc> o = pw_eval<K, acc>(acc(a[i]), acc(b[i]), acc(1), acc(1), p1, p2);
-        L[i] = o.loss;
-        g0[i] = static_cast<scalar_t>(o.da * k0);
-        g1[i] = static_cast<scalar_t>(o.db * k0);
-      }
-    } else if (g0) {
-      for (int64_t i = 0; i < m; ++i) {
-        const PwOut<acc> o = pw_eval<K, acc>(acc(a[i]), acc(b[i]), acc(1), acc(1), p1, p2);
-        L[i] = o.loss;
-        g0[i] = static_cast<scalar_t>(o.da * k0);
-      }
-    } else if (g1) {
-      for (int64_t i = 0; i < m; ++i) {
-        const PwOut<acc> o = pw_eval<K, acc>(acc(a[i]), acc(b[i]), acc(1), acc(1), p1, p2);
-        L[i] = o.loss;
-        g1[i] = static_cast<scalar_t>(o.db * k0);
-      }
-    } else {
-      for (int64_t i = 0; i < m; ++i) L[i] = pw_eval<K, acc>(acc(a[i]), acc(b[i]), acc(1), acc(1), p1, p2).loss;
-    }
+    tile(io, t0, m, k0, L);
     add_lanes(L, m, lane);
-    if (io.loss_s)
-      for (int64_t e = 0; e < m; ++e) io.loss_s[t0 + e] = static_cast<scalar_t>(L[e]);
-    if (io.loss_a) std::copy(L, L + m, io.loss_a + t0);
+    store_losses(io, L, t0, m);
   }
   return sum_lanes(lane);
 }
@@ -179,9 +180,7 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, i
       }
     }
     add_lanes(L, m, lane);
-    if (io.loss_s)
-      for (int64_t e = 0; e < m; ++e) io.loss_s[t0 + e] = static_cast<scalar_t>(L[e]);
-    if (io.loss_a) std::copy(L, L + m, io.loss_a + t0);
+    store_losses(io, L, t0, m);
     if (!any_grad) continue;
     if (io.gl_s) {
       load_tile(io.gl_s, io.glb, t0, KK, m);
