@@ -18,6 +18,7 @@
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <deque>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,9 +30,8 @@ struct FastOp {
   c10::OperatorHandle op;
   PyObject* fallback;  // strong reference, kept for the process (the registry is never emptied)
   std::vector<ArgKind> args;
-  std::vector<c10::IValue> defaults;  // per argument: the schema's default
-  std::vector<bool> has_default;
-  std::vector<size_t> list_len;       // bool[N]: N
+  std::vector<std::optional<c10::IValue>> defaults;  // per argument: the schema's default, if any
+  std::vector<size_t> list_len;                      // bool[N]: N
 };
 
 // Handles live for the process (ops are never deregistered while fastloss is loaded); a deque keeps
@@ -68,12 +68,11 @@ PyObject* fast_handle(PyObject* /*self*/, PyObject* const* args, Py_ssize_t narg
   }
   const char* s = PyUnicode_AsUTF8(args[0]);
   if (!s) return nullptr;
-  FastOp f{c10::Dispatcher::singleton().findSchemaOrThrow(s, ""), args[1], {}, {}, {}, {}};
+  FastOp f{c10::Dispatcher::singleton().findSchemaOrThrow(s, ""), args[1], {}, {}, {}};
   const c10::FunctionSchema& schema = f.op.schema();
   for (const c10::Argument& a : schema.arguments()) {
     f.args.push_back(arg_kind(a, s));
-    f.defaults.push_back(a.default_value() ? *a.default_value() : c10::IValue());
-    f.has_default.push_back(a.default_value().has_value());
+    f.defaults.push_back(a.default_value());
     f.list_len.push_back(a.N() ? static_cast<size_t>(*a.N()) : 0);
   }
   for (const c10::Argument& r : schema.returns())
@@ -84,8 +83,6 @@ PyObject* fast_handle(PyObject* /*self*/, PyObject* const* args, Py_ssize_t narg
   return PyLong_FromSize_t(registry().size() - 1);
   END_HANDLE_TH_ERRORS
 }
-
-bool exact_int(PyObject* o) { return PyLong_CheckExact(o); }  // excludes bool (a subclass of int)
 
 // One Python argument as the IValue the schema wants; false: not a form the fast path takes.
 bool convert(PyObject* o, ArgKind k, size_t n, c10::IValue* out) {
@@ -101,7 +98,7 @@ bool convert(PyObject* o, ArgKind k, size_t n, c10::IValue* out) {
       *out = THPVariable_Unpack(o);
       return true;
     case ArgKind::Int: {
-      if (!exact_int(o)) return false;
+      if (!PyLong_CheckExact(o)) return false;  // exact: not bool (a subclass of int)
       int overflow = 0;
       const long long v = PyLong_AsLongLongAndOverflow(o, &overflow);
       if (overflow) return false;
@@ -120,12 +117,11 @@ bool convert(PyObject* o, ArgKind k, size_t n, c10::IValue* out) {
       return true;
     case ArgKind::BoolList: {
       if (!PyList_CheckExact(o) && !PyTuple_CheckExact(o)) return false;
-      PyObject* seq = o;
-      const Py_ssize_t len = PySequence_Fast_GET_SIZE(seq);
+      const Py_ssize_t len = PySequence_Fast_GET_SIZE(o);
       if (n && static_cast<size_t>(len) != n) return false;
       c10::List<bool> l;
       l.reserve(static_cast<size_t>(len));
-      PyObject** items = PySequence_Fast_ITEMS(seq);
+      PyObject** items = PySequence_Fast_ITEMS(o);
       for (Py_ssize_t i = 0; i < len; ++i) {
         if (!PyBool_Check(items[i])) return false;
         l.push_back(items[i] == Py_True);
@@ -167,8 +163,8 @@ PyObject* fast_call(PyObject* /*self*/, PyObject* const* args, Py_ssize_t nargs)
   stack.reserve(total);
   for (size_t i = 0; i < total; ++i) {
     if (i >= given) {  // trailing arguments: the schema's defaults
-      if (!f.has_default[i]) return fallback();
-      stack.push_back(f.defaults[i]);
+      if (!f.defaults[i]) return fallback();
+      stack.push_back(*f.defaults[i]);
       continue;
     }
     c10::IValue v;

@@ -382,6 +382,12 @@ Tensor cross_entropy_target_backward_cpu(const Tensor& grad_loss, const Tensor& 
   });
 }
 
+// Where class t of row r (= n * D + s) lies in an (N, C, D) tensor; 2-D input without the 64-bit division.
+inline int64_t class_offset(int64_t r, int64_t t, int64_t C, int64_t D) {
+  if (D == 1) return r * C + t;
+  return ((r / D) * C + t) * D + r % D;
+}
+
 // nll_loss forward: loss_r = -w_t x[n, t, s] for non-ignored rows; total_weight = sum of those w_t.
 std::tuple<Tensor, Tensor> nll_loss_cpu(const Tensor& input, const Tensor& target, const c10::optional<Tensor>& weight,
                                         int64_t reduction, int64_t ignore_index,
@@ -407,8 +413,7 @@ std::tuple<Tensor, Tensor> nll_loss_cpu(const Tensor& input, const Tensor& targe
       at::parallel_for(0, p.rows(), 4096, [&](int64_t begin, int64_t end) {
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = static_cast<int64_t>(tp[r]);
-          const int64_t n = D == 1 ? r : r / D, s = D == 1 ? 0 : r % D;  // 2-D input: no 64-bit division
-          lp[r] = t == ignore_index ? acc(0) : -(wp ? wp[t] : acc(1)) * static_cast<acc>(xp[(n * C + t) * D + s]);
+          lp[r] = t == ignore_index ? acc(0) : -(wp ? wp[t] : acc(1)) * static_cast<acc>(xp[class_offset(r, t, C, D)]);
         }
       });
       return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype.value_or(dtype), p.row_shape),
@@ -446,8 +451,7 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = static_cast<int64_t>(tp[r]);
           if (t == ignore_index || t < 0 || t >= C) continue;
-          const int64_t n = D == 1 ? r : r / D, s = D == 1 ? 0 : r % D;  // 2-D input: no 64-bit division
-          op[(n * C + t) * D + s] = static_cast<scalar_t>(-(wp ? wp[t] : acc(1)) * f(r) * scale);
+          op[class_offset(r, t, C, D)] = static_cast<scalar_t>(-(wp ? wp[t] : acc(1)) * f(r) * scale);
         }
       });
     };
