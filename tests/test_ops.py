@@ -425,6 +425,44 @@ def test_calls_without_graph_skip_autograd_but_match():
         assert p.grad_fn is None and torch.equal(r.detach(), p)
 
 
+def test_op_aux_outputs_are_untracked():
+    """The op's outputs besides the loss (gradients written by the forward, lse, total_weight) leave the
+    autograd Function untracked: no grad_fn, no requires_grad, as a non-differentiable output would."""
+    x = torch.randn(4, 5, requires_grad=True)
+    loss, grad, lse = torch.ops.fastloss.cross_entropy(x, torch.arange(4), None, 1, -100, 0.0, True, True, None)
+    assert loss.grad_fn is not None
+    for aux in (grad, lse):
+        assert aux.grad_fn is None and not aux.requires_grad
+    # reduction 1 = mean: d(loss)/d(x) = (softmax - one_hot) / rows
+    torch.testing.assert_close(grad, (torch.softmax(x.detach(), 1) - torch.eye(5)[:4]) / 4, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.compile
+def test_compiled_autograd_over_eager_forward():
+    """Backward of every family under compiled autograd, the forward eager: the gradients of the plain
+    backward, also when the kept graph runs a second time (saved tensors reused). (Marking the Functions' extra outputs
+    non-differentiable made torch's CppNode fail here: an internal assert on compiled autograd's path.)"""
+    from torch._dynamo import compiled_autograd
+
+    def total(x):
+        losses = _one_call_per_family(x)
+        none = fastloss.functional.mse_loss(x, torch.ones(4, 5), reduction="none")  # backward op path
+        return sum(losses) + (none * torch.arange(5.0)).sum()
+
+    x = torch.randn(4, 5, requires_grad=True)
+    total(x).backward()
+    ref = x.grad.clone()
+    x.grad = None
+    torch._dynamo.reset()
+    with compiled_autograd._enable(torch.compile(backend="eager")):
+        loss = total(x)
+        loss.backward(retain_graph=True)
+        torch.testing.assert_close(x.grad, ref)
+        x.grad = None  # the same graph again (no accumulation): the cached compiled backward, no recompile
+        loss.backward()
+    torch.testing.assert_close(x.grad, ref)
+
+
 @pytest.mark.parametrize("no_grad", [False, True])
 def test_forward_ad_refused(no_grad):
     """Forward-mode AD (a dual input) is refused by the autograd Function (no jvp), also under no_grad:

@@ -3,6 +3,11 @@
 // double backward. Autograd lives in C++ because torch.library's Python autograd wrapper cost
 // ~150 us of host time per forward+backward (fill_defaults and friends): as much as the whole
 // step of a small loss.
+//
+// Each Function returns only the loss; what else the op returns (the gradients the forward wrote,
+// lse, total_weight) leaves forward through an `aux` out-argument, untracked. Marking those outputs
+// non-differentiable instead leaves marks in the context that compiled autograd refuses
+// (TORCH_INTERNAL_ASSERT(ctx_.non_differentiable_.empty()) in CppNode::compiled_args).
 #pragma once
 
 #include <ATen/core/Tensor.h>

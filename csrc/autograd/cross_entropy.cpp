@@ -50,13 +50,13 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                                const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
                                double label_smoothing, bool compute_grad, bool save_lse,
-                               std::optional<c10::ScalarType> out_dtype) {
+                               std::optional<c10::ScalarType> out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad, lse] = ce_op().call(input, target, weight, reduction, ignore_index, label_smoothing,
                                           compute_grad, save_lse, out_dtype);
     // Only the loss is differentiated: no zero gradients get built for the other two outputs.
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({grad, lse});
     const ClassView v = class_view(input);
     ctx->saved_data["classes"] = v.classes;
     ctx->saved_data["inner"] = v.inner;
@@ -68,12 +68,13 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
       ctx->save_for_backward({grad, input, target, lse, weight.value_or(Tensor())});
     else
       ctx->save_for_backward({grad, Tensor(), Tensor(), Tensor(), Tensor()});
-    return {loss, grad, lse};
+    *aux = {grad, lse};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("cross_entropy");
-    variable_list out(9);
+    variable_list out(10);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;
     // needs_input_grad counts tensor arguments only: input 0, target 1, weight 2 (when given).
@@ -102,20 +103,21 @@ class NllLossFn : public torch::autograd::Function<NllLossFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                                const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
-                               std::optional<c10::ScalarType> out_dtype) {
+                               std::optional<c10::ScalarType> out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, total_weight] = nll_op().call(input, target, weight, reduction, ignore_index, out_dtype);
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({total_weight});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["ignore_index"] = ignore_index;
     ctx->save_for_backward({input, target, weight.value_or(Tensor()), total_weight});
-    return {loss, total_weight};
+    *aux = {total_weight};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("nll_loss");
-    variable_list out(6);
+    variable_list out(7);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined() || !ctx->needs_input_grad(0)) return out;
     auto saved = ctx->get_saved_variables();
@@ -134,9 +136,10 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_autograd(const Tensor& input, c
   if (!records_graph(input, target, weight))
     return call_below_autograd(ce_op(), input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
                                save_lse, out_dtype);
+  variable_list aux;
   auto r = CrossEntropyFn::apply(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
-                                 save_lse, out_dtype);
-  return {r[0], r[1], r[2]};
+                                 save_lse, out_dtype, &aux);
+  return {r[0], aux[0], aux[1]};
 }
 
 std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& target,
@@ -144,8 +147,9 @@ std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& 
                                              int64_t ignore_index, std::optional<c10::ScalarType> out_dtype) {
   if (!records_graph(input, target, weight))
     return call_below_autograd(nll_op(), input, target, weight, reduction, ignore_index, out_dtype);
-  auto r = NllLossFn::apply(input, target, weight, reduction, ignore_index, out_dtype);
-  return {r[0], r[1]};
+  variable_list aux;
+  auto r = NllLossFn::apply(input, target, weight, reduction, ignore_index, out_dtype, &aux);
+  return {r[0], aux[0]};
 }
 
 }  // namespace

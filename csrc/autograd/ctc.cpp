@@ -22,23 +22,24 @@ class CtcFn : public torch::autograd::Function<CtcFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& log_probs, const Tensor& targets,
                                const Tensor& input_lengths, const Tensor& target_lengths, int64_t blank,
-                               int64_t reduction, bool zero_infinity, bool grad_now) {
+                               int64_t reduction, bool zero_infinity, bool grad_now,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] =
         ctc_op().call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now);
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({grad});
     ctx->saved_data["blank"] = blank;
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["zero_infinity"] = zero_infinity;
     ctx->saved_data["grad_now"] = grad_now;
     ctx->save_for_backward({log_probs, targets, input_lengths, target_lengths, grad});
-    return {loss, grad};
+    *aux = {grad};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("ctc_loss");
-    variable_list out(8);
+    variable_list out(9);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined() || !ctx->needs_input_grad(0)) return out;
     auto saved = ctx->get_saved_variables();
@@ -66,8 +67,9 @@ std::tuple<Tensor, Tensor> ctc_autograd(const Tensor& log_probs, const Tensor& t
   if (!records_graph(log_probs, targets, input_lengths, target_lengths))
     return call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank, reduction,
                                zero_infinity, grad_now);
-  auto r = CtcFn::apply(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now);
-  return {r[0], r[1]};
+  variable_list aux;
+  auto r = CtcFn::apply(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now, &aux);
+  return {r[0], aux[0]};
 }
 
 }  // namespace

@@ -33,11 +33,11 @@ class TripletFn : public torch::autograd::Function<TripletFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& pos, const Tensor& neg,
                                double margin, double p, double eps, bool swap, int64_t reduction,
-                               std::array<bool, 3> grad_now, OptDtype out_dtype) {
+                               std::array<bool, 3> grad_now, OptDtype out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, ga, gp, gn] = triplet_op().call(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({ga, gp, gn});
     ctx->saved_data["margin"] = margin;
     ctx->saved_data["p"] = p;
     ctx->saved_data["eps"] = eps;
@@ -45,12 +45,13 @@ class TripletFn : public torch::autograd::Function<TripletFn> {
     ctx->saved_data["reduction"] = reduction;
     save_now(ctx, grad_now);
     ctx->save_for_backward({a, pos, neg, ga, gp, gn});
-    return {loss, ga, gp, gn};
+    *aux = {ga, gp, gn};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("triplet_margin_loss");
-    variable_list out(10);
+    variable_list out(11);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;
     auto saved = ctx->get_saved_variables();
@@ -72,21 +73,22 @@ class TripletFn : public torch::autograd::Function<TripletFn> {
 class CosineFn : public torch::autograd::Function<CosineFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& x1, const Tensor& x2, const Tensor& target,
-                               double margin, int64_t reduction, std::array<bool, 2> grad_now, OptDtype out_dtype) {
+                               double margin, int64_t reduction, std::array<bool, 2> grad_now, OptDtype out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, g1, g2] = cosine_op().call(x1, x2, target, margin, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({g1, g2});
     ctx->saved_data["margin"] = margin;
     ctx->saved_data["reduction"] = reduction;
     save_now(ctx, grad_now);
     ctx->save_for_backward({x1, x2, target, g1, g2});
-    return {loss, g1, g2};
+    *aux = {g1, g2};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("cosine_embedding_loss");
-    variable_list out(7);
+    variable_list out(8);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined()) return out;
     auto saved = ctx->get_saved_variables();
@@ -110,8 +112,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> triplet_autograd(const Tensor& a, con
                                                             OptDtype out_dtype) {
   if (!records_graph(a, pos, neg))
     return call_below_autograd(triplet_op(), a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
-  auto r = TripletFn::apply(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
-  return {r[0], r[1], r[2], r[3]};
+  variable_list aux;
+  auto r = TripletFn::apply(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype, &aux);
+  return {r[0], aux[0], aux[1], aux[2]};
 }
 
 std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tensor& x2, const Tensor& target,
@@ -119,8 +122,9 @@ std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tenso
                                                    OptDtype out_dtype) {
   if (!records_graph(x1, x2, target))
     return call_below_autograd(cosine_op(), x1, x2, target, margin, reduction, grad_now, out_dtype);
-  auto r = CosineFn::apply(x1, x2, target, margin, reduction, grad_now, out_dtype);
-  return {r[0], r[1], r[2]};
+  variable_list aux;
+  auto r = CosineFn::apply(x1, x2, target, margin, reduction, grad_now, out_dtype, &aux);
+  return {r[0], aux[0], aux[1]};
 }
 
 }  // namespace

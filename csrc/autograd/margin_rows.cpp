@@ -32,11 +32,11 @@ class MultiMarginFn : public torch::autograd::Function<MultiMarginFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target, int64_t p,
                                double margin, const OptTensor& weight, int64_t reduction, bool grad_now,
-                               OptDtype out_dtype) {
+                               OptDtype out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] = mm_op().call(input, target, p, margin, weight, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({grad});
     ctx->saved_data["p"] = p;
     ctx->saved_data["margin"] = margin;
     ctx->saved_data["reduction"] = reduction;
@@ -45,12 +45,13 @@ class MultiMarginFn : public torch::autograd::Function<MultiMarginFn> {
       ctx->save_for_backward({grad, Tensor(), Tensor(), Tensor()});
     else
       ctx->save_for_backward({Tensor(), input, target, weight.value_or(Tensor())});
-    return {loss, grad};
+    *aux = {grad};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("multi_margin_loss");
-    variable_list out(8);
+    variable_list out(9);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined() || !ctx->needs_input_grad(0)) return out;
     auto saved = ctx->get_saved_variables();
@@ -68,23 +69,24 @@ class MultiMarginFn : public torch::autograd::Function<MultiMarginFn> {
 class MultilabelMarginFn : public torch::autograd::Function<MultilabelMarginFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target, int64_t reduction,
-                               bool grad_now, OptDtype out_dtype) {
+                               bool grad_now, OptDtype out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] = ml_op().call(input, target, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
-    ctx->mark_non_differentiable({grad});
     ctx->saved_data["reduction"] = reduction;
     ctx->saved_data["grad_now"] = grad_now;
     if (grad_now)
       ctx->save_for_backward({grad, Tensor(), Tensor()});
     else
       ctx->save_for_backward({Tensor(), input, target});
-    return {loss, grad};
+    *aux = {grad};
+    return {loss};
   }
 
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     refuse_double_backward("multilabel_margin_loss");
-    variable_list out(5);
+    variable_list out(6);  // one per forward argument, aux included
     const Tensor& grad_loss = grads[0];
     if (!grad_loss.defined() || !ctx->needs_input_grad(0)) return out;
     auto saved = ctx->get_saved_variables();
@@ -101,16 +103,18 @@ std::tuple<Tensor, Tensor> multi_margin_autograd(const Tensor& input, const Tens
                                                  OptDtype out_dtype) {
   if (!records_graph(input, target, weight))
     return call_below_autograd(mm_op(), input, target, p, margin, weight, reduction, grad_now, out_dtype);
-  auto r = MultiMarginFn::apply(input, target, p, margin, weight, reduction, grad_now, out_dtype);
-  return {r[0], r[1]};
+  variable_list aux;
+  auto r = MultiMarginFn::apply(input, target, p, margin, weight, reduction, grad_now, out_dtype, &aux);
+  return {r[0], aux[0]};
 }
 
 std::tuple<Tensor, Tensor> multilabel_margin_autograd(const Tensor& input, const Tensor& target, int64_t reduction,
                                                       bool grad_now, OptDtype out_dtype) {
   if (!records_graph(input, target))
     return call_below_autograd(ml_op(), input, target, reduction, grad_now, out_dtype);
-  auto r = MultilabelMarginFn::apply(input, target, reduction, grad_now, out_dtype);
-  return {r[0], r[1]};
+  variable_list aux;
+  auto r = MultilabelMarginFn::apply(input, target, reduction, grad_now, out_dtype, &aux);
+  return {r[0], aux[0]};
 }
 
 }  // namespace
