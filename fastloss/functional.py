@@ -23,6 +23,16 @@ __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss",
 _ops = FastOps("cross_entropy", "nll_loss", "pointwise_loss", "triplet_margin", "cosine_embedding", "ctc_loss",
                "multi_margin_loss", "multilabel_margin_loss")
 
+# Under a torch.func transform (grad, vjp, jacrev, vmap, ...) every loss is torch's own: torch.func refuses
+# C++ autograd Functions (fastloss's autograd) under grad-type transforms, and under vmap a fastloss op,
+# which has no batching rule, would run once per batch entry. torch's losses compose with every
+# transform, nesting and higher orders included. Documented in the README; counted by
+# tests/test_ops.py::test_torch_func_transforms_run_torch. The originals are taken at import, before any
+# fastloss.patch() (patch.py uses this table to undo itself).
+_transforming = torch._C._are_functorch_transforms_active
+_TORCH = {name: getattr(torch.nn.functional, name) for name in __all__ if hasattr(torch.nn.functional, name)}
+
+
 _TYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
 
 
@@ -77,6 +87,9 @@ def cross_entropy(
         return handle_torch_function(cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction, label_smoothing=label_smoothing)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["cross_entropy"](input, target, weight, size_average, ignore_index, reduce, reduction,
+                                       label_smoothing)
     red = _reduction_enum(size_average, reduce, reduction)
     autocast = autocast_enabled(input)
     prob = target.is_floating_point() and input.dim() >= 1 and input.shape == target.shape
@@ -112,6 +125,8 @@ def nll_loss(
         return handle_torch_function(nll_loss, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["nll_loss"](input, target, weight, size_average, ignore_index, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     autocast = autocast_enabled(input)
     _check_weight("nll_loss", input, weight, autocast, differentiable=False)
@@ -209,6 +224,8 @@ def l1_loss(
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(l1_loss, (input, target, weight), input, target, size_average=size_average,
                                      reduce=reduce, reduction=reduction, weight=weight)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["l1_loss"](input, target, size_average, reduce, reduction, weight=weight)
     red = _reduction_enum(size_average, reduce, reduction)
     return _regression("l1_loss", _L1, input, target, weight, 0.0, red)
 
@@ -225,6 +242,8 @@ def mse_loss(
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(mse_loss, (input, target, weight), input, target, size_average=size_average,
                                      reduce=reduce, reduction=reduction, weight=weight)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["mse_loss"](input, target, size_average, reduce, reduction, weight=weight)
     red = _reduction_enum(size_average, reduce, reduction)
     return _regression("mse_loss", _MSE, input, target, weight, 0.0, red)
 
@@ -241,6 +260,8 @@ def smooth_l1_loss(
     if has_torch_function_variadic(input, target):
         return handle_torch_function(smooth_l1_loss, (input, target), input, target, size_average=size_average,
                                      reduce=reduce, reduction=reduction, beta=beta)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["smooth_l1_loss"](input, target, size_average, reduce, reduction, beta)
     red = _reduction_enum(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
@@ -259,6 +280,8 @@ def huber_loss(
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(huber_loss, (input, target, weight), input, target, reduction=reduction,
                                      delta=delta, weight=weight)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["huber_loss"](input, target, reduction, delta, weight=weight)
     red = _Reduction.get_enum(reduction)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
@@ -279,6 +302,8 @@ def margin_ranking_loss(
     if has_torch_function_variadic(input1, input2, target):
         return handle_torch_function(margin_ranking_loss, (input1, input2, target), input1, input2, target,
                                      margin=margin, size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["margin_ranking_loss"](input1, input2, target, margin, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if input1.dim() != input2.dim() or input1.dim() != target.dim():
         raise RuntimeError(
@@ -302,6 +327,8 @@ def hinge_embedding_loss(
     if has_torch_function_variadic(input, target):
         return handle_torch_function(hinge_embedding_loss, (input, target), input, target, margin=margin,
                                      size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["hinge_embedding_loss"](input, target, margin, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     dtype = _floating_common("hinge_embedding_loss", input)
     target = target.detach()  # only compared with +-1: no gradient, as in torch
@@ -324,6 +351,8 @@ def soft_margin_loss(
     if has_torch_function_variadic(input, target):
         return handle_torch_function(soft_margin_loss, (input, target), input, target, size_average=size_average,
                                      reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["soft_margin_loss"](input, target, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     _refuse_grad("soft_margin_loss", target, "target")
     dtype = _floating_common("soft_margin_loss", input)
@@ -351,6 +380,8 @@ def kl_div(
     if has_torch_function_variadic(input, target):
         return handle_torch_function(kl_div, (input, target), input, target, size_average=size_average,
                                      reduce=reduce, reduction=reduction, log_target=log_target)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["kl_div"](input, target, size_average, reduce, reduction, log_target)
     if size_average is not None or reduce is not None:
         red = _Reduction.legacy_get_enum(size_average, reduce)
     else:
@@ -402,6 +433,8 @@ def binary_cross_entropy(
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(binary_cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["binary_cross_entropy"](input, target, weight, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if target.size() != input.size():
         raise ValueError(f"Using a target size ({target.size()}) that is different to the input size "
@@ -445,6 +478,9 @@ def binary_cross_entropy_with_logits(
         return handle_torch_function(binary_cross_entropy_with_logits, (input, target, weight, pos_weight), input,
                                      target, weight=weight, size_average=size_average, reduce=reduce,
                                      reduction=reduction, pos_weight=pos_weight)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["binary_cross_entropy_with_logits"](input, target, weight, size_average, reduce, reduction,
+                                                          pos_weight)
     red = _reduction_enum(size_average, reduce, reduction)
     if not (target.size() == input.size()):
         raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
@@ -487,6 +523,8 @@ def poisson_nll_loss(
         return handle_torch_function(poisson_nll_loss, (input, target), input, target, log_input=log_input,
                                      full=full, size_average=size_average, eps=eps, reduce=reduce,
                                      reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["poisson_nll_loss"](input, target, log_input, full, size_average, eps, reduce, reduction)
     reduction = _legacy_reduction_string(size_average, reduce, reduction)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(reduction + " is not a valid value for reduction")
@@ -514,6 +552,8 @@ def gaussian_nll_loss(
     if has_torch_function_variadic(input, target, var):
         return handle_torch_function(gaussian_nll_loss, (input, target, var), input, target, var, full=full, eps=eps,
                                      reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["gaussian_nll_loss"](input, target, var, full, eps, reduction)
     if isinstance(var, float):
         if var < 0:
             raise ValueError("var has negative entry/entries")
@@ -554,6 +594,8 @@ def multilabel_soft_margin_loss(
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(multilabel_soft_margin_loss, (input, target, weight), input, target,
                                      weight=weight, size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["multilabel_soft_margin_loss"](input, target, weight, size_average, reduce, reduction)
     reduction = _legacy_reduction_string(size_average, reduce, reduction)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(reduction + " is not valid")
@@ -592,9 +634,26 @@ def sigmoid_focal_loss(
                          f"'mean', 'sum'")
     if targets.size() != inputs.size():
         raise ValueError(f"Target size ({targets.size()}) must be the same as input size ({inputs.size()})")
+    if _transforming():  # torch.func: the formula in torch ops (see _TORCH)
+        return _TORCH["sigmoid_focal_loss"](inputs, targets, alpha, gamma, reduction)
     dtype = _floating_common("sigmoid_focal_loss", inputs, targets)
     return _pointwise(_FOCAL, _as(inputs, dtype), _as(targets, dtype), None, float(alpha),
                       _Reduction.get_enum(reduction), param2=float(gamma))
+
+
+def _sigmoid_focal_loss_composed(inputs, targets, alpha, gamma, reduction):
+    """sigmoid_focal_loss's formula in torch ops (torch.nn has no focal loss to defer to): what runs under a
+    torch.func transform. The arguments are already checked."""
+    p = torch.sigmoid(inputs)
+    loss = _TORCH["binary_cross_entropy_with_logits"](inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = loss * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
+    return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
+
+
+_TORCH["sigmoid_focal_loss"] = _sigmoid_focal_loss_composed
 
 
 # ------------------------------------------------------------------------------------ row-wise
@@ -640,6 +699,9 @@ def triplet_margin_loss(
         return handle_torch_function(triplet_margin_loss, (anchor, positive, negative), anchor, positive, negative,
                                      margin=margin, p=p, eps=eps, swap=swap, size_average=size_average,
                                      reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["triplet_margin_loss"](anchor, positive, negative, margin, p, eps, swap, size_average, reduce,
+                                             reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if margin <= 0:
         raise ValueError(f"margin must be greater than 0, got {margin}")
@@ -663,6 +725,10 @@ def triplet_margin_with_distance_loss(
         return handle_torch_function(triplet_margin_with_distance_loss, (anchor, positive, negative), anchor,
                                      positive, negative, distance_function=distance_function, margin=margin,
                                      swap=swap, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["triplet_margin_with_distance_loss"](anchor, positive, negative,
+                                                           distance_function=distance_function, margin=margin,
+                                                           swap=swap, reduction=reduction)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if margin <= 0:
@@ -704,6 +770,8 @@ def cosine_embedding_loss(
     if has_torch_function_variadic(input1, input2, target):
         return handle_torch_function(cosine_embedding_loss, (input1, input2, target), input1, input2, target,
                                      margin=margin, size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["cosine_embedding_loss"](input1, input2, target, margin, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     targ_dim = target.dim()
     if targ_dim not in (0, 1):
@@ -762,6 +830,9 @@ def ctc_loss(
         return handle_torch_function(ctc_loss, (log_probs, targets, input_lengths, target_lengths), log_probs,
                                      targets, input_lengths, target_lengths, blank=blank, reduction=reduction,
                                      zero_infinity=zero_infinity)
+    if _transforming():  # torch.func: torch's loss (see _TORCH), lengths as tensors (torch's list form fails there)
+        return _TORCH["ctc_loss"](log_probs, targets, _lengths(input_lengths, "input_lengths"),
+                                  _lengths(target_lengths, "target_lengths"), blank, reduction, zero_infinity)
     red = _Reduction.get_enum(reduction)
     batched = log_probs.dim() == 3
     if log_probs.dim() == 2:  # unbatched (T, C): targets (S,), one length each
@@ -807,6 +878,8 @@ def multi_margin_loss(
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(multi_margin_loss, (input, target, weight), input, target, p=p, margin=margin,
                                      weight=weight, size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["multi_margin_loss"](input, target, p, margin, weight, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if p != 1 and p != 2:
         raise ValueError("only p == 1 and p == 2 supported")
@@ -839,6 +912,8 @@ def multilabel_margin_loss(
     if has_torch_function_variadic(input, target):
         return handle_torch_function(multilabel_margin_loss, (input, target), input, target,
                                      size_average=size_average, reduce=reduce, reduction=reduction)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["multilabel_margin_loss"](input, target, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     grad_now = red != 0 and torch.is_grad_enabled() and input.requires_grad
     return _ops.multilabel_margin_loss(input, target, red, grad_now, autocast_out_dtype(input))[0]

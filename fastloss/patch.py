@@ -17,8 +17,8 @@ PATCHED_FUNCTIONS = tuple(n for n in _fl_functional.__all__ if hasattr(torch.nn.
 # torch.nn loss classes with a fastloss subclass that overrides forward only.
 PATCHED_MODULES = tuple(n for n in _fl_modules.__all__ if hasattr(nn, n))
 
-# The torch originals, captured when fastloss is imported (before any patch).
-_TORCH_FUNCTIONS = {name: getattr(torch.nn.functional, name) for name in PATCHED_FUNCTIONS}
+# The torch originals, captured when fastloss.functional is imported (before any patch).
+_TORCH_FUNCTIONS = {name: _fl_functional._TORCH[name] for name in PATCHED_FUNCTIONS}
 _TORCH_MODULES = {name: getattr(nn, name) for name in PATCHED_MODULES}
 _FASTLOSS_FOR = {_TORCH_MODULES[name]: getattr(_fl_modules, name) for name in PATCHED_MODULES}
 # Namespaces where code finds the loss classes: nn.X, nn.modules.X, nn.modules.loss.X.

@@ -463,6 +463,121 @@ def test_compiled_autograd_over_eager_forward():
     torch.testing.assert_close(x.grad, ref)
 
 
+def _every_loss(x):
+    """name -> a call of that fastloss.functional loss on x (4, 5) float64 (the differentiated input)."""
+    dev = x.device if x is not None else "cpu"
+    g = torch.Generator().manual_seed(3)
+    y, z, prob = (torch.randn(4, 5, generator=g, dtype=torch.float64).to(dev),
+                  torch.randn(4, 5, generator=g, dtype=torch.float64).to(dev),
+                  torch.rand(4, 5, generator=g, dtype=torch.float64).to(dev))
+    sign = torch.where(prob > 0.5, 1.0, -1.0).to(torch.float64)
+    t = torch.tensor([0, 3, 1, 4], device=dev)
+    Fl = fastloss.functional
+    return {
+        "cross_entropy": lambda: Fl.cross_entropy(x, t, weight=prob[0] + 0.5, label_smoothing=0.1),
+        "nll_loss": lambda: Fl.nll_loss(x, t),
+        "l1_loss": lambda: Fl.l1_loss(x, y),
+        "mse_loss": lambda: Fl.mse_loss(x, y),
+        "smooth_l1_loss": lambda: Fl.smooth_l1_loss(x, y, beta=0.5),
+        "huber_loss": lambda: Fl.huber_loss(x, y, delta=0.5),
+        "margin_ranking_loss": lambda: Fl.margin_ranking_loss(x, y, sign, margin=0.2),
+        "hinge_embedding_loss": lambda: Fl.hinge_embedding_loss(x, sign),
+        "soft_margin_loss": lambda: Fl.soft_margin_loss(x, sign),
+        "kl_div": lambda: Fl.kl_div(x, prob, reduction="batchmean"),
+        "binary_cross_entropy": lambda: Fl.binary_cross_entropy(x.sigmoid(), prob),
+        "binary_cross_entropy_with_logits": lambda: Fl.binary_cross_entropy_with_logits(x, prob, pos_weight=prob[0]),
+        "poisson_nll_loss": lambda: Fl.poisson_nll_loss(x, prob),
+        "gaussian_nll_loss": lambda: Fl.gaussian_nll_loss(x, y, prob + 0.1),
+        "multilabel_soft_margin_loss": lambda: Fl.multilabel_soft_margin_loss(x, (prob > 0.5).double()),
+        "sigmoid_focal_loss": lambda: Fl.sigmoid_focal_loss(x, (prob > 0.5).double(), reduction="mean"),
+        "triplet_margin_loss": lambda: Fl.triplet_margin_loss(x, y, z),
+        "triplet_margin_with_distance_loss": lambda: Fl.triplet_margin_with_distance_loss(x, y, z, swap=True),
+        "cosine_embedding_loss": lambda: Fl.cosine_embedding_loss(x, y, sign[:, 0]),
+        "ctc_loss": lambda: Fl.ctc_loss(x.unsqueeze(1).log_softmax(-1), torch.tensor([[1, 2]], device=dev), [4], [2]),
+        "multi_margin_loss": lambda: Fl.multi_margin_loss(x, t, p=2),
+        "multilabel_margin_loss": lambda: Fl.multilabel_margin_loss(x, torch.tensor([[1, 2, -1, 0, 0]] * 4,
+                                                                                    device=dev)),
+    }
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_torch_func_transforms_run_torch(monkeypatch, device):
+    """Under a torch.func transform every loss is torch's own (documented): torch.func refuses C++ autograd
+    Functions, and vmap would loop over a fastloss op. Counted per loss: once under grad, never outside; the
+    gradient is the one fastloss's own kernels give outside the transform."""
+    import fastloss.functional as Fl
+    assert sorted(_every_loss(None)) == sorted(Fl.__all__)
+    calls = dict.fromkeys(Fl._TORCH, 0)
+    for name, fn in list(Fl._TORCH.items()):
+        def counted(*a, _name=name, _fn=fn, **k):
+            calls[_name] += 1
+            return _fn(*a, **k)
+        monkeypatch.setitem(Fl._TORCH, name, counted)
+    x0 = torch.randn(4, 5, dtype=torch.float64, device=device)
+    for name in Fl.__all__:
+        x = x0.clone().requires_grad_()
+        (ours,) = torch.autograd.grad(_every_loss(x)[name](), x)
+        assert sum(calls.values()) == 0, name  # outside a transform: fastloss's kernels
+        theirs = torch.func.grad(lambda v, _n=name: _every_loss(v)[_n]())(x0)
+        assert calls[name] == 1, name
+        calls.update(dict.fromkeys(calls, 0))
+        torch.testing.assert_close(theirs, ours, msg=name)
+
+
+def test_torch_func_per_sample_gradients_and_jacobian():
+    """What torch.func users do with a loss: per-sample gradients (vmap of grad), a Jacobian (jacrev) of a
+    'none' loss, a module called through functional_call -- also after fastloss.patch(), where
+    torch.nn.functional's names lead back to fastloss (the transform path must reach torch's originals)."""
+    x, t = torch.randn(6, 5, dtype=torch.float64), torch.tensor([0, 1, 2, 3, 4, 0])
+    rows = torch.func.vmap(torch.func.grad(lambda xi, ti: CE(xi[None], ti[None])))(x, t)
+    xr = x.clone().requires_grad_()
+    CE(xr, t, reduction="sum").backward()
+    torch.testing.assert_close(rows, xr.grad)
+    jac = torch.func.jacrev(lambda v: fastloss.functional.mse_loss(v, torch.ones(6, 5), reduction="none"))(x)
+    # d loss[i, j] / d x[k, l] = 2 (x[i, j] - 1) where (i, j) == (k, l), else 0
+    torch.testing.assert_close(jac, torch.diag(2 * (x - 1).flatten()).reshape(6, 5, 6, 5))
+    model = torch.nn.Linear(5, 5).double()
+    loss_fn = fastloss.CrossEntropyLoss(label_smoothing=0.1)
+    params = dict(model.named_parameters())
+    grads = torch.func.grad(lambda p: loss_fn(torch.func.functional_call(model, p, (x,)), t))(params)
+    loss_fn(model(x), t).backward()
+    for k, p in model.named_parameters():
+        torch.testing.assert_close(grads[k], p.grad)
+    fastloss.patch()
+    try:
+        patched = torch.func.grad(lambda v: F.cross_entropy(v, t))(x)
+    finally:
+        fastloss.unpatch()
+    torch.testing.assert_close(patched, xr.grad / 6)
+
+
+def test_vectorized_jacobian_runs_fastloss():
+    """torch.autograd.functional.jacobian(vectorize=True) / autograd.grad(is_grads_batched=True) run the forward
+    plainly (fastloss's kernels) and vmap the backward: the saved gradient is then scaled by torch ops (vmap
+    has no rule for fastloss's scale ops; the in-place one it cannot run at all). Same Jacobian as the
+    unvectorized one, for every loss and for 'none' reductions (whose backward ops vmap runs per entry)."""
+    x0 = torch.randn(4, 5, dtype=torch.float64)
+    Fl = fastloss.functional
+    y, t = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 3, 1, 4])
+    calls = {name: (lambda v, _n=name: _every_loss(v)[_n]()) for name in Fl.__all__}
+    calls.update({
+        "cross_entropy none": lambda v: Fl.cross_entropy(v.view(2, 5, 2), t.view(2, 2) % 5, reduction="none"),
+        "mse_loss none": lambda v: Fl.mse_loss(v, y, reduction="none"),
+        "ctc_loss none": lambda v: Fl.ctc_loss(v.view(2, 2, 5).log_softmax(-1), torch.tensor([[1], [2]]), [2, 2],
+                                               [1, 1], reduction="none"),
+        "multi_margin_loss none": lambda v: Fl.multi_margin_loss(v, t, reduction="none"),
+    })
+    for name, f in calls.items():
+        ref = torch.autograd.functional.jacobian(f, x0)
+        assert ref.abs().sum() > 0, name
+        torch.testing.assert_close(torch.autograd.functional.jacobian(f, x0, vectorize=True), ref, msg=name)
+    x = x0.clone().requires_grad_()
+    loss = Fl.cross_entropy(x, t, reduction="sum")
+    (both,) = torch.autograd.grad(loss, x, torch.tensor([1.0, 2.0], dtype=torch.float64), is_grads_batched=True)
+    one = torch.softmax(x0, 1) - torch.eye(5, dtype=torch.float64)[t]  # d(sum of CE)/dx
+    torch.testing.assert_close(both, torch.stack([one, 2 * one]))
+
+
 @pytest.mark.parametrize("no_grad", [False, True])
 def test_forward_ad_refused(no_grad):
     """Forward-mode AD (a dual input) is refused by the autograd Function (no jvp), also under no_grad:

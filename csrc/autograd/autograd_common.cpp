@@ -23,9 +23,22 @@ bool plain_eager(const at::Tensor& t) {
   return !at::functionalization::impl::isFunctionalTensor(t);
 }
 
+// A grad_output batched by vmap (legacy Batched: torch.autograd.grad(is_grads_batched=True),
+// torch.autograd.functional.jacobian(vectorize=True); FuncTorchBatched: torch.func.vmap over a backward):
+// vmap has no rule for fastloss's ops (it would run
+// one call per batch entry) and cannot run the in-place one at all.
+bool vmapped(const at::Tensor& t) {
+  return t.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched}));
+}
+
 }  // namespace
 
 at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner) {
+  if (vmapped(grad_loss)) {  // the same product in torch ops, which vmap batches (sizes here are per entry)
+    if (grad_loss.numel() == 1) return grad.mul(grad_loss.reshape({})).to(grad.scalar_type());
+    return grad.reshape({-1, classes, inner}).mul(grad_loss.reshape({-1, 1, inner})).to(grad.scalar_type())
+        .view(grad.sizes());
+  }
   if (plain_eager(grad) && !torch::autograd::get_current_graph_task_keep_graph()) {
     scale_inplace_op().call(grad, grad_loss, classes, inner);
     return grad;
