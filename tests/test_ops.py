@@ -578,6 +578,27 @@ def test_vectorized_jacobian_runs_fastloss():
     torch.testing.assert_close(both, torch.stack([one, 2 * one]))
 
 
+@pytest.mark.compile
+@pytest.mark.parametrize("strict", [False, True])
+def test_export_keeps_fastloss_ops(strict):
+    """torch.export of a model with a fastloss loss module: the graph calls the fastloss op (no torch
+    cross-entropy pieces), and the exported module gives the eager loss."""
+    class Model(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin, self.loss = torch.nn.Linear(5, 5), fastloss.CrossEntropyLoss(label_smoothing=0.1)
+
+        def forward(self, x, t):
+            return self.loss(self.lin(x), t)
+
+    m, x, t = Model(), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    ep = torch.export.export(m, (x, t), strict=strict)
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert any(s.startswith("fastloss.cross_entropy") for s in targets), targets
+    assert not any("log_softmax" in s or "cross_entropy_loss" in s for s in targets), targets
+    torch.testing.assert_close(ep.module()(x, t), m(x, t))
+
+
 @pytest.mark.parametrize("no_grad", [False, True])
 def test_forward_ad_refused(no_grad):
     """Forward-mode AD (a dual input) is refused by the autograd Function (no jvp), also under no_grad:
