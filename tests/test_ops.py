@@ -551,6 +551,29 @@ def test_torch_func_per_sample_gradients_and_jacobian():
     torch.testing.assert_close(patched, xr.grad / 6)
 
 
+def test_second_order_through_torch_func():
+    """create_graph=True raises (documented), and the error points to torch.func, where second derivatives
+    work because fastloss calls torch's loss there: a Hessian and a MAML-style gradient through an inner
+    gradient step equal torch's."""
+    x, t = torch.randn(4, 5, dtype=torch.float64), torch.tensor([0, 3, 1, 4])
+    xr = x.clone().requires_grad_()
+    with pytest.raises(RuntimeError, match="torch.func"):
+        torch.autograd.grad(CE(xr, t), xr, create_graph=True)
+    y = torch.randn(4, 5, dtype=torch.float64)
+    for fl, th, arg in [(CE, F.cross_entropy, t), (fastloss.functional.huber_loss, F.huber_loss, y)]:
+        torch.testing.assert_close(torch.func.hessian(lambda v: fl(v, arg))(x),
+                                   torch.func.hessian(lambda v: th(v, arg))(x))
+
+    w0, data = torch.randn(5, 5, dtype=torch.float64), torch.randn(4, 5, dtype=torch.float64)
+
+    def outer(loss, w):  # one inner SGD step, then the loss at the stepped weights
+        inner = torch.func.grad(lambda v: loss(data @ v, t))(w)
+        return loss(data @ (w - 0.1 * inner), t)
+
+    torch.testing.assert_close(torch.func.grad(lambda w: outer(CE, w))(w0),
+                               torch.func.grad(lambda w: outer(F.cross_entropy, w))(w0))
+
+
 def test_vectorized_jacobian_runs_fastloss():
     """torch.autograd.functional.jacobian(vectorize=True) / autograd.grad(is_grads_batched=True) run the forward
     plainly (fastloss's kernels) and vmap the backward: the saved gradient is then scaled by torch ops (vmap

@@ -49,7 +49,9 @@ at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss,
 void refuse_double_backward(const char* name) {
   TORCH_CHECK(!at::GradMode::is_enabled(), "fastloss.", name,
               ": double backward (create_graph=True) is not supported: the first derivative comes from a fused "
-              "kernel. Use torch.nn.functional.", name, " where second derivatives are needed.");
+              "kernel. Use torch.nn.functional.", name,
+              " where second derivatives are needed, or torch.func (grad, hessian, ...), under which fastloss "
+              "calls torch's loss.");
 }
 
 }  // namespace fastloss
