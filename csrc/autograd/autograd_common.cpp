@@ -25,8 +25,8 @@ bool plain_eager(const at::Tensor& t) {
 
 // A grad_output batched by vmap (legacy Batched: torch.autograd.grad(is_grads_batched=True),
 // torch.autograd.functional.jacobian(vectorize=True); FuncTorchBatched: torch.func.vmap over a backward):
-// vmap has no rule for fastloss's ops (it would run
-// one call per batch entry) and cannot run the in-place one at all.
+// vmap has no rule for fastloss's ops (it would run one call per batch entry) and cannot run the in-place
+// one at all.
 bool vmapped(const at::Tensor& t) {
   return t.key_set().has_any(c10::DispatchKeySet({c10::DispatchKey::Batched, c10::DispatchKey::FuncTorchBatched}));
 }

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <tuple>
 #include <utility>
 
 namespace fastloss {
@@ -60,6 +61,19 @@ template <typename Sig, typename... Args>
 auto call_below_autograd(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
   at::AutoDispatchBelowADInplaceOrView below;
   return op.call(std::forward<Args>(args)...);
+}
+
+template <size_t... I>
+auto loss_and_aux(const at::Tensor& loss, const torch::autograd::variable_list& aux, std::index_sequence<I...>) {
+  return std::make_tuple(loss, aux[I]...);
+}
+
+// Fn::apply(args..., &aux) as the op returns it: the loss, then the NAux aux outputs (see the header comment).
+template <typename Fn, size_t NAux, typename... Args>
+auto apply_with_aux(Args&&... args) {
+  torch::autograd::variable_list aux;
+  const at::Tensor loss = Fn::apply(std::forward<Args>(args)..., &aux)[0];
+  return loss_and_aux(loss, aux, std::make_index_sequence<NAux>{});
 }
 
 // Which gradients the forward wrote (grad_now), kept in the context for backward as one bit mask

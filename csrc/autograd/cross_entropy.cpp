@@ -136,10 +136,8 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_autograd(const Tensor& input, c
   if (!records_graph(input, target, weight))
     return call_below_autograd(ce_op(), input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
                                save_lse, out_dtype);
-  variable_list aux;
-  auto r = CrossEntropyFn::apply(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
-                                 save_lse, out_dtype, &aux);
-  return {r[0], aux[0], aux[1]};
+  return apply_with_aux<CrossEntropyFn, 2>(input, target, weight, reduction, ignore_index, label_smoothing,
+                                           compute_grad, save_lse, out_dtype);
 }
 
 std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& target,
@@ -147,9 +145,7 @@ std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& 
                                              int64_t ignore_index, std::optional<c10::ScalarType> out_dtype) {
   if (!records_graph(input, target, weight))
     return call_below_autograd(nll_op(), input, target, weight, reduction, ignore_index, out_dtype);
-  variable_list aux;
-  auto r = NllLossFn::apply(input, target, weight, reduction, ignore_index, out_dtype, &aux);
-  return {r[0], aux[0]};
+  return apply_with_aux<NllLossFn, 1>(input, target, weight, reduction, ignore_index, out_dtype);
 }
 
 }  // namespace

@@ -67,9 +67,8 @@ std::tuple<Tensor, Tensor> ctc_autograd(const Tensor& log_probs, const Tensor& t
   if (!records_graph(log_probs, targets, input_lengths, target_lengths))
     return call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank, reduction,
                                zero_infinity, grad_now);
-  variable_list aux;
-  auto r = CtcFn::apply(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now, &aux);
-  return {r[0], aux[0]};
+  return apply_with_aux<CtcFn, 1>(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                                  zero_infinity, grad_now);
 }
 
 }  // namespace

@@ -112,9 +112,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> triplet_autograd(const Tensor& a, con
                                                             OptDtype out_dtype) {
   if (!records_graph(a, pos, neg))
     return call_below_autograd(triplet_op(), a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
-  variable_list aux;
-  auto r = TripletFn::apply(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype, &aux);
-  return {r[0], aux[0], aux[1], aux[2]};
+  return apply_with_aux<TripletFn, 3>(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
 }
 
 std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tensor& x2, const Tensor& target,
@@ -122,9 +120,7 @@ std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tenso
                                                    OptDtype out_dtype) {
   if (!records_graph(x1, x2, target))
     return call_below_autograd(cosine_op(), x1, x2, target, margin, reduction, grad_now, out_dtype);
-  variable_list aux;
-  auto r = CosineFn::apply(x1, x2, target, margin, reduction, grad_now, out_dtype, &aux);
-  return {r[0], aux[0], aux[1]};
+  return apply_with_aux<CosineFn, 2>(x1, x2, target, margin, reduction, grad_now, out_dtype);
 }
 
 }  // namespace

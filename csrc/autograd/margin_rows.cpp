@@ -103,18 +103,14 @@ std::tuple<Tensor, Tensor> multi_margin_autograd(const Tensor& input, const Tens
                                                  OptDtype out_dtype) {
   if (!records_graph(input, target, weight))
     return call_below_autograd(mm_op(), input, target, p, margin, weight, reduction, grad_now, out_dtype);
-  variable_list aux;
-  auto r = MultiMarginFn::apply(input, target, p, margin, weight, reduction, grad_now, out_dtype, &aux);
-  return {r[0], aux[0]};
+  return apply_with_aux<MultiMarginFn, 1>(input, target, p, margin, weight, reduction, grad_now, out_dtype);
 }
 
 std::tuple<Tensor, Tensor> multilabel_margin_autograd(const Tensor& input, const Tensor& target, int64_t reduction,
                                                       bool grad_now, OptDtype out_dtype) {
   if (!records_graph(input, target))
     return call_below_autograd(ml_op(), input, target, reduction, grad_now, out_dtype);
-  variable_list aux;
-  auto r = MultilabelMarginFn::apply(input, target, reduction, grad_now, out_dtype, &aux);
-  return {r[0], aux[0]};
+  return apply_with_aux<MultilabelMarginFn, 1>(input, target, reduction, grad_now, out_dtype);
 }
 
 }  // namespace

@@ -89,9 +89,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_autograd(const Tensor& a, c
                                                               const std::optional<Tensor>& d, double param2) {
   if (!records_graph(a, b, c, d))
     return call_below_autograd(pw_op(), a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
-  variable_list aux;
-  auto r = PointwiseFn::apply(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2, &aux);
-  return {r[0], aux[0], aux[1], aux[2]};
+  return apply_with_aux<PointwiseFn, 3>(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
 }
 
 }  // namespace
