@@ -399,15 +399,51 @@ def test_cuda_graph_capture(case):
     torch.testing.assert_close(grad, ref_grad)
 
 
+def _every_loss(x):
+    """name -> a call of that fastloss.functional loss on x (4, 5) (the differentiated input; the other
+    arguments take its device and dtype)."""
+    dev, dt = (x.device, x.dtype) if x is not None else ("cpu", torch.float64)
+    g = torch.Generator().manual_seed(3)
+    y, z, prob = (torch.randn(4, 5, generator=g, dtype=torch.float64).to(dev, dt),
+                  torch.randn(4, 5, generator=g, dtype=torch.float64).to(dev, dt),
+                  torch.rand(4, 5, generator=g, dtype=torch.float64).to(dev, dt))
+    sign = torch.where(prob > 0.5, 1.0, -1.0).to(dt)
+    t = torch.tensor([0, 3, 1, 4], device=dev)
+    Fl = fastloss.functional
+    return {
+        "cross_entropy": lambda: Fl.cross_entropy(x, t, weight=prob[0] + 0.5, label_smoothing=0.1),
+        "nll_loss": lambda: Fl.nll_loss(x, t),
+        "l1_loss": lambda: Fl.l1_loss(x, y),
+        "mse_loss": lambda: Fl.mse_loss(x, y),
+        "smooth_l1_loss": lambda: Fl.smooth_l1_loss(x, y, beta=0.5),
+        "huber_loss": lambda: Fl.huber_loss(x, y, delta=0.5),
+        "margin_ranking_loss": lambda: Fl.margin_ranking_loss(x, y, sign, margin=0.2),
+        "hinge_embedding_loss": lambda: Fl.hinge_embedding_loss(x, sign),
+        "soft_margin_loss": lambda: Fl.soft_margin_loss(x, sign),
+        "kl_div": lambda: Fl.kl_div(x, prob, reduction="batchmean"),
+        "binary_cross_entropy": lambda: Fl.binary_cross_entropy(x.sigmoid(), prob),
+        "binary_cross_entropy_with_logits": lambda: Fl.binary_cross_entropy_with_logits(x, prob, pos_weight=prob[0]),
+        "poisson_nll_loss": lambda: Fl.poisson_nll_loss(x, prob),
+        "gaussian_nll_loss": lambda: Fl.gaussian_nll_loss(x, y, prob + 0.1),
+        "multilabel_soft_margin_loss": lambda: Fl.multilabel_soft_margin_loss(x, (prob > 0.5).to(dt)),
+        "sigmoid_focal_loss": lambda: Fl.sigmoid_focal_loss(x, (prob > 0.5).to(dt), reduction="mean"),
+        "triplet_margin_loss": lambda: Fl.triplet_margin_loss(x, y, z),
+        "triplet_margin_with_distance_loss": lambda: Fl.triplet_margin_with_distance_loss(x, y, z, swap=True),
+        "cosine_embedding_loss": lambda: Fl.cosine_embedding_loss(x, y, sign[:, 0]),
+        "ctc_loss": lambda: Fl.ctc_loss(x.unsqueeze(1).log_softmax(-1), torch.tensor([[1, 2]], device=dev), [4], [2]),
+        "multi_margin_loss": lambda: Fl.multi_margin_loss(x, t, p=2),
+        "multilabel_margin_loss": lambda: Fl.multilabel_margin_loss(x, torch.tensor([[1, 2, -1, 0, 0]] * 4,
+                                                                                    device=dev)),
+    }
+
+
 def _one_call_per_family(x):
     """A fastloss call of every family on x (4, 5): pointwise, cross_entropy, nll, triplet, cosine,
     multi_margin, multilabel_margin, ctc."""
-    Fl = fastloss.functional
-    t = torch.arange(4) % 5
-    return [Fl.mse_loss(x, torch.ones(4, 5)), Fl.cross_entropy(x, t), Fl.nll_loss(x, t),
-            Fl.triplet_margin_loss(x, x.flip(0), x.roll(1, 0)), Fl.cosine_embedding_loss(x, x.flip(0), torch.ones(4)),
-            Fl.multi_margin_loss(x, t), Fl.multilabel_margin_loss(x, torch.tensor([[1, 2, -1, 0, 0]] * 4)),
-            Fl.ctc_loss(x.unsqueeze(1).log_softmax(-1), torch.tensor([[1, 2]]), [4], [2])]
+    calls = _every_loss(x)
+    return [calls[name]() for name in ("mse_loss", "cross_entropy", "nll_loss", "triplet_margin_loss",
+                                       "cosine_embedding_loss", "multi_margin_loss", "multilabel_margin_loss",
+                                       "ctc_loss")]
 
 
 def test_calls_without_graph_skip_autograd_but_match():
@@ -461,43 +497,6 @@ def test_compiled_autograd_over_eager_forward():
         x.grad = None  # the same graph again (no accumulation): the cached compiled backward, no recompile
         loss.backward()
     torch.testing.assert_close(x.grad, ref)
-
-
-def _every_loss(x):
-    """name -> a call of that fastloss.functional loss on x (4, 5) float64 (the differentiated input)."""
-    dev = x.device if x is not None else "cpu"
-    g = torch.Generator().manual_seed(3)
-    y, z, prob = (torch.randn(4, 5, generator=g, dtype=torch.float64).to(dev),
-                  torch.randn(4, 5, generator=g, dtype=torch.float64).to(dev),
-                  torch.rand(4, 5, generator=g, dtype=torch.float64).to(dev))
-    sign = torch.where(prob > 0.5, 1.0, -1.0).to(torch.float64)
-    t = torch.tensor([0, 3, 1, 4], device=dev)
-    Fl = fastloss.functional
-    return {
-        "cross_entropy": lambda: Fl.cross_entropy(x, t, weight=prob[0] + 0.5, label_smoothing=0.1),
-        "nll_loss": lambda: Fl.nll_loss(x, t),
-        "l1_loss": lambda: Fl.l1_loss(x, y),
-        "mse_loss": lambda: Fl.mse_loss(x, y),
-        "smooth_l1_loss": lambda: Fl.smooth_l1_loss(x, y, beta=0.5),
-        "huber_loss": lambda: Fl.huber_loss(x, y, delta=0.5),
-        "margin_ranking_loss": lambda: Fl.margin_ranking_loss(x, y, sign, margin=0.2),
-        "hinge_embedding_loss": lambda: Fl.hinge_embedding_loss(x, sign),
-        "soft_margin_loss": lambda: Fl.soft_margin_loss(x, sign),
-        "kl_div": lambda: Fl.kl_div(x, prob, reduction="batchmean"),
-        "binary_cross_entropy": lambda: Fl.binary_cross_entropy(x.sigmoid(), prob),
-        "binary_cross_entropy_with_logits": lambda: Fl.binary_cross_entropy_with_logits(x, prob, pos_weight=prob[0]),
-        "poisson_nll_loss": lambda: Fl.poisson_nll_loss(x, prob),
-        "gaussian_nll_loss": lambda: Fl.gaussian_nll_loss(x, y, prob + 0.1),
-        "multilabel_soft_margin_loss": lambda: Fl.multilabel_soft_margin_loss(x, (prob > 0.5).double()),
-        "sigmoid_focal_loss": lambda: Fl.sigmoid_focal_loss(x, (prob > 0.5).double(), reduction="mean"),
-        "triplet_margin_loss": lambda: Fl.triplet_margin_loss(x, y, z),
-        "triplet_margin_with_distance_loss": lambda: Fl.triplet_margin_with_distance_loss(x, y, z, swap=True),
-        "cosine_embedding_loss": lambda: Fl.cosine_embedding_loss(x, y, sign[:, 0]),
-        "ctc_loss": lambda: Fl.ctc_loss(x.unsqueeze(1).log_softmax(-1), torch.tensor([[1, 2]], device=dev), [4], [2]),
-        "multi_margin_loss": lambda: Fl.multi_margin_loss(x, t, p=2),
-        "multilabel_margin_loss": lambda: Fl.multilabel_margin_loss(x, torch.tensor([[1, 2, -1, 0, 0]] * 4,
-                                                                                    device=dev)),
-    }
 
 
 @pytest.mark.parametrize("device", device_params())
