@@ -682,16 +682,28 @@ def test_no_torch_loss_is_called(monkeypatch):
 def test_cpu_two_input_path_matches_general_path(name, reduction, dtype):
     """Without a weight the CPU kernel takes its a-and-b loop (cpu/pointwise.cpp pw_range_ab); a weight of
     ones takes the general staged loop. Both must give the same bits: values, summation order, gradients
-    (several 16384-element chunks and a partial 256-element tile)."""
+    (several 16384-element chunks and a partial 256-element tile). For 'none' the backward's grad_loss is
+    per element (random), one expanded value (loss.sum() * 0.37) or the loss's float32 (autocast-style)."""
     n = 3 * 16384 + 1000 + 13
     x = torch.randn(n, dtype=dtype)
     y = torch.randn(n, dtype=dtype)
     fn = getattr(fastloss.functional, name)
-    outs = []
-    for w in (None, torch.ones(n, dtype=dtype)):
-        xi, yi = x.clone().requires_grad_(), y.clone().requires_grad_()
-        loss = fn(xi, yi, reduction=reduction, weight=w)
-        loss.backward(torch.ones_like(loss) if reduction == "none" else None)
-        outs.append((loss.detach(), xi.grad, yi.grad))
-    for a, b in zip(*outs):
-        assert torch.equal(a, b)
+    grads = [None]
+    if reduction == "none":
+        g = torch.randn(n, dtype=dtype)
+        grads = [g, torch.tensor(0.37, dtype=dtype).expand(n), g.float() if dtype != torch.float64 else g]
+    for grad in grads:
+        outs = []
+        for w in (None, torch.ones(n, dtype=dtype)):
+            xi, yi = x.clone().requires_grad_(), y.clone().requires_grad_()
+            loss = fn(xi, yi, reduction=reduction, weight=w)
+            if grad is None:
+                loss.backward()
+            else:  # the backward op directly: autograd would cast a float32 grad to the loss's dtype
+                kind = {"l1_loss": 0, "mse_loss": 1, "huber_loss": 3}[name]
+                outs.append(torch.ops.fastloss.pointwise_loss_backward(grad, xi, yi, w, kind, 1.0, 0, loss.detach(),
+                                                                       [True, True, False]))
+                continue
+            outs.append((loss.detach(), xi.grad, yi.grad))
+        for a, b in zip(*outs):
+            assert torch.equal(a, b)
