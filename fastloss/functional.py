@@ -164,7 +164,7 @@ def _warn_size(input, target):
             f"Using a target size ({target.size()}) that is different to the input size ({input.size()}). "
             "This will likely lead to incorrect results due to broadcasting. "
             "Please ensure they have the same size.",
-            stacklevel=3,
+            stacklevel=4,  # _warn_size <- _regression <- l1_loss/... <- the caller, as torch's points at it
         )
 
 

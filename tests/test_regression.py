@@ -268,6 +268,23 @@ BCAST = [((4, 3), (3,)), ((4, 3), (1, 3)), ((3, 1), (1, 4)), ((5,), ()), ((), (5
          ((3,), (4, 3)), ((1, 1000), (3, 1))]
 
 
+@pytest.mark.parametrize("name", ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"])
+def test_broadcast_warning_points_at_the_caller(name):
+    """The size warning names the caller's line, as torch's does (filters by module, -W error::...:__main__,
+    'once per location' depend on it); also through the module's forward."""
+    x, t = torch.randn(3, 4), torch.randn(4)
+    for fn in (getattr(F, name), getattr(fastloss.functional, name)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            fn(x, t)
+        assert [w.filename for w in rec] == [__file__], (fn, [(w.filename, w.lineno) for w in rec])
+    mod = {"l1_loss": "L1Loss", "mse_loss": "MSELoss", "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss"}[name]
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        getattr(fastloss, mod)()(x, t)
+    assert [w.filename.replace("\\", "/").split("/")[-2:] for w in rec] == [["fastloss", "modules.py"]]
+
+
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("name,weighted", NAME_WEIGHTED, ids=str)
