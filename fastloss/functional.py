@@ -3,6 +3,7 @@
 Each function validates its arguments exactly where torch does (reduction strings, legacy
 size_average/reduce, dtype rules), then calls one fused op in the `fastloss` namespace.
 """
+import operator
 import warnings
 from collections.abc import Callable
 
@@ -801,17 +802,22 @@ def cosine_embedding_loss(
 
 def _lengths(x, name):
     """input_lengths / target_lengths as torch takes them (list, tuple or integer tensor, on any
-    device; a Python int for one sample): an integer tensor; values are read on the host by the op."""
+    device; an int for one sample; numpy integers too): an integer tensor; values are read on the host
+    by the op."""
     if isinstance(x, Tensor):
         return x
-    if isinstance(x, int):
-        return torch.tensor([x], dtype=torch.int64)
     if isinstance(x, (list, tuple)):
-        if not all(isinstance(v, int) or (isinstance(v, Tensor) and v.numel() == 1) for v in x):
-            raise TypeError(f"fastloss.ctc_loss: {name} must be a list/tuple of ints or an integer tensor, got {x!r}")
-        return torch.tensor([int(v) for v in x], dtype=torch.int64)
-    raise TypeError(f"fastloss.ctc_loss: {name} must be a list/tuple of ints or an integer tensor, "
-                    f"got {type(x).__name__}")
+        try:
+            return torch.tensor([int(v) if isinstance(v, Tensor) and v.numel() == 1 else operator.index(v)
+                                 for v in x], dtype=torch.int64)
+        except TypeError:
+            raise TypeError(f"fastloss.ctc_loss: {name} must be a list/tuple of ints or an integer tensor, "
+                            f"got {x!r}") from None
+    try:
+        return torch.tensor([operator.index(x)], dtype=torch.int64)
+    except TypeError:
+        raise TypeError(f"fastloss.ctc_loss: {name} must be a list/tuple of ints or an integer tensor, "
+                        f"got {type(x).__name__}") from None
 
 
 def ctc_loss(
@@ -835,12 +841,13 @@ def ctc_loss(
                                   _lengths(target_lengths, "target_lengths"), blank, reduction, zero_infinity)
     red = _Reduction.get_enum(reduction)
     batched = log_probs.dim() == 3
-    if log_probs.dim() == 2:  # unbatched (T, C): targets (S,), one length each
+    if log_probs.dim() == 2:  # unbatched (T, C), one length each
         log_probs = log_probs.unsqueeze(1)
-        if targets.dim() != 1:
-            raise RuntimeError(f"fastloss.ctc_loss: unbatched log_probs (T, C) take 1-D targets (S,), got shape "
-                               f"{tuple(targets.shape)}")
-        targets = targets.unsqueeze(0)
+        # targets as torch reads them there: (S,) the one sample's labels (concatenated form: exactly
+        # target_length of them), or (1, S) padded
+        if not (targets.dim() == 1 or (targets.dim() == 2 and targets.size(0) == 1)):
+            raise RuntimeError(f"fastloss.ctc_loss: unbatched log_probs (T, C) take targets (S,) or (1, S), got "
+                               f"shape {tuple(targets.shape)}")
     il = _lengths(input_lengths, "input_lengths")
     tl = _lengths(target_lengths, "target_lengths")
     if autocast_out_dtype(log_probs) is not None:

@@ -5,6 +5,7 @@ log_softmax'ed and raw log_probs, padded and concatenated targets of every integ
 lists, tuples or tensors, unbatched input, non-contiguous inputs, long sequences (T >= 1000) where
 float32 precision matters, extreme values; float64 gradcheck through log_softmax, torch.compile,
 determinism, no fallback to torch's ctc_loss, and bad input refused with a message naming the argument."""
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -388,6 +389,29 @@ def test_unbatched(device, dtype, reduction):
         lb, gb = run_ours(lp.unsqueeze(1), t[:L].unsqueeze(0), [i], [L], reduction=reduction)
         assert torch.equal(loss.detach(), lb[0] if reduction == "none" else lb)
         assert torch.equal(g, gb[:, 0])
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_unbatched_target_forms(device):
+    """Unbatched log_probs take (S,) targets (concatenated: exactly target_length labels, as torch checks)
+    or (1, S) padded ones (any target_length <= S), as torch; other shapes refused. Lengths may be numpy
+    integers (torch takes them)."""
+    T, C = 9, 5
+    lp = make_log_probs(T, 1, C, torch.float64, device)[:, 0]
+    padded = torch.tensor([[1, 3, 3, 2]], device=device)
+    for L in (4, 2, 0):
+        ref = F.ctc_loss(lp.cpu(), padded.cpu(), [T], [L], reduction="none")
+        assert_loss_close(ctc()(lp, padded, [T], [L], reduction="none"), ref, torch.float64, "(1, S)", T)
+        assert_loss_close(ctc()(lp, padded, np.int64(T), [np.int32(L)], reduction="none"), ref, torch.float64,
+                          "numpy lengths", T)
+    with pytest.raises(RuntimeError):  # torch refuses it too: 4 concatenated labels, target length 2
+        F.ctc_loss(lp.cpu(), padded[0].cpu(), [T], [2])
+    with pytest.raises(RuntimeError, match="sum\\(target_lengths\\) = 2 labels, got 4"):
+        ctc()(lp, padded[0], [T], [2])
+    with pytest.raises(RuntimeError, match=r"unbatched log_probs \(T, C\) take targets \(S,\) or \(1, S\)"):
+        ctc()(lp, padded.expand(2, 4), [T], [2])
+    with pytest.raises(TypeError, match="input_lengths must be a list/tuple of ints"):
+        ctc()(lp, padded, [9.0], [2])
 
 
 # ------------------------------------------------------------------------------ long sequences
