@@ -19,6 +19,8 @@ from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, 
                       CosineEmbeddingLoss, CTCLoss, SoftMarginLoss, KLDivLoss, BCELoss, BCEWithLogitsLoss,
                       PoissonNLLLoss, GaussianNLLLoss, MultiLabelSoftMarginLoss, FocalLoss, MultiMarginLoss,
                       MultiLabelMarginLoss)
+if "LinearCrossEntropyLoss" in modules.__all__:  # torch >= 2.14 has it
+    from .modules import LinearCrossEntropyLoss  # noqa: E402,F401
 from .patch import patch, unpatch, is_patched  # noqa: E402
 
 __version__ = "0.1.0"
@@ -28,7 +30,8 @@ __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "Sm
            "CosineEmbeddingLoss", "CTCLoss", "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss",
            "PoissonNLLLoss", "GaussianNLLLoss", "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss",
            "MultiLabelMarginLoss", "patch", "unpatch", "is_patched",
-           "cuda_built", "set_target_validation"]
+           "cuda_built", "set_target_validation"] + (["LinearCrossEntropyLoss"] if "LinearCrossEntropyLoss" in
+                                                     modules.__all__ else [])
 
 
 def cuda_built() -> bool:

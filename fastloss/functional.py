@@ -3,6 +3,7 @@
 Each function validates its arguments exactly where torch does (reduction strings, legacy
 size_average/reduce, dtype rules), then calls one fused op in the `fastloss` namespace.
 """
+import math
 import operator
 import warnings
 from collections.abc import Callable
@@ -18,7 +19,7 @@ __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss",
            "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
            "ctc_loss", "soft_margin_loss", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss",
-           "multi_margin_loss", "multilabel_margin_loss"]
+           "multi_margin_loss", "multilabel_margin_loss", "linear_cross_entropy"]
 
 # torch.ops.fastloss's forward ops, with the eager fast path (_registrations/_common.py)
 _ops = FastOps("cross_entropy", "nll_loss", "pointwise_loss", "triplet_margin", "cosine_embedding", "ctc_loss",
@@ -133,6 +134,94 @@ def nll_loss(
     _check_weight("nll_loss", input, weight, autocast, differentiable=False)
     loss, _ = _ops.nll_loss(input, target, weight, red, ignore_index, autocast_out_dtype(input))
     return loss
+
+
+def linear_cross_entropy(
+    input: Tensor,
+    linear_weight: Tensor,
+    target: Tensor,
+    *,
+    linear_bias: Tensor | None = None,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    ignore_index: int | None = None,
+    label_smoothing: float = 0.0,
+    options=None,
+) -> Tensor:
+    """torch.nn.functional.linear_cross_entropy: cross_entropy(linear(input, linear_weight, linear_bias)).
+    options=None: the logits are made whole and go through fastloss's fused cross_entropy (torch's
+    reference path, with fastloss's kernel). options given (torch.nn.LinearCrossEntropyOptions): the rows are
+    taken in chunks (fastloss/_linear_ce.py) so the (N, C) logits never exist -- for class-index targets and
+    a 2-D linear_weight, with every reduction, class weight, ignore_index and label_smoothing; probability
+    targets and K-dimensional weights take the whole-logits path (with a warning, as torch's)."""
+    if has_torch_function_variadic(input, linear_weight, target, linear_bias, weight):
+        return handle_torch_function(linear_cross_entropy, (input, linear_weight, target, linear_bias, weight), input,
+                                     linear_weight, target, linear_bias=linear_bias, weight=weight, reduction=reduction,
+                                     ignore_index=ignore_index, label_smoothing=label_smoothing, options=options)
+    if _transforming():  # torch.func: torch's loss (see _TORCH)
+        return _TORCH["linear_cross_entropy"](input, linear_weight, target, linear_bias=linear_bias, weight=weight,
+                                              reduction=reduction, ignore_index=ignore_index,
+                                              label_smoothing=label_smoothing, options=options)
+    # torch's checks, with torch's words
+    if input.dim() < 1 or input.dim() > 2:
+        raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
+    if linear_weight.dim() < 2:
+        raise RuntimeError(f"expected linear_weight with dimensionality at least 2, got {linear_weight.dim()}")
+    num_batches, in_features = input.shape[:-1], input.shape[-1]
+    if in_features != linear_weight.shape[-1]:
+        raise RuntimeError("expected equal input and linear_weight last dimensions (in_features), "
+                           f"got {input.shape[-1]} and {linear_weight.shape[-1]}, respectively")
+    num_classes, out_features = linear_weight.shape[0], linear_weight.shape[1:-1]
+    if linear_bias is not None and tuple(linear_bias.shape) != (num_classes, *out_features):
+        raise RuntimeError(f"expected linear_bias shape {(num_classes, *out_features)}, got {tuple(linear_bias.shape)}")
+    if len(out_features) > 0 and len(num_batches) == 0:
+        raise RuntimeError(f"K-dimensional loss defined by linear_weight shape {tuple(linear_weight.shape)} requires"
+                           f" batched input, (N, {in_features}), got unbatched input with shape {tuple(input.shape)}")
+    logits_shape = (*num_batches, num_classes, *out_features)
+    probabilities = target.shape == logits_shape  # torch's test (cross_entropy's shape rule)
+    if probabilities and ignore_index is not None:
+        raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
+    ignore_index = ignore_index if ignore_index is not None else -100
+    red = _Reduction.get_enum(reduction)
+    chunked = (options is not None and not out_features and not probabilities and not target.is_floating_point()
+               and not torch.jit.is_tracing() and not autocast_enabled(input))
+    if options is not None and not chunked:
+        warnings.warn("fastloss.linear_cross_entropy: ``options`` ignored; the chunked path takes class-index "
+                      "targets, a 2-D linear_weight and no autocast (the whole logits are made instead).",
+                      stacklevel=2)
+    if not chunked:
+        if out_features:
+            linear_weight = linear_weight.reshape((math.prod(out_features, start=num_classes), in_features))
+            if linear_bias is not None:
+                linear_bias = linear_bias.reshape(math.prod(out_features, start=num_classes))
+        logits = torch.nn.functional.linear(input, linear_weight, linear_bias).reshape(logits_shape)
+        return cross_entropy(logits, target, weight=weight, reduction=reduction, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing)
+    from ._linear_ce import ChunkedLinearCrossEntropy
+
+    dtype = torch.promote_types(input.dtype, linear_weight.dtype)
+    if linear_bias is not None:
+        dtype = torch.promote_types(dtype, linear_bias.dtype)
+    if not dtype.is_floating_point:
+        raise RuntimeError(f"fastloss.linear_cross_entropy: expected floating-point input and weights, got {dtype}")
+    x, w = input.to(dtype), linear_weight.to(dtype)
+    b = linear_bias.to(dtype) if linear_bias is not None else None
+    batched = x.dim() == 2
+    if not batched:
+        x, target = x.unsqueeze(0), target.reshape(1) if target.dim() == 0 else target
+    if target.dim() != 1 or target.shape[0] != x.shape[0]:
+        raise ValueError(f"Expected input batch_size ({x.shape[0]}) to match target batch_size "
+                         f"({target.shape[0] if target.dim() else 0}).")
+    opts = options._adjust(num_batches=x.shape[0], in_features=in_features, num_classes=num_classes, dtype=dtype,
+                           device=x.device, prob_target=False)
+    chunk = max(1, int(opts.batch_chunk_size or x.shape[0]))
+    low = dtype in (torch.float16, torch.bfloat16)
+    acc_weight_grad = low and (x.device.type == "cpu" or (opts.acc_policy == "accurate" and
+                                                          opts.acc_dtype == torch.float32))
+    _check_weight("linear_cross_entropy", x, weight, False, differentiable=False)
+    loss = ChunkedLinearCrossEntropy.apply(x, w, b, target, weight, red, ignore_index, float(label_smoothing), chunk,
+                                           acc_weight_grad, _ops.cross_entropy)
+    return loss if batched or red != 0 else loss.squeeze(0)
 
 
 # ------------------------------------------------------------------------------------ pointwise

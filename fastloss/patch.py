@@ -1,6 +1,7 @@
 """Swap torch.nn losses for fastloss ones: in one module tree (`patch(model)`), or process-wide for
 code that calls torch.nn.functional / constructs torch.nn losses itself (`patch()`, undone by
 `unpatch()`)."""
+import sys
 import threading
 
 import torch
@@ -22,7 +23,9 @@ _TORCH_FUNCTIONS = {name: _fl_functional._TORCH[name] for name in PATCHED_FUNCTI
 _TORCH_MODULES = {name: getattr(nn, name) for name in PATCHED_MODULES}
 _FASTLOSS_FOR = {_TORCH_MODULES[name]: getattr(_fl_modules, name) for name in PATCHED_MODULES}
 # Namespaces where code finds the loss classes: nn.X, nn.modules.X, nn.modules.loss.X.
-_CLASS_NAMESPACES = (nn, nn.modules, nn.modules.loss)
+# where torch defines or re-exports its loss classes (LinearCrossEntropyLoss lives in its own module)
+_CLASS_NAMESPACES = (nn, nn.modules, nn.modules.loss) + tuple(
+    sys.modules[m] for m in ("torch.nn.modules.linear_cross_entropy",) if m in sys.modules)
 
 _lock = threading.Lock()
 _patched = False
@@ -48,7 +51,7 @@ def patch(module=None):
     `module`.
 
     patch(): for the whole process, make torch.nn.functional's loss functions and the torch.nn loss
-    classes (nn.X, nn.modules.X, nn.modules.loss.X) resolve to fastloss, so third-party training code
+    classes (nn.X, nn.modules.X, nn.modules.loss.X, where torch defines them) resolve to fastloss, so third-party training code
     runs fastloss's kernels; loss modules that already exist keep their class, but the torch ones call
     torch.nn.functional at run time and so reach fastloss too. Code that bound a function before the
     patch (`from torch.nn.functional import cross_entropy`) keeps torch's. Undo with unpatch().
