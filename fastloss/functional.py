@@ -19,7 +19,9 @@ __all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss",
            "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
            "ctc_loss", "soft_margin_loss", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits",
            "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss",
-           "multi_margin_loss", "multilabel_margin_loss", "linear_cross_entropy"]
+           "multi_margin_loss", "multilabel_margin_loss"]
+if hasattr(torch.nn.functional, "linear_cross_entropy"):  # torch >= 2.14
+    __all__.append("linear_cross_entropy")
 
 # torch.ops.fastloss's forward ops, with the eager fast path (_registrations/_common.py)
 _ops = FastOps("cross_entropy", "nll_loss", "pointwise_loss", "triplet_margin", "cosine_embedding", "ctc_loss",

@@ -434,11 +434,12 @@ def _every_loss(x):
         "multi_margin_loss": lambda: Fl.multi_margin_loss(x, t, p=2),
         "multilabel_margin_loss": lambda: Fl.multilabel_margin_loss(x, torch.tensor([[1, 2, -1, 0, 0]] * 4,
                                                                                     device=dev)),
+    } | ({} if "linear_cross_entropy" not in Fl.__all__ else {  # torch >= 2.14
         # the chunked path (options given): 2 chunks of the 4 rows
         "linear_cross_entropy": lambda: Fl.linear_cross_entropy(
             x, torch.cat([y, z[:1]]), t, linear_bias=prob[0], label_smoothing=0.1,
             options=torch.nn.LinearCrossEntropyOptions(batch_chunk_size=2)),
-    }
+    })
 
 
 def _one_call_per_family(x):
