@@ -9,7 +9,7 @@ __all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "
            "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss", "CTCLoss",
            "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss", "PoissonNLLLoss", "GaussianNLLLoss",
            "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss", "MultiLabelMarginLoss"]
-if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14
+if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14: defined at the end
     __all__.append("LinearCrossEntropyLoss")
 
 
@@ -197,13 +197,16 @@ class MultiLabelMarginLoss(nn.MultiLabelMarginLoss):
         return F.multilabel_margin_loss(input, target, reduction=self.reduction)
 
 
-class LinearCrossEntropyLoss(getattr(nn, "LinearCrossEntropyLoss", nn.Module)):
-    __doc__ = nn.LinearCrossEntropyLoss.__doc__
 
-    def forward(self, input: Tensor, target: Tensor) -> Tensor:
-        linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features, self.linear.in_features))
-        linear_bias = (self.linear.bias.reshape((self.num_classes, *self.out_features))
-                       if self.linear.bias is not None else None)
-        return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
-                                      reduction=self.reduction, ignore_index=self.ignore_index,
-                                      label_smoothing=self.label_smoothing, options=self.options)
+if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fail on the base class's name)
+    class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
+        __doc__ = nn.LinearCrossEntropyLoss.__doc__
+
+        def forward(self, input: Tensor, target: Tensor) -> Tensor:
+            linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features,
+                                                        self.linear.in_features))
+            linear_bias = (self.linear.bias.reshape((self.num_classes, *self.out_features))
+                           if self.linear.bias is not None else None)
+            return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
+                                          reduction=self.reduction, ignore_index=self.ignore_index,
+                                          label_smoothing=self.label_smoothing, options=self.options)
