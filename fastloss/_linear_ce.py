@@ -70,7 +70,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
             gx, gw, gb = _chunks(x, w, b, target, weight, 0, ctx.ignore_index, ctx.label_smoothing, ctx.chunk,
                                  ctx.acc_weight_grad, ctx.ce, want, lambda s, e: grad_loss[s:e, None], None, None)
         else:
-            gx, gw, gb = ((g * grad_loss).to(grad_loss.dtype) if g is not None else None for g in ctx.saved_tensors)
+            gx, gw, gb = (g * grad_loss if g is not None else None for g in ctx.saved_tensors)
         return gx, gw, gb, None, None, None, None, None, None, None, None
 
 
@@ -99,8 +99,8 @@ def _chunks(x, w, b, target, weight, red, ignore_index, label_smoothing, chunk, 
         if not need_grad:
             continue
         f = factor(s, e)
-        if f is not None:
-            g = g * f.to(g.dtype) if f.dim() else g.mul_(f)
+        if f is not None:  # the loss family's shared row scaling, in place: one pass, one rounding
+            torch.ops.fastloss.scale_grad_(g, f, C, 1)
         if want[0]:
             torch.mm(g, w, out=gx[s:e])
         if want[1]:
