@@ -22,8 +22,8 @@ PATCHED_MODULES = tuple(n for n in _fl_modules.__all__ if hasattr(nn, n))
 _TORCH_FUNCTIONS = {name: _fl_functional._TORCH[name] for name in PATCHED_FUNCTIONS}
 _TORCH_MODULES = {name: getattr(nn, name) for name in PATCHED_MODULES}
 _FASTLOSS_FOR = {_TORCH_MODULES[name]: getattr(_fl_modules, name) for name in PATCHED_MODULES}
-# Namespaces where code finds the loss classes: nn.X, nn.modules.X, nn.modules.loss.X.
-# where torch defines or re-exports its loss classes (LinearCrossEntropyLoss lives in its own module)
+# Namespaces where code finds the loss classes: nn.X, nn.modules.X, nn.modules.loss.X, and
+# nn.modules.linear_cross_entropy.X (torch >= 2.14 defines LinearCrossEntropyLoss there).
 _CLASS_NAMESPACES = (nn, nn.modules, nn.modules.loss) + tuple(
     sys.modules[m] for m in ("torch.nn.modules.linear_cross_entropy",) if m in sys.modules)
 
@@ -50,11 +50,11 @@ def patch(module=None):
     itself if it is one) by its fastloss equivalent, keeping its settings and buffers; returns
     `module`.
 
-    patch(): for the whole process, make torch.nn.functional's loss functions and the torch.nn loss
-    classes (nn.X, nn.modules.X, nn.modules.loss.X, where torch defines them) resolve to fastloss, so third-party training code
-    runs fastloss's kernels; loss modules that already exist keep their class, but the torch ones call
-    torch.nn.functional at run time and so reach fastloss too. Code that bound a function before the
-    patch (`from torch.nn.functional import cross_entropy`) keeps torch's. Undo with unpatch().
+    patch(): for the whole process, make torch.nn.functional's loss functions and the torch.nn loss classes
+    (nn.X, nn.modules.X and the module torch defines each in) resolve to fastloss, so third-party training
+    code runs fastloss's kernels; loss modules that already exist keep their class, but the torch ones call
+    torch.nn.functional at run time and so reach fastloss too. Code that bound a function before the patch
+    (`from torch.nn.functional import cross_entropy`) keeps torch's. Undo with unpatch().
     Returns None."""
     global _patched
     if module is not None:

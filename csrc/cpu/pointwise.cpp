@@ -100,12 +100,12 @@ inline void pw_tile_ab(const PwIo<scalar_t>& io, int64_t t0, int64_t m, acc_t<sc
   }
 }
 
-template <PwKind K, int kGL, typename scalar_t>
+template <typename scalar_t>
 using PwTileFn = void (*)(const PwIo<scalar_t>&, int64_t, int64_t, acc_t<scalar_t>, acc_t<scalar_t>*);
 
 template <PwKind K, int kGL, typename scalar_t>
-PwTileFn<K, kGL, scalar_t> pw_pick_tile(bool g0, bool g1) {
-  constexpr PwTileFn<K, kGL, scalar_t> kTiles[2][2] = {
+PwTileFn<scalar_t> pw_pick_tile(bool g0, bool g1) {
+  constexpr PwTileFn<scalar_t> kTiles[2][2] = {
       {pw_tile_ab<K, false, false, kGL, scalar_t>, pw_tile_ab<K, false, true, kGL, scalar_t>},
       {pw_tile_ab<K, true, false, kGL, scalar_t>, pw_tile_ab<K, true, true, kGL, scalar_t>}};
   return kTiles[g0][g1];
@@ -126,10 +126,10 @@ acc_t<scalar_t> pw_range_ab(const PwIo<scalar_t>& io, int64_t begin, int64_t end
   const bool one_gl = io.glb.per == 1;  // a broadcast scalar grad_loss: a constant factor
   if (one_gl) k0 = (io.gl_s ? acc(io.gl_s[0]) : io.gl_a[0]) * k0;
   const int gl = one_gl ? 3 : io.gl_s ? 1 : io.gl_a ? 2 : 0;
-  void (*tile)(const PwIo<scalar_t>&, int64_t, int64_t, acc, acc*) =
-      gl == 1 ? pw_pick_tile<K, 1, scalar_t>(g0, g1)
-      : gl == 3 ? pw_pick_tile<K, 3, scalar_t>(g0, g1) : pw_pick_tile<K, 0, scalar_t>(g0, g1);
-  if constexpr (!std::is_same_v<acc, scalar_t>)
+  PwTileFn<scalar_t> tile = pw_pick_tile<K, 0, scalar_t>(g0, g1);
+  if (gl == 1) tile = pw_pick_tile<K, 1, scalar_t>(g0, g1);
+  if (gl == 3) tile = pw_pick_tile<K, 3, scalar_t>(g0, g1);
+  if constexpr (!std::is_same_v<acc, scalar_t>)  // an accumulate-dtype grad_loss exists for half types only
     if (gl == 2) tile = pw_pick_tile<K, 2, scalar_t>(g0, g1);
   for (int64_t t0 = begin; t0 < end; t0 += kTile) {
     const int64_t m = std::min(kTile, end - t0);
