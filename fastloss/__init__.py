@@ -30,7 +30,7 @@ __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "Sm
            "CosineEmbeddingLoss", "CTCLoss", "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss",
            "PoissonNLLLoss", "GaussianNLLLoss", "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss",
            "MultiLabelMarginLoss", "patch", "unpatch", "is_patched",
-           "cuda_built", "set_target_validation"] + (["LinearCrossEntropyLoss"] if "LinearCrossEntropyLoss" in
+           "cuda_built", "set_target_validation", "check_errors"] + (["LinearCrossEntropyLoss"] if "LinearCrossEntropyLoss" in
                                                      modules.__all__ else [])
 
 
@@ -39,9 +39,36 @@ def cuda_built() -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::cross_entropy", "CUDA")
 
 
-def set_target_validation(enabled: bool) -> bool:
-    """Check class-index targets on CUDA (default True). The check reads one flag back to the host
-    once per call, outside CUDA graph capture. With it off, an out-of-range target gives a NaN loss
-    and NaN gradient row instead of an IndexError; nothing is ever read or written out of bounds.
-    Returns the previous setting. (CPU targets are always checked; it costs no sync there.)"""
-    return bool(torch.ops.fastloss._set_option("validate_targets", int(bool(enabled))))
+_VALIDATION_MODES = ("off", "async", "strict")
+
+
+def set_target_validation(mode) -> str:
+    """How CUDA kernels report bad targets and inputs (a class index out of range, a CTC label equal to
+    blank, a multilabel entry below -1, a binary_cross_entropy input outside [0, 1]). Returns the
+    previous mode's name, so ``fastloss.set_target_validation(previous)`` restores it.
+
+    - ``"async"`` or ``True`` (the default): no host synchronization. The kernel records the first bad
+      position on the device; the loss row is NaN (nothing is read or written out of bounds). The error
+      -- the op, the bad value and its position -- is raised by the next fastloss CUDA call (forward or
+      backward) issued after the device has run the checking kernel, or by :func:`check_errors`.
+      Works inside CUDA graph capture and ``torch.compile(mode="reduce-overhead")``: a replay that
+      meets a bad target records it the same way.
+    - ``"strict"``: each call waits for its own check (one stream synchronization) and raises before
+      it returns, as torch's CPU kernels do -- for debugging. Inside graph capture it acts as "async".
+    - ``"off"`` or ``False``: no check; a bad target only gives NaN loss and gradient rows.
+
+    CPU calls always check their inputs at once (it costs no synchronization there)."""
+    if isinstance(mode, bool):
+        mode = "async" if mode else "off"
+    if mode not in _VALIDATION_MODES:
+        raise ValueError(f"fastloss.set_target_validation: mode must be one of {_VALIDATION_MODES} or a bool, "
+                         f"got {mode!r}")
+    previous = torch.ops.fastloss._set_option("validate_targets", _VALIDATION_MODES.index(mode))
+    return _VALIDATION_MODES[previous] if 0 <= previous < len(_VALIDATION_MODES) else "async"
+
+
+def check_errors(wait: bool = True) -> None:
+    """Raise the first error a fastloss CUDA kernel recorded that no call has raised yet (see
+    :func:`set_target_validation`). ``wait=True`` first synchronizes every device that fastloss has
+    reported on (so every queued check is done); ``wait=False`` only looks. A no-op without CUDA."""
+    torch.ops.fastloss._check_errors(wait)

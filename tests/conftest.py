@@ -14,6 +14,27 @@ DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build of fastloss")
 
 
+def call_and_check(fn):
+    """fn(), then fastloss.check_errors(): an error a CUDA kernel finds (a bad target, a BCE input outside
+    [0, 1]) is raised by the call itself on the CPU, and right after it on CUDA, whose default
+    validation reports from the device without a host sync."""
+    out = fn()
+    fastloss.check_errors()
+    return out
+
+
+@pytest.fixture(autouse=True)
+def _no_unreported_cuda_errors():
+    """A test must raise every error its CUDA calls recorded: one left over would be raised by the next
+    test's first call instead."""
+    yield
+    if HAS_CUDA:
+        try:
+            fastloss.check_errors()
+        except Exception as e:  # noqa: BLE001
+            pytest.fail(f"the test left an unreported CUDA error: {e}")
+
+
 def device_params():
     """CUDA cases are always listed, and skip where there is no GPU."""
     return ["cpu", pytest.param("cuda", marks=requires_cuda)]

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_legacy_matches,
+from conftest import (call_and_check, DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_legacy_matches,
                       assert_matches_with_grads, assert_profile_clean, device_params, laid_out, module_pair,
                       opcheck_test, requires_cuda)
 from test_regression import coarsest, gfloor, layouts, torch_ref
@@ -149,7 +149,7 @@ def raises_like(torch_call, our_call, exc=None, match=None):
     with pytest.raises(Exception) as ref_info:
         torch_call()
     with pytest.raises(Exception) as info:
-        our_call()
+        call_and_check(our_call)
     assert type(info.value) is type(ref_info.value), (type(info.value), type(ref_info.value), str(info.value))
     if exc is not None:
         assert type(ref_info.value) is exc

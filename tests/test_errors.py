@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import device_params, requires_cuda
+from conftest import call_and_check, device_params, requires_cuda
 
 CE = fastloss.functional.cross_entropy
 NLL = fastloss.functional.nll_loss
@@ -60,7 +60,7 @@ def _torch_fn(fn):
 def test_bad_input(device, fn, name):
     call, exc, text = _cases(device)[name]
     with pytest.raises(exc, match=text):
-        call(fn)
+        call_and_check(lambda: call(fn))
     if device == "cuda" and exc is IndexError:
         return  # torch's CUDA kernels reject bad targets with a device-side assert, which kills the context
     with pytest.raises(exc if isinstance(exc, tuple) else (exc, RuntimeError)):
@@ -98,7 +98,7 @@ def test_cuda_error_leaves_context_usable():
     """An out-of-range target on CUDA raises IndexError (no device-side assert): CUDA keeps working."""
     x = torch.randn(64, 1000, device="cuda")
     with pytest.raises(IndexError, match="Target 1000 is out of bounds"):
-        CE(x, torch.full((64,), 1000, device="cuda"))
+        call_and_check(lambda: CE(x, torch.full((64,), 1000, device="cuda")))
     torch.testing.assert_close(CE(x, torch.zeros(64, dtype=torch.long, device="cuda")),
                                F.cross_entropy(x, torch.zeros(64, dtype=torch.long, device="cuda")))
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
+from conftest import (call_and_check, DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
                       device_params, module_pair, requires_cuda, opcheck_test)
 from test_regression import _nullcontext, gfloor, make
 
@@ -754,9 +754,9 @@ def test_cuda_bad_target_keeps_context_and_validation_off_gives_nan(shape):
     tl = ml_target(shape, "mixed", "cuda")
     tl[2, -1] = C + 7
     with pytest.raises(RuntimeError, match=f"target {C} is out of range"):
-        fl().multi_margin_loss(x, t)
+        call_and_check(lambda: fl().multi_margin_loss(x, t))
     with pytest.raises(RuntimeError, match=re.escape(f"target {C + 7} at [2, {C - 1}] is out of range")):
-        fl().multilabel_margin_loss(x, tl)
+        call_and_check(lambda: fl().multilabel_margin_loss(x, tl))
     previous = fastloss.set_target_validation(False)
     try:
         for f, tt, bad in [(fl().multi_margin_loss, t, 3), (fl().multilabel_margin_loss, tl, 2)]:

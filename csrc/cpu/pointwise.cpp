@@ -279,7 +279,7 @@ struct CpuPointwise {
     dispatch_pw_kind(p.kind, [&](auto kc) { pw_run<decltype(kc)::value>(io, p.n); });
   }
 
-  static int64_t first_bad(const Tensor& t) {
+  static int64_t first_bad(const PwPlan&, const Tensor& t) {
     const int64_t v = t.const_data_ptr<int64_t>()[0];
     return v == std::numeric_limits<int64_t>::max() ? -1 : v;
   }

@@ -9,6 +9,8 @@
 // written once (2 + 2 for bf16); ignored rows write zeros without reading their logits.
 // Before it, a small kernel validates class targets and sums the mean's denominator, so the
 // gradient leaves the kernel already divided by it; backward then only multiplies by grad_output.
+// A bad target gives a NaN row (never an out-of-bounds read); its error is reported from the device
+// without a host sync (common/device_errors.h).
 // K-D inputs (N, C, d1..dk) use a thread per (n, d) position, coalesced across positions.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGraphsC10Utils.h>
@@ -19,7 +21,7 @@
 #include <vector>
 
 #include "common/cuda/block_reduce.cuh"
-#include "common/cuda/target_check.cuh"
+#include "common/cuda/device_errors.cuh"
 #include "common/errors.h"
 #include "common/options.h"
 #include "cuda/cross_entropy_launch.cuh"
@@ -133,15 +135,13 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cuda(const Tensor& input, const
     auto run = [&](auto tag) {
       using target_t = decltype(tag);
       auto [denom, first_bad] = class_target_pass<acc, target_t>(tgt, p.weight, ignore_index, pl.classes, stream);
-      TargetCheck check;
-      check.begin(first_bad, stream);
+      report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
+                          TargetValue<target_t>{tgt.template const_data_ptr<target_t>()}, stream);
       p.denom = mean ? denom.template const_data_ptr<acc>() : nullptr;
       p.host_scale = acc(1);
       launch_ce<scalar_t, target_t, false>(p, device, stream);
       Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1),
                                      out_dtype.value_or(dtype), pl.row_shape, stream);
-      if (const int64_t bad = check.finish(); bad >= 0)
-        raise_target_out_of_bounds(op, tgt.reshape({-1})[bad].item<int64_t>(), pl.classes, ignore_index, bad);
       return std::make_tuple(loss, grad, lse);
     };
     return dispatch_class_target(tgt.scalar_type(), run);
@@ -250,8 +250,8 @@ std::tuple<Tensor, Tensor> nll_loss_cuda(const Tensor& input, const Tensor& targ
     auto run = [&](auto tag) {
       using target_t = decltype(tag);
       auto [denom, first_bad] = class_target_pass<acc, target_t>(tgt, wp, ignore_index, pl.classes, stream);
-      TargetCheck check;
-      check.begin(first_bad, stream);
+      report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
+                          TargetValue<target_t>{tgt.template const_data_ptr<target_t>()}, stream);
       if (pl.rows() > 0) {
         nll_forward_kernel<scalar_t, target_t><<<grid_for(pl.rows(), 256, input.get_device()), 256, 0, stream>>>(
             x.const_data_ptr<scalar_t>(), tgt.const_data_ptr<target_t>(), wp, pl.rows(), pl.classes,
@@ -260,8 +260,6 @@ std::tuple<Tensor, Tensor> nll_loss_cuda(const Tensor& input, const Tensor& targ
       }
       Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1),
                                      out_dtype.value_or(dtype), pl.row_shape, stream);
-      if (const int64_t bad = check.finish(); bad >= 0)
-        raise_target_out_of_bounds(op, tgt.reshape({-1})[bad].item<int64_t>(), pl.classes, ignore_index, bad);
       return std::make_tuple(loss, denom);
     };
     return dispatch_class_target(tgt.scalar_type(), run);
@@ -305,10 +303,11 @@ Tensor nll_loss_backward_cuda(const Tensor& grad_loss, const Tensor& input, cons
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("cross_entropy", &cuda::cross_entropy_cuda);
-  m.impl("cross_entropy_target_backward", &cuda::cross_entropy_target_backward_cuda);
-  m.impl("nll_loss", &cuda::nll_loss_cuda);
-  m.impl("nll_loss_backward", &cuda::nll_loss_backward_cuda);
+  // PollFirst: each op first raises the errors earlier calls' kernels recorded (common/device_errors.h)
+  m.impl("cross_entropy", &cuda::PollFirst<&cuda::cross_entropy_cuda>::call);
+  m.impl("cross_entropy_target_backward", &cuda::PollFirst<&cuda::cross_entropy_target_backward_cuda>::call);
+  m.impl("nll_loss", &cuda::PollFirst<&cuda::nll_loss_cuda>::call);
+  m.impl("nll_loss_backward", &cuda::PollFirst<&cuda::nll_loss_backward_cuda>::call);
 }
 
 }  // namespace fastloss

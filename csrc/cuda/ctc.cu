@@ -22,7 +22,7 @@
 #include <limits>
 
 #include "common/cuda/block_reduce.cuh"
-#include "common/cuda/target_check.cuh"
+#include "common/cuda/device_errors.cuh"
 #include "common/errors.h"
 #include "ops/ctc.h"
 
@@ -47,6 +47,26 @@ __device__ __forceinline__ acc ninf() {
 
 struct Sample {
   int64_t Tn, L, off;
+};
+
+// A bad label's error record: its value, and the sample and label index it sits at (the plan's
+// target lengths and offsets are on the device in meta).
+template <typename target_t>
+struct CtcLabelValue {
+  const target_t* targets;
+  const int64_t* meta;
+  int64_t N;
+  __device__ void operator()(int64_t pos, DeviceErrorRecord& r) const {
+    r.pos = pos;
+    r.value = static_cast<int64_t>(targets[pos]);
+    r.p[2] = -1;
+    for (int64_t n = 0; n < N; ++n)
+      if (pos >= meta[2 * N + n] && pos < meta[2 * N + n] + meta[N + n]) {
+        r.p[2] = n;
+        r.p[3] = meta[2 * N + n];
+        break;
+      }
+  }
 };
 
 __device__ __forceinline__ Sample sample_of(const int64_t* meta, int64_t N, int64_t n) {
@@ -316,7 +336,7 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   // The plan (lengths, offsets, the longest target) is made on the host and copied from a temporary host
   // buffer: a graph would replay that copy from freed memory, and fixed lengths besides. Refused, as torch's
   // CUDA ctc_loss (whose blocking copy fails the capture).
-  TORCH_CHECK(!TargetCheck::capturing(), "fastloss.ctc_loss: CUDA graph capture is not supported (the lengths are "
+  TORCH_CHECK(!capturing(), "fastloss.ctc_loss: CUDA graph capture is not supported (the lengths are "
               "read on the host for each call)");
   const CtcPlan p = plan_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
@@ -325,7 +345,8 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   const int64_t W = 2 * p.max_target + 1;  // states per row
   TORCH_CHECK(p.C <= std::numeric_limits<int32_t>::max(), "fastloss.ctc_loss: more than 2^31 - 1 classes are not "
               "supported on CUDA, got ", num(p.C));
-  const Tensor meta = p.meta.to(dev, /*non_blocking=*/true);
+  // staged through pinned memory (torch's caching host allocator) so the upload never waits for the GPU
+  const Tensor meta = p.meta.pin_memory().to(dev, /*non_blocking=*/true);
   Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
                           p.log_probs.options());
   Tensor grad = grad_now ? at::empty_like(p.log_probs) : at::empty({0}, p.log_probs.options());
@@ -351,7 +372,6 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   TORCH_CHECK(smem <= static_cast<size_t>(device_info(dev.index()).smem_optin), "fastloss.ctc_loss: targets of ",
               num(p.max_target), " labels need more shared memory than this GPU offers");
 
-  TargetCheck check;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.log_probs.scalar_type(), "fastloss_ctc_cuda", [&] {
     using acc = acc_t<scalar_t>;
     auto run = [&](auto tag) {
@@ -371,7 +391,9 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
         case 4: launch_recursion<scalar_t, target_t, 4>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
         default: launch_recursion<scalar_t, target_t, 8>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream);
       }
-      if (first_bad.defined()) check.begin(first_bad, stream);
+      if (first_bad.defined())  // the recursion kernel recorded bad labels (and gave their samples NaN)
+        report_device_error(first_bad, error_proto("fastloss.ctc_loss", DeviceErrorKind::CtcLabel, p.C, p.blank),
+                            CtcLabelValue<target_t>{p.targets.const_data_ptr<target_t>(), mp, p.N}, stream);
       if (grad_now) {
         ctc_grad_kernel<scalar_t, target_t><<<static_cast<unsigned>(p.T * p.N), kGradThreads, 0, stream>>>(
             p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), mp, p.N, p.C, p.blank, W,
@@ -386,14 +408,12 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
     if (p.targets.scalar_type() == at::kInt) run(int32_t{});
     else run(int64_t{});
   });
-  if (const int64_t bad = check.finish(); bad >= 0)
-    raise_bad_ctc_target(p, bad, p.targets[bad].item<int64_t>());
   return {loss, grad};
 }
 
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(fastloss, CUDA, m) { m.impl("ctc_loss", &cuda::ctc_loss_cuda); }
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) { m.impl("ctc_loss", &cuda::PollFirst<&cuda::ctc_loss_cuda>::call); }
 
 }  // namespace fastloss

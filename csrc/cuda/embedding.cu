@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include "common/cuda/block_reduce.cuh"
+#include "common/cuda/device_errors.cuh"
 #include "ops/embedding_ops.h"
 
 namespace fastloss {
@@ -161,10 +162,10 @@ using Ops = EmbeddingOps<CudaRows>;
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("triplet_margin", &cuda::Ops::triplet);
-  m.impl("triplet_margin_backward", &cuda::Ops::triplet_backward);
-  m.impl("cosine_embedding", &cuda::Ops::cosine);
-  m.impl("cosine_embedding_backward", &cuda::Ops::cosine_backward);
+  m.impl("triplet_margin", &cuda::PollFirst<&cuda::Ops::triplet>::call);
+  m.impl("triplet_margin_backward", &cuda::PollFirst<&cuda::Ops::triplet_backward>::call);
+  m.impl("cosine_embedding", &cuda::PollFirst<&cuda::Ops::cosine>::call);
+  m.impl("cosine_embedding_backward", &cuda::PollFirst<&cuda::Ops::cosine_backward>::call);
 }
 
 }  // namespace fastloss

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include "common/cuda/block_reduce.cuh"
+#include "common/cuda/device_errors.cuh"
 #include "ops/grad_scale.h"
 
 namespace fastloss {
@@ -124,8 +125,8 @@ Tensor scale_grad_cuda(const Tensor& grad, const Tensor& grad_loss, int64_t clas
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("scale_grad_", &cuda::scale_grad_inplace_cuda);
-  m.impl("scale_grad", &cuda::scale_grad_cuda);
+  m.impl("scale_grad_", &cuda::PollFirst<&cuda::scale_grad_inplace_cuda>::call);
+  m.impl("scale_grad", &cuda::PollFirst<&cuda::scale_grad_cuda>::call);
 }
 
 }  // namespace fastloss

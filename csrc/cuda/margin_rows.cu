@@ -19,9 +19,8 @@
 // Moves per row: C scores and C targets read, C gradients written. Rows too long for shared memory
 // keep the counters in a per-block global scratch and re-read the scores from L2.
 //
-// A bad target is never read through: with validation on the host raises (TargetCheck, one small
-// device-to-host copy); with it off (fastloss.set_target_validation(False)) the row's loss and
-// gradient are NaN.
+// A bad target is never read through: the row's loss and gradient are NaN, and with validation on the
+// first bad position is reported from the device without a host sync (common/device_errors.h).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -31,7 +30,7 @@
 #include <type_traits>
 
 #include "common/cuda/block_reduce.cuh"
-#include "common/cuda/target_check.cuh"
+#include "common/cuda/device_errors.cuh"
 #include "common/options.h"
 #include "ops/margin_rows_ops.h"
 
@@ -319,10 +318,22 @@ void fill_rows_io(Io& io, const MarginRowsPlan& p, const MarginRun& run) {
   io.C = p.C;
 }
 
+// CUDA reports a bad target from the device (report_device_error: raised by a later call, or at once
+// in strict mode), so there is never a position for the shared op code to raise here.
 struct Pending {
-  TargetCheck check;
-  Tensor first_bad;  // the device flag the check copies from, kept alive until the check is read
-  int64_t bad() { return check.finish(); }
+  int64_t bad() const { return -1; }
+};
+
+// A multilabel error names the entry's row and column.
+struct MultilabelValue {
+  const int64_t* target;
+  int64_t C;
+  __device__ void operator()(int64_t pos, DeviceErrorRecord& r) const {
+    r.pos = pos;
+    r.value = target[pos];
+    r.p[1] = pos / C;
+    r.p[2] = pos % C;
+  }
 };
 
 int capped_blocks(int64_t groups_needed, int cap) {
@@ -336,13 +347,14 @@ struct CudaMarginRows {
     const c10::cuda::CUDAGuard guard(p.input.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     const int sms = device_info(p.input.get_device()).sm_count;
-    if (option(Option::ValidateTargets)) {
-      Tensor& first_bad = pending.first_bad = at::full({}, kNoBad, p.target.options());
+    if (validation_mode() != kValidateOff) {
+      Tensor first_bad = at::full({}, kNoBad, p.target.options());
       mm_target_kernel<<<capped_blocks((p.rows + kThreads - 1) / kThreads, 1024), kThreads, 0, stream>>>(
           p.target.const_data_ptr<int64_t>(), p.rows, p.C,
           reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>()));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-      pending.check.begin(first_bad, stream);
+      report_device_error(first_bad, error_proto(p.op, DeviceErrorKind::MultiMargin, p.C),
+                          TargetValue<int64_t>{p.target.const_data_ptr<int64_t>()}, stream);
     }
     const bool warp = p.C <= 2048;
     const int blocks = warp ? capped_blocks((p.rows + 7) / 8, sms * 16) : capped_blocks(p.rows, sms * 16);
@@ -374,7 +386,7 @@ struct CudaMarginRows {
     const c10::cuda::CUDAGuard guard(p.input.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     const DeviceInfo dev = device_info(p.input.get_device());
-    Tensor& first_bad = pending.first_bad = at::full({}, kNoBad, p.target.options());
+    Tensor first_bad = at::full({}, kNoBad, p.target.options());
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.input.scalar_type(), "fastloss_multilabel_cuda", [&] {
       using acc = acc_t<scalar_t>;
       MlIo<scalar_t> io{};
@@ -406,7 +418,8 @@ struct CudaMarginRows {
       }
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
-    pending.check.begin(first_bad, stream);
+    report_device_error(first_bad, error_proto(p.op, DeviceErrorKind::Multilabel, p.C),
+                        MultilabelValue{p.target.const_data_ptr<int64_t>(), p.C}, stream);
     return pending;
   }
 
@@ -426,10 +439,10 @@ using Ops = MarginRowsOps<CudaMarginRows>;
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("multi_margin_loss", &cuda::Ops::multi_margin);
-  m.impl("multi_margin_loss_backward", &cuda::Ops::multi_margin_backward);
-  m.impl("multilabel_margin_loss", &cuda::Ops::multilabel);
-  m.impl("multilabel_margin_loss_backward", &cuda::Ops::multilabel_backward);
+  m.impl("multi_margin_loss", &cuda::PollFirst<&cuda::Ops::multi_margin>::call);
+  m.impl("multi_margin_loss_backward", &cuda::PollFirst<&cuda::Ops::multi_margin_backward>::call);
+  m.impl("multilabel_margin_loss", &cuda::PollFirst<&cuda::Ops::multilabel>::call);
+  m.impl("multilabel_margin_loss_backward", &cuda::PollFirst<&cuda::Ops::multilabel_backward>::call);
 }
 
 }  // namespace fastloss

@@ -10,7 +10,7 @@
 #include <torch/library.h>
 
 #include "common/cuda/block_reduce.cuh"
-#include "common/cuda/target_check.cuh"
+#include "common/cuda/device_errors.cuh"
 #include "ops/pointwise_ops.h"
 
 namespace fastloss {
@@ -21,6 +21,18 @@ using at::Tensor;
 
 constexpr int kPwThreads = 256;
 constexpr int kPwVec = 8;  // slice starts are multiples of 8 elements: 16-byte aligned for every dtype
+
+// binary_cross_entropy's bad element for its error record: the code is 2 * position + (target is bad).
+template <typename scalar_t>
+struct BceValue {
+  const scalar_t* a;
+  const scalar_t* b;
+  __device__ void operator()(int64_t code, DeviceErrorRecord& r) const {
+    r.pos = code / 2;
+    r.p[0] = code % 2;
+    r.fvalue = static_cast<double>(load_acc(code % 2 ? b : a, r.pos));
+  }
+};
 
 // binary_cross_entropy's domain check, folded into a per-thread minimum (other kinds: nothing).
 template <PwKind K, typename acc>
@@ -205,13 +217,16 @@ struct CudaPointwise {
     launch_pointwise<scalar_t>(p.kind, io, blocks, stream);
   }
 
-  // Reads binary_cross_entropy's check after the forward's kernels (one host sync; skipped, -1, inside
-  // graph capture or with fastloss.set_target_validation(False): bad values then only give NaN/garbage).
-  static int64_t first_bad(const Tensor& t) {
+  // Queues the report of binary_cross_entropy's check after the forward's kernels: no host sync; the
+  // error is raised by a later fastloss call (strict validation: here). -1: nothing to raise now.
+  static int64_t first_bad(const PwPlan& p, const Tensor& t) {
     const c10::cuda::CUDAGuard guard(t.device());
-    TargetCheck check;
-    check.begin(t, c10::cuda::getCurrentCUDAStream().stream());
-    return check.finish();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.a.scalar_type(), "fastloss_bce_report", [&] {
+      report_device_error(t, error_proto(pw_name(p.kind), DeviceErrorKind::BceDomain),
+                          BceValue<scalar_t>{p.a.const_data_ptr<scalar_t>(), p.b.const_data_ptr<scalar_t>()},
+                          c10::cuda::getCurrentCUDAStream().stream());
+    });
+    return -1;
   }
 };
 
@@ -221,8 +236,8 @@ using Ops = PointwiseOps<CudaPointwise>;
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("pointwise_loss", &cuda::Ops::forward);
-  m.impl("pointwise_loss_backward", &cuda::Ops::backward);
+  m.impl("pointwise_loss", &cuda::PollFirst<&cuda::Ops::forward>::call);
+  m.impl("pointwise_loss_backward", &cuda::PollFirst<&cuda::Ops::backward>::call);
 }
 
 }  // namespace fastloss

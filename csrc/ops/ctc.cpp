@@ -42,9 +42,14 @@ void raise_bad_ctc_target(const CtcPlan& p, int64_t pos, int64_t value) {
   const int64_t* off = p.meta[2].const_data_ptr<int64_t>();
   int64_t n = 0;
   while (n < p.N && !(pos >= off[n] && pos < off[n] + tl[n])) ++n;
-  const std::string where = n < p.N ? "sample " + num(n) + ", label " + num(pos - off[n]) : "position " + num(pos);
-  TORCH_CHECK_INDEX(false, kOp, ": targets holds ", num(value), " at ", where, ": labels must be in [0, ",
-                    num(p.C), ") and differ from blank (", num(p.blank), ")");
+  raise_ctc_label(value, n < p.N ? n : -1, n < p.N ? pos - off[n] : 0, pos, p.C, p.blank);
+}
+
+void raise_ctc_label(int64_t value, int64_t sample, int64_t label, int64_t pos, int64_t C, int64_t blank) {
+  const std::string where = sample >= 0 ? "sample " + num(sample) + ", label " + num(label) : "position " + num(pos);
+  TORCH_CHECK_INDEX(false, kOp, ": targets holds ", num(value), " at ", where, ": labels must be in [0, ", num(C),
+                    ") and differ from blank (", num(blank), ")");
+  __builtin_unreachable();
 }
 
 CtcPlan plan_ctc(const at::Tensor& log_probs, const at::Tensor& targets, const at::Tensor& input_lengths,

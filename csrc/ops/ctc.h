@@ -67,6 +67,8 @@ C10_HOST_DEVICE inline acc ctc_lse2(acc a, acc b) {
 
 // Raises the error for an invalid target value at flat position pos of plan.targets.
 [[noreturn]] void raise_bad_ctc_target(const CtcPlan& p, int64_t pos, int64_t value);
+// The same error from its parts (sample -1: the position lies in no sample's labels).
+[[noreturn]] void raise_ctc_label(int64_t value, int64_t sample, int64_t label, int64_t pos, int64_t C, int64_t blank);
 
 // A target label is legal when in [0, C) and not the blank.
 C10_HOST_DEVICE inline bool ctc_label_ok(int64_t v, int64_t C, int64_t blank) { return v >= 0 && v < C && v != blank; }

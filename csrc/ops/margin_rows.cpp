@@ -46,6 +46,7 @@ MarginRowsPlan plan_multi_margin(const char* op, const at::Tensor& input, const 
                                  const c10::optional<at::Tensor>& weight, int64_t reduction,
                                  c10::optional<c10::ScalarType> out_dtype) {
   MarginRowsPlan pl;
+  pl.op = op;
   TORCH_CHECK_VALUE(p == 1 || p == 2, op, ": only p == 1 and p == 2 supported (got p = ", num(p), ")");
   check_input_rows(op, input, pl);
   check_long_target(op, input, target);
@@ -68,6 +69,7 @@ MarginRowsPlan plan_multi_margin(const char* op, const at::Tensor& input, const 
 MarginRowsPlan plan_multilabel_margin(const char* op, const at::Tensor& input, const at::Tensor& target,
                                       int64_t reduction, c10::optional<c10::ScalarType> out_dtype) {
   MarginRowsPlan pl;
+  pl.op = op;
   check_input_rows(op, input, pl);
   check_long_target(op, input, target);
   const bool ok = input.dim() <= 1 ? target.dim() <= 1 && target.numel() == pl.C

@@ -49,6 +49,7 @@ struct MarginRowsPlan {
   at::Tensor target;                // int64, contiguous
   at::Tensor weight;                // accumulate dtype, contiguous, or undefined
   c10::ScalarType out_dtype;
+  const char* op = nullptr;         // the op's name, for errors reported later from the device
 };
 
 MarginRowsPlan plan_multi_margin(const char* op, const at::Tensor& input, const at::Tensor& target, int64_t p,

@@ -1,10 +1,9 @@
 // The op kernels of the margin_rows family, written once for both devices. Dev (cpu/margin_rows.cpp,
 // cuda/margin_rows.cu) supplies
 //   multi_margin(plan, p, margin, run) / multilabel(plan, run): run the row kernel, returning a
-//     pending target check whose bad() is the first invalid flat target position or -1;
+//     pending target check whose bad() is the first invalid flat target position or -1 (CUDA: always
+//     -1, its error is reported from the device without a host sync, common/device_errors.h);
 //   finish(plan, row_loss): the per-row losses to the op's result (fixed-order reduction).
-// The bad-target check is read only after the loss is queued, so on CUDA the host waits for it while
-// the device works.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -99,9 +99,13 @@ void pw_bce_raise(const PwPlan& p, int64_t code) {
   if (code < 0) return;
   const bool target = code % 2 != 0;
   const int64_t pos = code / 2;
-  const double v = (target ? p.b : p.a).reshape({-1})[pos].item<double>();
-  TORCH_CHECK(false, pw_name(p.kind), ": all elements of ", target ? "target" : "input",
-              " should be between 0 and 1 (", target ? "target" : "input", ".flatten()[", num(pos), "] = ", v, ")");
+  raise_bce_domain(pw_name(p.kind), target, pos, (target ? p.b : p.a).reshape({-1})[pos].item<double>());
+}
+
+void raise_bce_domain(const char* op, bool target, int64_t pos, double value) {
+  TORCH_CHECK(false, op, ": all elements of ", target ? "target" : "input", " should be between 0 and 1 (",
+              target ? "target" : "input", ".flatten()[", num(pos), "] = ", num(value), ")");
+  __builtin_unreachable();
 }
 
 at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted) {
@@ -119,7 +123,7 @@ at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const 
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
   // d (pos_weight, never differentiated) and param2: see ops/pointwise.h. binary_cross_entropy's
-  // forward also checks that input and target lie in [0, 1] (on CUDA one host sync, as TargetCheck).
+  // forward also checks that input and target lie in [0, 1] (on CUDA reported without a host sync).
   // Forward: one pass reads a, b (and c) once and writes the loss (per element for 'none', else the
   // reduced scalar through a fixed-order two-stage sum). grad_now[i] also writes d(loss)/d(a|b|c)
   // in the same pass, already divided by the mean's denominator (reduction mean/sum only, and not

@@ -326,6 +326,8 @@ at::Tensor pw_broadcast_source(const at::Tensor& t, PwBcast* b);
 
 // Raises torch's "all elements of input/target should be between 0 and 1" for a pw_bce_bad code >= 0.
 void pw_bce_raise(const PwPlan& p, int64_t code);
+// The same error from its parts: the op's name, whether the target (else the input) is bad, where, what.
+[[noreturn]] void raise_bce_domain(const char* op, bool target, int64_t pos, double value);
 
 // grad_now[i] / output_mask[i]: a tensor shaped like a, else an empty one (what the schema returns
 // for a gradient not requested).

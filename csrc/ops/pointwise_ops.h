@@ -1,7 +1,8 @@
 // The op kernels of the pointwise family, written once for both devices (as ops/embedding_ops.h):
 // Dev (cpu/pointwise.cpp, cuda/pointwise.cu) supplies weight_sum(), forward<scalar_t>() -- run the
 // loop and, for mean/sum, write the reduced loss --, backward<scalar_t>() -- run the loop -- and
-// first_bad() -- binary_cross_entropy's domain check result, read on the host.
+// first_bad() -- binary_cross_entropy's domain check result, read on the host (CPU), or reported from the
+// device without a sync (CUDA: -1 here, raised by a later call; see common/device_errors.h).
 // Checks, buffers, factors and the kernel pointers (make_pw_io) are here.
 #pragma once
 
@@ -69,7 +70,7 @@ struct PointwiseOps {
       if (p.reduction == Reduction::Mean) io.gscale = acc(1) / static_cast<acc>(p.n);
       Dev::template forward<scalar_t>(p, io, loss, wsum);
     });
-    if (first_bad.defined()) pw_bce_raise(p, Dev::first_bad(first_bad));
+    if (first_bad.defined()) pw_bce_raise(p, Dev::first_bad(p, first_bad));
     return {loss, g[0], g[1], g[2]};
   }
 
