@@ -295,12 +295,25 @@ __global__ void ctc_loss_out_kernel(const double* __restrict__ nll, const int64_
   store_acc(out, 0, static_cast<acc>(mean ? s / double(N) : s));
 }
 
+// smem: the dynamic shared memory (the two rows). A block's limit applies to it plus the kernel's static
+// shared memory (its per-warp maxima, 2 x 32 accumulators, read from the compiled kernel once per
+// instantiation): without the opt-in the dynamic part may only reach 48 KB minus the static part, so a
+// longest target of 3055-3070 labels (float32 accumulation; 1519-1534 in float64) needed the opt-in
+// although its rows alone stayed under 48 KB.
 template <typename scalar_t, typename target_t, int K>
 void launch_recursion(const CtcPlan& p, const int64_t* meta, int64_t W, int threads, size_t smem, bool grad,
                       acc_t<scalar_t>* alpha, acc_t<scalar_t>* beta, double* aoff, double* boff, int32_t* link,
                       double* nll, unsigned long long* first_bad, cudaStream_t stream) {
   auto kernel = ctc_recursion_kernel<scalar_t, target_t, K>;
-  if (smem > 48 * 1024)
+  static const size_t static_smem = [kernel] {
+    cudaFuncAttributes a{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+    return a.sharedSizeBytes;
+  }();
+  TORCH_CHECK(static_smem + smem <= static_cast<size_t>(device_info(p.log_probs.get_device()).smem_optin),
+              "fastloss.ctc_loss: targets of ", num(p.max_target), " labels need more shared memory (",
+              num(static_cast<int64_t>(static_smem + smem)), " bytes) than this GPU offers");
+  if (static_smem + smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(p.N), grad ? 3 : 1);  // y: alpha, beta, label chains
   kernel<<<grid, threads, smem, stream>>>(p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
@@ -347,9 +360,8 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   TORCH_CHECK(W <= int64_t(K) * 1024, "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, "
               "got ", num(p.max_target));
   const int threads = static_cast<int>(std::min<int64_t>(1024, ((W + K - 1) / K + 31) / 32 * 32));
+  // the rows; the capacity check (with the kernel's static shared memory) is in launch_recursion
   const size_t smem = 2 * static_cast<size_t>(W + 2) * (adt == at::kDouble ? 8 : 4);
-  TORCH_CHECK(smem <= static_cast<size_t>(device_info(dev.index()).smem_optin), "fastloss.ctc_loss: targets of ",
-              num(p.max_target), " labels need more shared memory than this GPU offers");
 
   TargetCheck check;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.log_probs.scalar_type(), "fastloss_ctc_cuda", [&] {
