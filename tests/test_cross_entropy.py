@@ -356,6 +356,31 @@ def test_cuda_large_rows_bf16():
 
 
 @requires_cuda
+@pytest.mark.parametrize("config", [1, 2, 3])
+def test_cuda_ignored_row_of_2_31_minus_65_classes(config):
+    """The longest row the host check allows (2^31 - 65 classes, bfloat16: 4 GiB) with its target ignored:
+    loss 0 and a gradient of zeros, the logits never read. Each block kernel (256 / 1024 threads, 2-block
+    clusters) steps its fill by 256 to 1024 classes past the last one: a 32-bit counter wrapped there and
+    wrote out of bounds."""
+    C = 2 ** 31 - 65
+    if torch.cuda.get_device_properties(0).total_memory < 16 * 2 ** 30:
+        pytest.skip("needs about 13 GiB of GPU memory")
+    old_c = torch.ops.fastloss._set_option("ce_config", config)
+    try:
+        x = torch.empty(1, C, device="cuda", dtype=torch.bfloat16).requires_grad_()  # never read
+        t = torch.full((1,), -100, device="cuda")
+        loss = fastloss.functional.cross_entropy(x, t, reduction="sum")
+        g, = torch.autograd.grad(loss, x)
+        torch.cuda.synchronize()
+        assert loss.item() == 0
+        assert g.shape == x.shape and torch.count_nonzero(g).item() == 0
+    finally:
+        torch.ops.fastloss._set_option("ce_config", old_c)
+        x = g = None
+        torch.cuda.empty_cache()
+
+
+@requires_cuda
 def test_cuda_other_device_and_stream():
     x = torch.randn(16, 300, device="cuda", requires_grad=True)
     t = make_class_target((16, 300), "cuda")

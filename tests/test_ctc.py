@@ -444,6 +444,17 @@ def test_cuda_many_states_per_thread(S, dtype, reduction):
     check_long("cuda", 2 * S + 100, 2, 20, S, 0, dtype, False, reduction)
 
 
+@requires_cuda
+@pytest.mark.parametrize("S,dtype,reduction", [(3055, torch.float32, "sum"), (3070, torch.float32, "none"),
+                                               (3062, torch.bfloat16, "none"), (3066, torch.float16, "none"),
+                                               (1519, torch.float64, "mean"), (1534, torch.float64, "sum")], ids=str)
+def test_cuda_rows_near_48kb_with_static_shared_memory(S, dtype, reduction):
+    """CUDA: a longest target whose two state rows (2 (2S + 3) accumulators) stay under 48 KB while the rows
+    plus the recursion kernel's static per-warp maxima pass it (S = 3055..3070 with float accumulation,
+    1519..1534 in float64) must launch (with the shared-memory opt-in) and match the float64 reference."""
+    check_long("cuda", S + S // 8 + 20, 2, 20, S, 0, dtype, False, reduction)
+
+
 def check_long(device, T, N, C, S, blank, dtype, raw, reduction):
     lp = make_log_probs(T, N, C, dtype, device, raw)
     targets = make_targets(N, S, C, blank)

@@ -281,6 +281,98 @@ def test_multilabel_duplicates_and_boundary(device, dtype):
     assert gx[0, 3] == 0 and gx[1, 4] == 0
 
 
+def ml_repeats_target(N, C, device):
+    """(N, C) target lists full of repeated classes: one class listed up to 40 times; two classes
+    alternating; 16 distinct classes listed twice; (C <= 5000) a list filling the whole row (no -1) drawn
+    from 4 classes. Junk after the -1."""
+    t = torch.randint(-1, C, (N, C))
+    for r in range(N):
+        perm = torch.randperm(C)
+        k = r % (4 if C <= 5000 else 3)
+        if k == 0:
+            lst = perm[:1].repeat(min(40, C - 1))
+        elif k == 1:
+            lst = perm[:2].repeat(32)[:C - 1]
+        elif k == 2:
+            lst = perm[:16].repeat(2)[:C - 1]
+        else:
+            t[r] = perm[:4][torch.randint(0, 4, (C,))]
+            continue
+        t[r, :len(lst)] = lst
+        t[r, len(lst)] = -1
+    return t.to(device)
+
+
+# every CUDA tier (float32 rows): a warp per row (C = 33), a block with the row in shared memory (C = 600;
+# C = 5000 with the > 48 KB opt-in), counters in global memory (C = 30000)
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [f64, f32, bf16], ids=str)
+@pytest.mark.parametrize("N,C", [(10, 33), (10, 600), (4, 5000), (3, 30000)], ids=str)
+def test_multilabel_repeated_classes_every_tier(device, dtype, N, C):
+    """Classes listed many times (each listing counts, as torch's loop over the list), in every row
+    configuration of the CUDA kernel: the marks of a repeated class and the counts lost by a listed
+    class come from many threads at once. torch's values and gradients; two runs bitwise equal."""
+    x = make_input((N, C), dtype, device)
+    t = ml_repeats_target(N, C, device)
+    assert_ml_reductions_match(x, t, dtype, floor_elems=N * C)
+
+    def run():
+        xx = x.clone().requires_grad_()
+        loss = fl().multilabel_margin_loss(xx, t, reduction="none")
+        return [loss.detach(), torch.autograd.grad(loss.sum(), xx)[0]]
+
+    assert_deterministic(run, device)
+
+
+# (inputs made on the CPU: the only kernels that run are fastloss's and torch's fill of the upstream gradient)
+RACECHECK_SCRIPT = """
+import torch, fastloss
+torch.manual_seed(0)
+for N, C in [(10, 33), (3, 600), (2, 5000)]:
+    x = torch.randn(N, C).cuda().requires_grad_()
+    t = torch.full((N, C), -1, dtype=torch.int64)
+    t[0, :20] = 3                                 # one class listed 20 times
+    t[1, :32] = torch.tensor([5, 7]).repeat(16)   # two classes alternating
+    if C <= 600:                                  # (K C pair checks: kept small under racecheck)
+        t[-1] = torch.arange(4).repeat(C)[:C]     # the whole row, 4 classes (no -1)
+    fastloss.functional.multilabel_margin_loss(x, t.cuda(), reduction="sum").backward()
+torch.cuda.synchronize()
+print("ml racecheck cases done")
+"""
+
+
+def _compute_sanitizer():
+    import os
+    import shutil
+    found = shutil.which("compute-sanitizer")
+    for home in [os.environ.get("CUDA_HOME"), "/usr/local/cuda"]:
+        if not found and home and os.path.exists(os.path.join(home, "bin", "compute-sanitizer")):
+            found = os.path.join(home, "bin", "compute-sanitizer")
+    return found
+
+
+@requires_cuda
+def test_cuda_multilabel_shared_memory_race_free():
+    """compute-sanitizer racecheck over the shared-memory multilabel kernels (warp rows, block rows, block
+    rows past 48 KB) on lists with repeated classes reports no hazard: the marks of a class listed twice
+    and the counters of the listed classes are written by atomics only (or one owner thread), and read
+    only after a barrier."""
+    import os
+    import subprocess
+    import sys
+    san = _compute_sanitizer()
+    if san is None:
+        pytest.skip("compute-sanitizer not found")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastloss.__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]),
+               PYTORCH_NO_CUDA_MEMORY_CACHING="1")
+    out = subprocess.run([san, "--tool", "racecheck", "--error-exitcode", "9", sys.executable, "-c",
+                          RACECHECK_SCRIPT], cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    log = out.stdout + out.stderr
+    assert "ml racecheck cases done" in log, log[-4000:]
+    assert out.returncode == 0 and re.search(r"RACECHECK SUMMARY: 0 hazards", log), log[-4000:]
+
+
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("dtype", [f64, f32, bf16], ids=str)
 def test_multilabel_extreme_values(device, dtype):

@@ -86,8 +86,11 @@ __device__ __forceinline__ void online_update(RowState<acc>& st, const acc (&v)[
 // Row driver shared by the warp- and block-per-row kernels. GROUP threads (lane = index in group)
 // handle one row; REG vectors per thread stay in registers, smem_vecs more in shared memory, and
 // the rest streams through UNROLL loads in flight per thread. Rows are split into a head (up to the
-// first 16-byte boundary), nvec full vectors and a tail. In-row indices are 32-bit (C < 2^31 is
-// checked on the host); row offsets are 64-bit.
+// first 16-byte boundary), nvec full vectors and a tail. In-row indices are 32-bit (C < 2^31 - 64 is
+// checked on the host); row offsets are 64-bit. No 32-bit index can wrap: the vector loops count
+// vectors (nvec <= C / 2, stepping at most UNROLL * GROUP <= 4096 past it), element indices are formed
+// only for vectors below nvec (<= C), head and tail indices stay below C; the one loop over single
+// classes (the fill of an ignored row) counts in 64 bits.
 // SPLIT > 1: a cluster of SPLIT blocks (on different SMs) shares each row, block `rank` taking a
 // contiguous share of its vectors; the blocks' partial states meet through distributed shared
 // memory (xchg), so each SM keeps only its share of a row on chip and holds two rows' shares at once.
@@ -246,8 +249,10 @@ struct RowWorker {
           p.row_loss[row] = fill;
           if (p.lse) p.lse[row] = fill;
         }
+        // c counts in 64 bits: C may be 2^31 - 65 (check_row_length_32bit), and c + GROUP * SPLIT (up
+        // to 1024) past the last class would wrap an int.
         if (grow)
-          for (int c = rank * GROUP + lane; c < C; c += GROUP * SPLIT) store_acc(grow, c, fill);
+          for (int64_t c = rank * GROUP + lane; c < C; c += GROUP * SPLIT) store_acc(grow, c, fill);
         return;
       }
       t = static_cast<int>(t64);

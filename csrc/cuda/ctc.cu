@@ -10,7 +10,9 @@
 // 2. ctc_grad_kernel, one block per (t, n) row: writes exp(lp[t, n, :]) * f for every class, then
 //    overwrites the target's classes with (exp(lp) - sum of occupancies) * f. Occupancies of one label
 //    are summed by the one thread that owns its first state, along a precomputed chain of its
-//    repeats; the blank's by a fixed-order block reduction. No atomics: bitwise deterministic.
+//    repeats; the blank's by a fixed-order block reduction. No atomics: bitwise deterministic. The
+//    blocks stride over the rows: T * N may pass gridDim.x's limit of 2^31 - 1 (the launch caps the
+//    grid there instead of truncating T * N to 32 bits).
 // 3. ctc_loss_out_kernel: the per-sample losses to the output (none), or their mean/sum in a fixed order.
 // Moves: log_probs gathered by label in step 1 (2S+1 values per t and sample, twice), read once more
 // and the gradient written once in step 2, plus the alpha/beta rows (8 * T * (2S+1) bytes per sample
@@ -252,42 +254,45 @@ __global__ void __launch_bounds__(kGradThreads)
                     scalar_t* __restrict__ grad) {
   using acc = acc_t<scalar_t>;
   __shared__ acc scratch[kGradThreads / 32 + 1];
-  const int64_t r = blockIdx.x;  // row (t, n) of the (T, N, C) layout
-  const int64_t t = r / N, n = r % N;
-  const Sample S = sample_of(meta, N, n);
-  const scalar_t* x = lp + r * C;
-  scalar_t* g = grad + r * C;
-  const double nl = nll[n], inf = std::numeric_limits<double>::infinity();
-  if (t >= S.Tn || !(nl < inf)) {  // past the input length; or an impossible alignment / NaN
-    // torch's exp(lse + nll - lp) is NaN in every class then (0 with zero_infinity for an inf loss)
-    const acc v = (t >= S.Tn || (zero_infinity && nl == inf)) ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
-    for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, v);
-    return;
-  }
-  const acc f = static_cast<acc>(ctc_grad_factor(mean, S.L, N));
-  for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, exp(load_acc(x, c)) * f);
+  // rows (t, n) of the (T, N, C) layout, block-strided: T * N may pass gridDim.x's 2^31 - 1 (the loop
+  // condition is uniform over the block, so the barriers of block_sum stay uniform)
+  for (int64_t r = blockIdx.x; r < T * N; r += gridDim.x) {
+    const int64_t t = r / N, n = r % N;
+    const Sample S = sample_of(meta, N, n);
+    const scalar_t* x = lp + r * C;
+    scalar_t* g = grad + r * C;
+    const double nl = nll[n], inf = std::numeric_limits<double>::infinity();
+    if (t >= S.Tn || !(nl < inf)) {  // past the input length; or an impossible alignment / NaN
+      // torch's exp(lse + nll - lp) is NaN in every class then (0 with zero_infinity for an inf loss)
+      const acc v = (t >= S.Tn || (zero_infinity && nl == inf)) ? acc(0) : std::numeric_limits<acc>::quiet_NaN();
+      for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, v);
+      continue;
+    }
+    const acc f = static_cast<acc>(ctc_grad_factor(mean, S.L, N));
+    for (int64_t c = threadIdx.x; c < C; c += kGradThreads) store_acc(g, c, exp(load_acc(x, c)) * f);
 
-  const int64_t Sp = 2 * S.L + 1;
-  const acc* a = alpha_tab + (n * T + t) * W;
-  const acc* b = beta_tab + (n * T + t) * W;
-  const acc lpb = load_acc(x, blank);
-  // alpha + beta + nll: the rows' large offsets cancel in double, leaving a small correction
-  const acc corr = static_cast<acc>(alpha_off[n * T + t] + beta_off[n * T + t] + nl);
-  auto occ = [&](int64_t s, acc lpl) { return exp(a[s] + b[s] - lpl + corr); };
-  acc blank_sum = 0;  // fixed order: thread's states in turn, then the block tree
-  for (int64_t s = 2 * threadIdx.x; s < Sp; s += 2 * kGradThreads) blank_sum += occ(s, lpb);
-  blank_sum = block_sum<kGradThreads>(blank_sum, scratch);  // its barriers order the row writes above
-  for (int64_t s = 2 * threadIdx.x + 1; s < Sp; s += 2 * kGradThreads) {
-    const int32_t v = link[n * W + s];
-    if (v < -1) continue;  // not the first state of its label
-    const int64_t l = static_cast<int64_t>(tg[S.off + (s - 1) / 2]);
-    if (!ctc_label_ok(l, C, blank)) continue;  // reported by the recursion kernel; never indexed
-    const acc lpl = load_acc(x, l);
-    acc sum = occ(s, lpl);
-    for (int32_t q = v; q >= 0; q = link_next(link[n * W + q])) sum += occ(q, lpl);
-    store_acc(g, l, (exp(lpl) - sum) * f);
+    const int64_t Sp = 2 * S.L + 1;
+    const acc* a = alpha_tab + (n * T + t) * W;
+    const acc* b = beta_tab + (n * T + t) * W;
+    const acc lpb = load_acc(x, blank);
+    // alpha + beta + nll: the rows' large offsets cancel in double, leaving a small correction
+    const acc corr = static_cast<acc>(alpha_off[n * T + t] + beta_off[n * T + t] + nl);
+    auto occ = [&](int64_t s, acc lpl) { return exp(a[s] + b[s] - lpl + corr); };
+    acc blank_sum = 0;  // fixed order: thread's states in turn, then the block tree
+    for (int64_t s = 2 * threadIdx.x; s < Sp; s += 2 * kGradThreads) blank_sum += occ(s, lpb);
+    blank_sum = block_sum<kGradThreads>(blank_sum, scratch);  // its barriers order the row writes above
+    for (int64_t s = 2 * threadIdx.x + 1; s < Sp; s += 2 * kGradThreads) {
+      const int32_t v = link[n * W + s];
+      if (v < -1) continue;  // not the first state of its label
+      const int64_t l = static_cast<int64_t>(tg[S.off + (s - 1) / 2]);
+      if (!ctc_label_ok(l, C, blank)) continue;  // reported by the recursion kernel; never indexed
+      const acc lpl = load_acc(x, l);
+      acc sum = occ(s, lpl);
+      for (int32_t q = v; q >= 0; q = link_next(link[n * W + q])) sum += occ(q, lpl);
+      store_acc(g, l, (exp(lpl) - sum) * f);
+    }
+    if (threadIdx.x == 0) store_acc(g, blank, (exp(lpb) - blank_sum) * f);
   }
-  if (threadIdx.x == 0) store_acc(g, blank, (exp(lpb) - blank_sum) * f);
 }
 
 // The per-sample losses (zero_infinity applied) to `out`: as they are for reduction none, else their
@@ -315,12 +320,25 @@ __global__ void ctc_loss_out_kernel(const double* __restrict__ nll, const int64_
   store_acc(out, 0, static_cast<acc>(mean ? s / double(N) : s));
 }
 
+// smem: the dynamic shared memory (the two rows). A block's limit applies to it plus the kernel's static
+// shared memory (its per-warp maxima, 2 x 32 accumulators, read from the compiled kernel once per
+// instantiation): without the opt-in the dynamic part may only reach 48 KB minus the static part, so a
+// longest target of 3055-3070 labels (float32 accumulation; 1519-1534 in float64) needed the opt-in
+// although its rows alone stayed under 48 KB.
 template <typename scalar_t, typename target_t, int K>
 void launch_recursion(const CtcPlan& p, const int64_t* meta, int64_t W, int threads, size_t smem, bool grad,
                       acc_t<scalar_t>* alpha, acc_t<scalar_t>* beta, double* aoff, double* boff, int32_t* link,
                       double* nll, unsigned long long* first_bad, cudaStream_t stream) {
   auto kernel = ctc_recursion_kernel<scalar_t, target_t, K>;
-  if (smem > 48 * 1024)
+  static const size_t static_smem = [kernel] {
+    cudaFuncAttributes a{};
+    C10_CUDA_CHECK(cudaFuncGetAttributes(&a, kernel));
+    return a.sharedSizeBytes;
+  }();
+  TORCH_CHECK(static_smem + smem <= static_cast<size_t>(device_info(p.log_probs.get_device()).smem_optin),
+              "fastloss.ctc_loss: targets of ", num(p.max_target), " labels need more shared memory (",
+              num(static_cast<int64_t>(static_smem + smem)), " bytes) than this GPU offers");
+  if (static_smem + smem > 48 * 1024)
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(p.N), grad ? 3 : 1);  // y: alpha, beta, label chains
   kernel<<<grid, threads, smem, stream>>>(p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
@@ -345,6 +363,8 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   const int64_t W = 2 * p.max_target + 1;  // states per row
   TORCH_CHECK(p.C <= std::numeric_limits<int32_t>::max(), "fastloss.ctc_loss: more than 2^31 - 1 classes are not "
               "supported on CUDA, got ", num(p.C));
+  TORCH_CHECK(p.N <= std::numeric_limits<int32_t>::max(), "fastloss.ctc_loss: a batch of more than 2^31 - 1 samples "
+              "is not supported on CUDA (one block per sample), got ", num(p.N));
   // staged through pinned memory (torch's caching host allocator) so the upload never waits for the GPU
   const Tensor meta = p.meta.pin_memory().to(dev, /*non_blocking=*/true);
   Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
@@ -368,9 +388,8 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   TORCH_CHECK(W <= int64_t(K) * 1024, "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, "
               "got ", num(p.max_target));
   const int threads = static_cast<int>(std::min<int64_t>(1024, ((W + K - 1) / K + 31) / 32 * 32));
+  // the rows; the capacity check (with the kernel's static shared memory) is in launch_recursion
   const size_t smem = 2 * static_cast<size_t>(W + 2) * (adt == at::kDouble ? 8 : 4);
-  TORCH_CHECK(smem <= static_cast<size_t>(device_info(dev.index()).smem_optin), "fastloss.ctc_loss: targets of ",
-              num(p.max_target), " labels need more shared memory than this GPU offers");
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.log_probs.scalar_type(), "fastloss_ctc_cuda", [&] {
     using acc = acc_t<scalar_t>;
@@ -395,7 +414,10 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
         report_device_error(first_bad, error_proto("fastloss.ctc_loss", DeviceErrorKind::CtcLabel, p.C, p.blank),
                             CtcLabelValue<target_t>{p.targets.const_data_ptr<target_t>(), mp, p.N}, stream);
       if (grad_now) {
-        ctc_grad_kernel<scalar_t, target_t><<<static_cast<unsigned>(p.T * p.N), kGradThreads, 0, stream>>>(
+        // one block per (t, n) row up to gridDim.x's limit; the kernel strides over the rest
+        const unsigned grad_blocks =
+            static_cast<unsigned>(std::min<int64_t>(p.T * p.N, std::numeric_limits<int32_t>::max()));
+        ctc_grad_kernel<scalar_t, target_t><<<grad_blocks, kGradThreads, 0, stream>>>(
             p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), mp, p.N, p.C, p.blank, W,
             ap, bp, ao, bo, lk, np, p.T, p.reduction == Reduction::Mean, p.zero_infinity, grad.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();

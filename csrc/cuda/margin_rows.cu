@@ -11,11 +11,21 @@
 //
 // multilabel_margin (ml_kernel): the group reads the target row once (every entry range-checked, as
 // torch's CPU kernel does; the list ends at the first -1) while staging the scores in shared memory in
-// the accumulate type, next to one 64-bit counter per class. Listed classes are marked (-1); then one
-// sweep of the staged row per listed target k (O(K C), as torch): each thread counts, for the
-// non-target classes it owns, the active pairs z = 1 - x_t + x_i > 0 (+1 in the class's counter, which
-// only that thread touches) and the warp's total is subtracted from the target's counter with one
-// integer atomic (order-free, so deterministic). A last sweep writes every gradient as counter / C.
+// the accumulate type, next to one 64-bit counter per class and a bitmap of the listed classes. The
+// listed classes are marked in the bitmap (integer atomicOr: a class listed twice sets its bit twice,
+// order-free); then one sweep of the staged row per listed target k (O(K C), as torch): each thread
+// counts, for the non-target classes it owns, the active pairs z = 1 - x_t + x_i > 0 (+1 in the class's
+// counter, which only that thread touches) and the warp's total is subtracted from the target's counter
+// with one integer atomic (order-free, so deterministic). A last sweep writes every gradient as
+// counter / C.
+// Race-free by construction: during the sweeps the bitmap is only read (its atomics are ordered before
+// by a group barrier), a non-target's counter is read and written by its owner thread only, and a listed
+// class's counter is touched by the atomics only -- nobody reads it until the group barrier after the
+// last sweep. (The bitmap replaces the old mark -1 in the counter itself, which was written by several
+// threads for a repeated class and read by the owner while other warps added to it.) Cost: C / 8 more
+// bytes of shared memory per row (1% of the 12 per class staged in float32); in the sweep a bitmap word
+// load (one word serves 32 consecutive classes: a broadcast) instead of the counter's load, the counter
+// read and written only for active pairs.
 // Moves per row: C scores and C targets read, C gradients written. Rows too long for shared memory
 // keep the counters in a per-block global scratch and re-read the scores from L2.
 //
@@ -212,8 +222,14 @@ struct MlIo {
   unsigned long long* first_bad;
 };
 
-// SMEM: the row's scores (acc) and counters (int64) in dynamic shared memory, laid out as
-// [counters of every group of the block][scores of every group of the block].
+// 32-bit words of the bitmap of listed classes of one row.
+__host__ __device__ __forceinline__ int64_t ml_mark_words(int64_t C) { return (C + 31) / 32; }
+
+// SMEM: the row's scores (acc), counters (int64) and listed-class bitmap in dynamic shared memory, laid
+// out as [counters of every group of the block][scores of every group][bitmaps of every group]; else
+// counters and bitmap in io.scratch, ml_scratch_longs(C) int64 per block.
+__host__ __device__ __forceinline__ int64_t ml_scratch_longs(int64_t C) { return C + (ml_mark_words(C) + 1) / 2; }
+
 template <typename scalar_t, int G, bool SMEM>
 __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
   using acc = acc_t<scalar_t>;
@@ -225,15 +241,21 @@ __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
   const int tid = Gr::tid();
   const int64_t C = io.C;
   const acc Ca = static_cast<acc>(C);
-  long long* cnt;  // per class: >= 0 active pairs of a non-target; -1 - (pairs lost) for a listed class
+  long long* cnt;  // per class: active pairs won by a non-target; minus the pairs lost by a listed class
+  unsigned* mark;  // bit i: class i is listed
   acc* xs = nullptr;
+  const int64_t words = ml_mark_words(C);
   if constexpr (SMEM) {
     long long* all = reinterpret_cast<long long*>(smem_raw);
     cnt = all + int64_t(Gr::slot()) * C;
-    xs = reinterpret_cast<acc*>(all + int64_t(Gr::kPerBlock) * C) + int64_t(Gr::slot()) * C;
+    acc* xall = reinterpret_cast<acc*>(all + int64_t(Gr::kPerBlock) * C);
+    xs = xall + int64_t(Gr::slot()) * C;
+    mark = reinterpret_cast<unsigned*>(xall + int64_t(Gr::kPerBlock) * C) + int64_t(Gr::slot()) * words;
   } else {
-    cnt = io.scratch + int64_t(blockIdx.x) * C;
+    cnt = io.scratch + int64_t(blockIdx.x) * ml_scratch_longs(C);
+    mark = reinterpret_cast<unsigned*>(cnt + C);
   }
+  auto listed = [&](int64_t i) { return (mark[i >> 5] >> (i & 31)) & 1u; };
   const int64_t step = int64_t(gridDim.x) * Gr::kPerBlock;
   for (int64_t r = int64_t(blockIdx.x) * Gr::kPerBlock + Gr::slot(); r < io.rows; r += step) {
     const int64_t off = r * C;
@@ -241,7 +263,8 @@ __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
     const scalar_t* x = io.x + off;
     scalar_t* g = io.grad ? io.grad + off : nullptr;
     // 1. the target row, once: the list's length K (first -1) and the first invalid entry; the
-    //    scores staged; the counters zeroed (each thread touches only the classes i = tid + n G)
+    //    scores staged; the counters zeroed (each thread touches only the classes i = tid + n G) and
+    //    the bitmap cleared
     int64_t K = C, bad = kNoBad;
     for (int64_t i = tid; i < C; i += G) {
       const int64_t v = t[i];
@@ -253,9 +276,10 @@ __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
       if constexpr (SMEM) xs[i] = load_acc(x, i);
       cnt[i] = 0;
     }
+    for (int64_t w = tid; w < words; w += G) mark[w] = 0;
     K = Gr::minimum(K, iscratch);
     bad = Gr::minimum(bad, iscratch);
-    Gr::sync();  // staged scores and zeroed counters visible to the whole group
+    Gr::sync();  // staged scores, zeroed counters and cleared bitmap visible to the whole group
     if (bad != kNoBad) {  // uniform in the group
       if (tid == 0 && io.first_bad) atomicMin(io.first_bad, static_cast<unsigned long long>(off + bad));
       if (g)
@@ -263,22 +287,26 @@ __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
       if (tid == 0 && io.row_loss) io.row_loss[r] = qnan<acc>();
       continue;  // nothing shared was written after the last sync: the next row may start
     }
-    // 2. mark the listed classes (a class listed twice is marked twice with the same value)
-    for (int64_t q = tid; q < K; q += G) cnt[t[q]] = -1;
+    // 2. mark the listed classes: integer atomics (a class listed twice sets its bit twice, order-free),
+    //    all done before the barrier, and only read after it
+    for (int64_t q = tid; q < K; q += G) {
+      const int64_t j = t[q];
+      atomicOr(mark + (j >> 5), 1u << (j & 31));
+    }
     Gr::sync();
-    // 3. one sweep per listed target
+    // 3. one sweep per listed target. The bitmap is read-only here; a non-target's counter is touched
+    //    by its owner only, a listed class's by the atomics only.
     acc s = 0;
     for (int64_t q = 0; q < K; ++q) {
       const int64_t j = t[q];  // one address for the whole group: a broadcast load
       const acc c = acc(1) - (SMEM ? xs[j] : load_acc(x, j));
       int n = 0;
       for (int64_t i = tid; i < C; i += G) {
-        const long long ci = cnt[i];
-        if (ci < 0) continue;  // a listed class: never a non-target
+        if (listed(i)) continue;  // never a non-target
         const acc z = ml_z(c, SMEM ? xs[i] : load_acc(x, i));
         if (z > acc(0)) {
           s += z;
-          cnt[i] = ci + 1;
+          ++cnt[i];
           ++n;
         }
       }
@@ -287,14 +315,11 @@ __global__ void __launch_bounds__(kThreads) ml_kernel(const MlIo<scalar_t> io) {
         atomicAdd(reinterpret_cast<unsigned long long*>(cnt + j), static_cast<unsigned long long>(-int64_t(n)));
     }
     s = Gr::sum(s, ascratch);
-    Gr::sync();  // every warp's atomics on the listed classes' counters done
+    Gr::sync();  // every warp's atomics on the listed classes' counters done before any thread reads them
     if (tid == 0 && io.row_loss) io.row_loss[r] = s / Ca;
     if (g) {
       const acc gk = io.k(r) / Ca;
-      for (int64_t i = tid; i < C; i += G) {
-        const long long v = cnt[i];
-        store_acc(g, i, static_cast<acc>(v < 0 ? v + 1 : v) * gk);
-      }
+      for (int64_t i = tid; i < C; i += G) store_acc(g, i, static_cast<acc>(cnt[i]) * gk);
     }
     Gr::sync();  // the next row overwrites the staged scores and the counters
   }
@@ -392,27 +417,29 @@ struct CudaMarginRows {
       MlIo<scalar_t> io{};
       fill_rows_io(io, p, run);
       io.first_bad = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
-      const int64_t per_class = static_cast<int64_t>(sizeof(long long) + sizeof(acc));
+      // a row's counters, scores and bitmap of listed classes
+      const int64_t per_row = p.C * static_cast<int64_t>(sizeof(long long) + sizeof(acc)) + ml_mark_words(p.C) * 4;
       // dynamic shared memory beyond 48 KB needs an opt-in; 1 KB is left for the static scratch
       constexpr int64_t kDefaultSmem = 48 * 1024, kStatic = 1024;
       Tensor scratch;
-      if (int64_t(Group<32>::kPerBlock) * p.C * per_class + kStatic <= kDefaultSmem) {  // short rows: a warp each
-        const size_t smem = static_cast<size_t>(Group<32>::kPerBlock * p.C * per_class);
+      if (int64_t(Group<32>::kPerBlock) * per_row + kStatic <= kDefaultSmem) {  // short rows: a warp each
+        const size_t smem = static_cast<size_t>(Group<32>::kPerBlock * per_row);
         ml_kernel<scalar_t, 32, true>
             <<<capped_blocks((p.rows + 7) / 8, dev.sm_count * 16), kThreads, smem, stream>>>(io);
-      } else if (p.C * per_class + kStatic <= dev.smem_optin) {  // a block each, the row in shared memory
-        const int smem = static_cast<int>(p.C * per_class);
+      } else if (per_row + kStatic <= dev.smem_optin) {  // a block each, the row in shared memory
+        const int smem = static_cast<int>(per_row);
         auto kernel = ml_kernel<scalar_t, kThreads, true>;
         if (smem + kStatic > kDefaultSmem)
           C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
         kernel<<<capped_blocks(p.rows, dev.sm_count * 16), kThreads, smem, stream>>>(io);
       } else {  // rows too long for shared memory: counters in a per-block global scratch
-        // C int64 counters per block: at most max(256 MiB, the input's size) in all -- torch's own
-        // kernel allocates an input-sized is_target -- so few, very long rows cannot take 4x the input
+        // C int64 counters (and the bitmap) per block: at most max(256 MiB, the input's size) in all --
+        // torch's own kernel allocates an input-sized is_target -- so few, very long rows cannot take 4x
+        // the input
         const int64_t budget = std::max<int64_t>(int64_t(256) << 20, p.rows * p.C * int64_t(sizeof(scalar_t)));
-        const int64_t fit = std::max<int64_t>(1, budget / (p.C * int64_t(sizeof(int64_t))));
+        const int64_t fit = std::max<int64_t>(1, budget / (ml_scratch_longs(p.C) * int64_t(sizeof(int64_t))));
         const int blocks = capped_blocks(std::min(p.rows, fit), dev.sm_count * 2);
-        scratch = at::empty({blocks, p.C}, p.target.options());
+        scratch = at::empty({blocks, ml_scratch_longs(p.C)}, p.target.options());
         io.scratch = reinterpret_cast<long long*>(scratch.mutable_data_ptr<int64_t>());
         ml_kernel<scalar_t, kThreads, false><<<blocks, kThreads, 0, stream>>>(io);
       }
