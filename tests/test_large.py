@@ -83,7 +83,7 @@ def test_nll_loss_past_2g_elements():
     loss = Fl.nll_loss(x, t, reduction="sum")
     loss.backward()
     ref = -x.detach().gather(1, t[:, None]).double().sum()
-    torch.testing.assert_close(loss.double(), ref, rtol=1e-3, atol=0)
+    torch.testing.assert_close(loss.double(), ref, rtol=2**-8, atol=0)  # the bfloat16 result's rounding
     grad = x.grad
     assert grad.view(-1)[-1].item() == -1.0  # the last element of the tensor is the last row's target
     xt = x.detach()[-TAIL:].float().requires_grad_()
@@ -110,11 +110,11 @@ def test_pointwise_past_2g_elements():
     loss.backward()
     # the sum against a float64 sum over chunks of the whole tensors
     ref = 0.0
-    step = 1 << 27
+    step = 1 << 24  # float64 chunks of 128 MB: the reference adds little to the peak
     for s in range(0, n, step):
         ref += F.smooth_l1_loss(x.detach()[s:s + step].double(), y[s:s + step].double(), reduction="sum",
                                 beta=0.5).item()
-    torch.testing.assert_close(loss.double().item(), ref, rtol=2e-3, atol=0)
+    torch.testing.assert_close(loss.double().item(), ref, rtol=2**-8, atol=0)  # the bfloat16 result's rounding
     # the gradient at the far end and around 2^31
     for s in (n - 3000, 2**31 - 1000, 0):
         xs = x.detach()[s:s + 3000].float().requires_grad_()
