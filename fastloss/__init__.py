@@ -43,5 +43,7 @@ def set_target_validation(enabled: bool) -> bool:
     """Check class-index targets on CUDA (default True). The check reads one flag back to the host
     once per call, outside CUDA graph capture. With it off, an out-of-range target gives a NaN loss
     and NaN gradient row instead of an IndexError; nothing is ever read or written out of bounds.
-    Returns the previous setting. (CPU targets are always checked; it costs no sync there.)"""
+    Returns the previous setting. (CPU targets are always checked; it costs no sync there.)
+    Process-wide: one atomic value shared by every thread and device; each call reads it once when
+    it starts, so a call already running keeps the setting it started with."""
     return bool(torch.ops.fastloss._set_option("validate_targets", int(bool(enabled))))
