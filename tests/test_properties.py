@@ -121,15 +121,17 @@ class Call:
         if diff:
             self.diff.append(len(self.args) - 1)
 
-    def run(self, fn, dtype, dense=False):
+    def run(self, fn, dtype, dense=False, rounded_to=None):
         """(loss, gradients of the differentiated views) with the tensors in `dtype`, or ('error', type)."""
         bases, views = [], []
         for i, (v, layout, floating) in enumerate(self.args):
+            if floating and rounded_to is not None:  # the reference: the tested dtype's values, upcast
+                v = v.to(rounded_to)
             v = v.to(dtype) if floating else v
             base, view_fn = layout.make(v, requires_grad=i in self.diff)
             bases.append(base)
             views.append(view_fn(base).contiguous() if dense else view_fn(base))
-        kw = {k: (t.to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
+        kw = {k: (t.to(rounded_to or dtype).to(dtype) if isinstance(t, torch.Tensor) and t.is_floating_point() else t)
               for k, t in self.kw.items()}
         try:
             with warnings.catch_warnings():
@@ -162,16 +164,18 @@ def check_against_torch(call, dtype):
     ours, our_grads = call.run(getattr(Fl, call.name), dtype)
     # torch gets the same values densely: the layouts are fastloss's to handle (and torch's nll_loss2d backward
     # refuses a non-contiguous input with reduction='none': "grad_input must be contiguous")
-    ref, ref_grads = call.run(TORCH[call.name], torch.float64, dense=True)
+    ref, ref_grads = call.run(TORCH[call.name], torch.float64, dense=True, rounded_to=dtype)
     what = call.describe() + f" dtype={dtype}"
     if isinstance(ref, tuple) or isinstance(ours, tuple):
         assert isinstance(ours, tuple) and isinstance(ref, tuple), f"{what}: fastloss {ours}, torch {ref}"
         return
     assert ours.dtype == dtype, what
     x = call.args[0][0]
-    if (call.name in ("multi_margin_loss", "multilabel_margin_loss") and call.kw["reduction"] == "mean"
+    if (call.name in ("multi_margin_loss", "multilabel_margin_loss") and call.kw["reduction"] != "none"
             and x.dim() == 2 and x.shape[0] == 0):
-        assert ours.isnan(), what  # documented (README): torch returns uninitialized memory here, fastloss NaN
+        # torch returns uninitialized memory for an empty batch, 'mean' (documented in the README) and 'sum' (seen
+        # under AddressSanitizer, which fills fresh allocations: 0xbebebebebebebebe = -1.83e-06 in float64)
+        assert ours.isnan() if call.kw["reduction"] == "mean" else ours == 0, what
         return
     assert_close_ref(ours, ref, dtype, f"loss: {what}")
     assert len(our_grads) == len(ref_grads)

@@ -46,8 +46,12 @@ LIBASAN=$(gcc -print-file-name=libasan.so)
 # still ends its process (pytest then fails), and its log says where.
 export ASAN_OPTIONS="detect_leaks=0:log_path=$LOGS/asan:halt_on_error=1:abort_on_error=0:allocator_may_return_null=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=0:log_path=$LOGS/ubsan"
-# libasan must be loaded first; libubsan is a dependency of the instrumented library (gcc links it)
-export LD_PRELOAD="$LIBASAN${LD_PRELOAD:+:$LD_PRELOAD}"
+# libasan must be loaded first; libubsan is a dependency of the instrumented library (gcc links it).
+# libstdc++ right after it: ASan's __cxa_throw interceptor finds the real one at start-up only, and the
+# python binary does not link libstdc++ (else the first C++ exception -- triton's import, inside torch's --
+# stops the process with "CHECK failed: real___cxa_throw != 0")
+LIBSTDCXX=$(realpath "$(gcc -print-file-name=libstdc++.so)")
+export LD_PRELOAD="$LIBASAN:$LIBSTDCXX${LD_PRELOAD:+:$LD_PRELOAD}"
 export PYTHONDONTWRITEBYTECODE=1
 
 if (( $# == 0 )); then
