@@ -16,6 +16,14 @@
 # code, it takes most of the time under ASan, and fastloss's ops run the same kernels in the
 # eager tests. Pass your own pytest arguments to change the selection (e.g. `tests/`).
 #
+# Last run (2026-12-05, gcc 12.2, torch 2.14.1, 2-core VM): 10850 passed in 114 s, zero ASan/UBSan reports
+# anywhere. Two things it showed that are not reports: torch's multi_margin_loss / multilabel_margin_loss
+# return uninitialized memory for an empty batch with reduction 'sum' as well as 'mean' (ASan fills new
+# allocations with 0xbe: torch gave -1.83e-06; the tests now expect fastloss's 0 there without asking torch),
+# and test_multi_margin_matches_torch[(2, 4100)-...-1-0.0-True-mean-...float32] fails by 2.9e-5 relative
+# on one gradient element: at -O1 the target-class gradient (a float sum of up to C equal terms in
+# margin_rows_impl.inc) is summed one term at a time; the -O3 build's vectorized sum stays in tolerance.
+#
 # Environment: PY (python with torch, default: python3), MAX_JOBS (build jobs, default 2).
 set -u -o pipefail
 cd "$(dirname "$0")/.."
