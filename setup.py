@@ -82,6 +82,17 @@ sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/common/*.cpp") +
 # and every CPU kernel runs on one thread.
 cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi", "-fopenmp"]
 link_flags = ["-fopenmp"]
+# FASTLOSS_SANITIZE=address,undefined (tools/sanitize_cpu.sh): the CPU code instrumented by gcc's
+# sanitizers, with frame pointers and line info for readable reports; -O1 keeps it usable.
+sanitize = os.environ.get("FASTLOSS_SANITIZE", "")
+if sanitize:
+    san = [f"-fsanitize={sanitize}", "-fno-omit-frame-pointer", "-g", "-O1"]
+    if "undefined" in sanitize:
+        # vptr: torch's libraries are built without it; its checks on torch's polymorphic types from
+        # this library only report typeinfo mismatches across the two builds, not bugs here
+        san.append("-fno-sanitize=vptr")
+    cxx_flags = [f for f in cxx_flags if f != "-O3"] + san
+    link_flags = link_flags + [f"-fsanitize={sanitize}"]
 include_dirs = [os.path.join(ROOT, "csrc")]
 define_macros = []
 

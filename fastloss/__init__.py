@@ -57,7 +57,9 @@ def set_target_validation(mode) -> str:
       it returns, as torch's CPU kernels do -- for debugging. Inside graph capture it acts as "async".
     - ``"off"`` or ``False``: no check; a bad target only gives NaN loss and gradient rows.
 
-    CPU calls always check their inputs at once (it costs no synchronization there)."""
+    CPU calls always check their inputs at once (it costs no synchronization there).
+    Process-wide: one atomic value shared by every thread and device; each call reads it once when it
+    starts, so a call already running keeps the mode it started with."""
     if isinstance(mode, bool):
         mode = "async" if mode else "off"
     if mode not in _VALIDATION_MODES:

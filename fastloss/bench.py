@@ -158,6 +158,10 @@ class LossCase:
     def __init__(self, loss, dtype, device, reduction="mean"):
         if loss not in self.losses:
             raise ValueError(f"{type(self).__name__}: unknown loss {loss!r} (one of {', '.join(self.losses)})")
+        # "none.sum": reduction='none' then loss.sum() -- backward gets an expanded (stride 0) grad_output
+        self.upstream_sum = reduction == "none.sum"
+        if self.upstream_sum:
+            reduction = "none"
         self.loss, self.dtype, self.device, self.reduction = loss, dtype, torch.device(device), reduction
 
     # subclasses define these
@@ -187,7 +191,7 @@ class LossCase:
         return torch.Generator(device=self.device).manual_seed(0)
 
     def name(self):
-        red = f" {self.reduction}" if self.reduction != "mean" else ""
+        red = " none.sum()" if self.upstream_sum else f" {self.reduction}" if self.reduction != "mean" else ""
         return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.shape_label()}{self.extras()}{red}"
 
     def function(self, impl):
@@ -196,12 +200,14 @@ class LossCase:
 
     def bound(self, fn):
         """fn with this case's arguments bound: a callable on the inputs tuple."""
+        if self.upstream_sum:
+            return lambda *inputs: self.call(fn, *inputs).sum()
         return lambda *inputs: self.call(fn, *inputs)
 
     def grad_output(self, inputs):
         """The upstream gradient of backward: None for a scalar loss (backward uses 1), a fixed
         random tensor of the loss's shape for reduction='none'."""
-        if self.reduction != "none":
+        if self.reduction != "none" or self.upstream_sum:
             return None
         with torch.no_grad():
             out = self.call(self.function("torch"), *inputs)
@@ -762,10 +768,14 @@ def default_cases(device, family="all"):
             CrossEntropyCase("cross_entropy", 256, 32000, bf16, device),
             CrossEntropyCase("cross_entropy", 8192, 100, fp32, device),
             CrossEntropyCase("nll_loss", 1024, 32000, fp32, device),
+            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device, reduction="none"),
+            CrossEntropyCase("cross_entropy", 1024, 32000, fp32, device, reduction="none.sum"),
         ]
     if family in ("all", "regression"):
         cases += [RegressionCase(loss, 4 * 2**20, fp32, device)
                   for loss in ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss", "soft_margin_loss", "kl_div")]
+        cases += [RegressionCase(loss, 4 * 2**20, fp32, device, reduction=red)
+                  for loss in ("smooth_l1_loss", "mse_loss") for red in ("none", "none.sum")]
     if family in ("all", "embedding"):
         cases += [
             EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device),
@@ -996,7 +1006,8 @@ def main(argv=None):
                                     "(ctc_loss) or the input's shape / element count (elementwise losses), "
                                     "e.g. 8192x128256, 64M, 200x16x32x50")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")
-    ap.add_argument("--reduction", choices=["mean", "sum", "none"], help="with --loss (default mean)")
+    ap.add_argument("--reduction", choices=["mean", "sum", "none", "none.sum"],
+                    help="with --loss (default mean); none.sum: reduction='none', then loss.sum().backward()")
     ap.add_argument("--swap", action="store_true", help="triplet losses: swap=True")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed repetitions (median is reported; on CPU cheap cases get more, up to 0.5 s each)")

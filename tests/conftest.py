@@ -1,5 +1,6 @@
 """Shared test fixtures: devices (CPU always, CUDA when a GPU is visible), dtypes, tolerances."""
 import contextlib
+import os
 
 import pytest
 import torch
@@ -10,6 +11,17 @@ HAS_CUDA = torch.cuda.is_available() and fastloss.cuda_built()
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `large` (tests/test_large.py: tensors past 2^31 elements, 8-10 GiB) run only with
+    FASTLOSS_LARGE=1: `FASTLOSS_LARGE=1 python -m pytest -m large tests/test_large.py`."""
+    if os.environ.get("FASTLOSS_LARGE") == "1":
+        return
+    skip = pytest.mark.skip(reason="large-tensor test: set FASTLOSS_LARGE=1 to run it")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip)
+
 
 requires_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and a CUDA build of fastloss")
 

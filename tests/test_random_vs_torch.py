@@ -188,9 +188,11 @@ def test_random_calls_match_torch(name, device):
         if isinstance(theirs, tuple) or isinstance(ours, tuple):
             assert isinstance(ours, tuple) and isinstance(theirs, tuple), f"{what}: fastloss {ours}, torch {theirs}"
             continue
-        if (name in ("multi_margin_loss", "multilabel_margin_loss") and kw["reduction"] == "mean"
+        if (name in ("multi_margin_loss", "multilabel_margin_loss") and kw["reduction"] != "none"
                 and args[0].dim() == 2 and args[0].shape[0] == 0):
-            assert ours.isnan(), what  # documented: torch returns uninitialized memory here
+            # documented: torch returns uninitialized memory here ('mean'; 'sum' too, as AddressSanitizer's
+            # filled allocations show: 0xbebebebebebebebe = -1.83e-06)
+            assert ours.isnan() if kw["reduction"] == "mean" else ours == 0, what
             continue
         assert ours.shape == theirs.shape, what
         torch.testing.assert_close(ours, theirs, rtol=1e-7, atol=1e-9, equal_nan=True, msg=lambda m: f"{what}: {m}")

@@ -4,11 +4,20 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <vector>
 
 namespace fastloss {
 namespace cpu {
+
+// Grain (in rows) of an at::parallel_for over rows of `row_elems` contiguous elements each that the
+// loop writes: about 32K elements per task. A grain counted in rows instead left a gradient of 1024
+// rows x 32000 classes (131 MB: its zero fill and first touch) to a single thread.
+constexpr int64_t kWriteGrainElems = 32768;
+inline int64_t write_row_grain(int64_t row_elems) {
+  return std::max<int64_t>(1, kWriteGrainElems / std::max<int64_t>(row_elems, 1));
+}
 
 template <typename acc, typename F>
 acc fixed_order_sum(int64_t n, const F& f) {

@@ -12,6 +12,7 @@ enum class Option : int {
   CeConfig,             // -1 auto; CUDA cross_entropy row kernel (see launch_ce): 0 warp, 1 block256 x2/SM, 2 block1024,
                         //    3 two-block cluster per row (sm_90)
   CeSmemVecs,           // -1 auto; cap on the vectors per thread cached in shared memory
+  CpuHugePages,         // 1 (default): large CPU output buffers get transparent huge pages (common/alloc.h); 0 off
   Count
 };
 

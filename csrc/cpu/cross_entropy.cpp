@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "common/alloc.h"
 #include "common/cpu_reduce.h"
 #include "common/cpu_vec.h"
 #include "common/errors.h"
@@ -303,7 +304,7 @@ std::tuple<Tensor, Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const 
 
   Tensor row_loss = at::empty({p.rows()}, input.options().dtype(adt));
   Tensor lse = save_lse ? at::empty({p.rows()}, input.options().dtype(adt)) : at::empty({0}, input.options().dtype(adt));
-  Tensor grad = compute_grad ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
+  Tensor grad = compute_grad ? empty_for_write(input.sizes(), input.options()) : at::empty({0}, input.options());
 
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_cross_entropy_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -358,7 +359,7 @@ Tensor cross_entropy_target_backward_cpu(const Tensor& grad_loss, const Tensor& 
   const int64_t C = v.classes, outer = v.outer, D = v.inner, rows = v.rows();
   Tensor g = grad_loss.to(adt).contiguous();
   Tensor w = as_acc(weight, adt);
-  Tensor out = at::empty(input.sizes(), input.options());
+  Tensor out = empty_for_write(input.sizes(), input.options());
   return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_target_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const acc denom = input.numel() == 0 ? acc(0) : static_cast<acc>(rows);
@@ -436,7 +437,8 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
   Tensor g = grad_loss.to(adt).contiguous();
   Tensor w = as_acc(weight, adt);
   // 2-D input: each row written once, zeros and its target entry (no separate zero-fill pass)
-  Tensor out = D == 1 ? at::empty(input.sizes(), input.options()) : at::zeros(input.sizes(), input.options());
+  Tensor out = empty_for_write(input.sizes(), input.options());
+  if (D != 1) out.zero_();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_bwd_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const acc scale = red == Reduction::Mean ? acc(1) / total_weight.item<acc>() : acc(1);
@@ -446,7 +448,9 @@ Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const
     auto run = [&](auto target_tag) {
       using target_t = decltype(target_tag);
       const target_t* tp = tgt.const_data_ptr<target_t>();
-      at::parallel_for(0, rows, 4096, [&](int64_t begin, int64_t end) {
+      // 2-D: split by the elements written (whole rows), so both threads share the zero fill and the first
+      // touch of the fresh buffer; K-D: only the scattered target entries (at::zeros filled the rest)
+      at::parallel_for(0, rows, D == 1 ? write_row_grain(C) : 4096, [&](int64_t begin, int64_t end) {
         if (D == 1) std::fill(op + begin * C, op + end * C, scalar_t(0));
         for (int64_t r = begin; r < end; ++r) {
           const int64_t t = static_cast<int64_t>(tp[r]);

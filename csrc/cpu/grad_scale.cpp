@@ -7,7 +7,9 @@
 
 #include <type_traits>
 
+#include "common/alloc.h"
 #include "common/common.h"
+#include "common/cpu_reduce.h"
 #include "common/cpu_vec.h"
 #include "ops/grad_scale.h"
 
@@ -26,7 +28,7 @@ void scale_rows(const scalar_t* in, scalar_t* out, const acc_t<scalar_t>* f, boo
   // pointwise loss, classes == 1, cost ~5 ns each), a row of classes, or one element of a K-D row
   const int64_t row_len = single ? std::min<int64_t>(numel, 16384) : inner == 1 ? classes : 1;
   const int64_t runs = (numel + row_len - 1) / row_len;
-  at::parallel_for(0, runs, std::max<int64_t>(1, 32768 / row_len), [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, runs, write_row_grain(row_len), [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) {
       // run j covers elements [j*row_len, (j+1)*row_len); its row is j for inner == 1, else (n, s)
       int64_t r = j;
@@ -51,7 +53,7 @@ Tensor scale_impl(const Tensor& grad, const Tensor& grad_loss, int64_t classes, 
   check_scale_grad_args(grad, grad_loss, classes, inner, op);
   const auto adt = acc_dtype(grad.scalar_type());
   Tensor g = grad_loss.to(adt).contiguous();
-  Tensor out = kInPlace ? grad : at::empty_like(grad);
+  Tensor out = kInPlace ? grad : empty_for_write_like(grad);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "fastloss_scale_grad_cpu", [&] {
     using acc = acc_t<scalar_t>;
     const bool single = g.numel() == 1;

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/alloc.h"
 #include "common/errors.h"
 
 namespace fastloss {
@@ -41,7 +42,7 @@ RowPlan plan_rows(const char* op, std::vector<at::Tensor> inputs, const c10::opt
 }
 
 at::Tensor row_grad_buffer(const RowPlan& p, bool wanted) {
-  return wanted ? at::empty_like(p.in[0]) : at::empty({0}, p.in[0].options());
+  return wanted ? empty_for_write_like(p.in[0]) : at::empty({0}, p.in[0].options());
 }
 
 at::Tensor row_backward_factor(const RowPlan& p, const at::Tensor& grad_loss, const char* op) {

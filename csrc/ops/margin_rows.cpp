@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/alloc.h"
 #include "common/errors.h"
 
 namespace fastloss {
@@ -98,7 +99,7 @@ void raise_multilabel_target(const char* op, int64_t value, int64_t C, int64_t r
 MarginRun margin_forward_run(const MarginRowsPlan& p, bool grad_now, const char* op) {
   TORCH_CHECK(!grad_now || p.reduction != Reduction::None, op, ": grad_now needs reduction mean or sum");
   MarginRun run;
-  run.grad = grad_now ? at::empty_like(p.input) : at::empty({0}, p.input.options());
+  run.grad = grad_now ? empty_for_write_like(p.input) : at::empty({0}, p.input.options());
   run.kscale = p.reduction == Reduction::Mean && p.rows > 0 ? 1.0 / static_cast<double>(p.rows) : 1.0;
   run.row_loss = at::empty({p.rows}, p.input.options().dtype(acc_dtype(p.input.scalar_type())));
   return run;
@@ -108,7 +109,7 @@ MarginRun margin_backward_run(const MarginRowsPlan& p, const at::Tensor& grad_lo
   check_same_device(p.input, "input", grad_loss, "grad_loss", op);
   const auto adt = acc_dtype(p.input.scalar_type());
   MarginRun run;
-  run.grad = at::empty_like(p.input);
+  run.grad = empty_for_write_like(p.input);
   if (p.reduction == Reduction::None) {
     TORCH_CHECK(grad_loss.numel() == p.rows, op, ": grad_loss must have ", num(p.rows), " elements, got ",
                 num(grad_loss.numel()));

@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
+#include "common/alloc.h"
 #include "common/errors.h"
 
 namespace fastloss {
@@ -109,7 +110,7 @@ void raise_bce_domain(const char* op, bool target, int64_t pos, double value) {
 }
 
 at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted) {
-  return wanted ? at::empty_like(p.a) : at::empty({0}, p.a.options());
+  return wanted ? empty_for_write_like(p.a) : at::empty({0}, p.a.options());
 }
 
 at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const at::Tensor& weight_sum) {

@@ -12,6 +12,7 @@
 #include <limits>
 #include <tuple>
 
+#include "common/alloc.h"
 #include "common/errors.h"
 #include "ops/pointwise.h"
 
@@ -54,7 +55,7 @@ struct PointwiseOps {
                 ": grad_now needs reduction mean or sum (and, for l1/mse with a weight, sum)");
     const std::array<Tensor, 3> g = grad_buffers(p, grad_now);
     const bool none = p.reduction == Reduction::None;
-    Tensor loss = none ? at::empty(p.a.sizes(), p.a.options().dtype(p.out_dtype))
+    Tensor loss = none ? empty_for_write(p.a.sizes(), p.a.options().dtype(p.out_dtype))
                        : at::empty({}, p.a.options().dtype(p.out_dtype));
     const Tensor wsum = !none && p.by_weight_sum ? Dev::weight_sum(p) : Tensor();
     // binary_cross_entropy's domain check: the first bad element's code (pw_bce_bad), min over the pass
