@@ -151,6 +151,11 @@ trim() {  # FILE: keep a log under the device's 16 MiB per file (head and tail)
 built() { "$PY" -c "import fastloss, sys; sys.exit(not fastloss.cuda_built())" >/dev/null 2>&1; }
 HAVE_BUILD=0
 SAN_OK=unknown
+upto() {  # N: N seconds, or what is left of the step's cap if less (at least 1)
+  local left=$((LIMIT - (SECONDS - STEP_T0)))
+  (( left < 1 )) && left=1
+  echo $(( $1 < left ? $1 : left ))
+}
 
 step_env() {
   begin env || return
@@ -162,21 +167,21 @@ step_env() {
   fi
   {
     echo "--- machine"; uname -a; nproc; free -g | head -2
-    echo "--- nvidia-smi"; timeout 10 nvidia-smi
-    echo "--- nvcc"; timeout 10 nvcc --version | tail -2
+    echo "--- nvidia-smi"; timeout "$(upto 10)" nvidia-smi
+    echo "--- nvcc"; timeout "$(upto 10)" nvcc --version | tail -2
   } >> "$SETUP" 2>&1
   local info
-  info=$(timeout 30 "$PY" - 2>>"$SETUP" <<'EOF'
+  info=$(timeout "$(upto 20)" "$PY" - 2>>"$SETUP" <<'EOF'
 import importlib, sys, torch
 p = torch.cuda.get_device_properties(0) if torch.cuda.is_available() else None
 dev = f"{p.name}, {p.multi_processor_count} SMs, sm_{p.major}{p.minor}" if p else "no CUDA device"
+print(f"{dev} · torch {torch.__version__} (CUDA {torch.version.cuda}) · Python {sys.version.split()[0]}", flush=True)
 mods = []
 for m in ("pytest", "xdist", "pytest_timeout", "hypothesis", "liger_kernel", "cut_cross_entropy", "triton"):
     try:
         mods.append(f"{m} {getattr(importlib.import_module(m), '__version__', 'present')}")
     except Exception:
         mods.append(f"{m} missing")
-print(f"{dev} · torch {torch.__version__} (CUDA {torch.version.cuda}) · Python {sys.version.split()[0]}")
 print("; ".join(mods))
 EOF
   )
@@ -184,7 +189,7 @@ EOF
   DEVICE_NAME=$(head -1 <<< "$info")
   [[ -n $DEVICE_NAME ]] || DEVICE_NAME="(torch failed to start: see setup.log)"
   local drv
-  drv=$(timeout 10 nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
+  drv=$(timeout "$(upto 10)" nvidia-smi --query-gpu=driver_version --format=csv,noheader 2>/dev/null | head -1)
   # compute-sanitizer probe: a kernel that writes one element past its allocation must be reported
   local probe=/tmp/gpu_check_probe
   cat > $probe.cu <<'EOF'
@@ -193,8 +198,9 @@ int main() { int* p; cudaMalloc(&p, 31 * sizeof(int)); k<<<1, 32>>>(p, 7); cudaD
 EOF
   SAN_OK=no
   local san_detail="nvcc failed on the probe"
-  if timeout 30 nvcc -arch=native -o $probe $probe.cu >> "$SETUP" 2>&1 || timeout 30 nvcc -o $probe $probe.cu >> "$SETUP" 2>&1; then
-    timeout -k 2 5 compute-sanitizer --tool memcheck $probe > $probe.log 2>&1
+  if timeout "$(upto 20)" nvcc -arch=native -o $probe $probe.cu >> "$SETUP" 2>&1 ||
+     timeout "$(upto 20)" nvcc -o $probe $probe.cu >> "$SETUP" 2>&1; then
+    timeout -k 2 "$(upto 5)" compute-sanitizer --tool memcheck $probe > $probe.log 2>&1
     local rc=$?
     cat $probe.log >> "$SETUP"
     if grep -q "Invalid __global__ write" $probe.log; then SAN_OK=yes; san_detail="works (found the planted write)"
@@ -220,9 +226,9 @@ step_build() {
   fi
   (( rc == 0 )) && HAVE_BUILD=1
   local slow
-  slow=$("${REPORT[@]}" ninja "$ROOT/build" | cut -f3)
+  slow=$("${REPORT[@]}" ninja "$ROOT/build" '/tmp/*.build-temp' | cut -f3)  # pip -e builds in /tmp
   local err=""
-  (( rc == 0 )) || err="; first error: $(grep -m1 -E 'error[: ]' "$SETUP" | cut -c1-200)"
+  (( rc == 0 )) || err="; first error: $(sed -n '/^--- build/,$p' "$SETUP" | grep -m1 -E 'error[: ]' | cut -c1-200)"
   finish build $rc "$((SECONDS - t0)) s; ${slow}${err}"
   trim "$SETUP"
 }

@@ -187,7 +187,7 @@ scenario kill
 pid=$!
 for _ in $(seq 60); do grep -q "working 2" "$O/tests.log" 2>/dev/null && break; sleep 0.5; done
 pkill -9 -s "$pid"  # the whole session at once (timeout's own process groups too), as the device does
-wait "$pid" 2>/dev/null
+{ wait "$pid"; } 2>/dev/null
 sleep 1
 check "SUMMARY.md shows tests running and the steps before it done" bash -c "grep -q '^| tests | - | running |' '$O/SUMMARY.md' && grep -q '^| smoke | - | FAIL |' '$O/SUMMARY.md' && grep -q '^| bench | - | pending |' '$O/SUMMARY.md'"
 check "tests.log holds the lines printed before the kill" grep -q "working 2" "$O/tests.log"

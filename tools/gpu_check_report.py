@@ -4,7 +4,7 @@
     python tools/gpu_check_report.py tests LOG
     python tools/gpu_check_report.py sanitize LOG            (memcheck or racecheck output)
     python tools/gpu_check_report.py bench TABLE.md
-    python tools/gpu_check_report.py ninja BUILD_DIR         (slowest compile steps of the last build)
+    python tools/gpu_check_report.py ninja DIR_OR_GLOB...    (slowest compile steps of the newest build)
 
 Each row is `family<TAB>status<TAB>detail` (status: pass, FAIL or partial). Logs cut short by a
 time cap still give rows for what they hold. Plain Python, no torch: it runs anywhere.
@@ -165,8 +165,11 @@ def rows_bench(text):
     return out
 
 
-def rows_ninja(build_dir):
-    logs = sorted(glob.glob(os.path.join(build_dir, "**", ".ninja_log"), recursive=True), key=os.path.getmtime)
+def rows_ninja(build_dirs):
+    """The newest .ninja_log under any of the folders (pip install -e builds in /tmp/*.build-temp)."""
+    logs = sorted((f for d in build_dirs for g in glob.glob(d) for f in glob.glob(os.path.join(g, "**", ".ninja_log"),
+                                                                               recursive=True)),
+                  key=os.path.getmtime)
     if not logs:
         return [("(all)", "pass", "no .ninja_log found")]
     steps = {}
@@ -177,15 +180,16 @@ def rows_ninja(build_dir):
                 steps[parts[3]] = (int(parts[1]) - int(parts[0])) / 1000
     top = sorted(steps.items(), key=lambda kv: -kv[1])[:4]
     return [("(all)", "pass", f"{len(steps)} compile steps; slowest: "
-             + ", ".join(f"{os.path.basename(k).replace('.o', '')} {v:.0f} s" for k, v in top))]
+             + ", ".join(f"{'/'.join(k.split('/')[-2:])[:-2]} {v:.0f} s" for k, v in top))]
 
 
 def main(argv):
-    if len(argv) != 3 or argv[1] not in ("smoke", "tests", "sanitize", "bench", "ninja"):
+    if len(argv) < 3 or argv[1] not in ("smoke", "tests", "sanitize", "bench", "ninja") or (
+            len(argv) > 3 and argv[1] != "ninja"):
         sys.exit(__doc__)
     kind, path = argv[1], argv[2]
     if kind == "ninja":
-        rows = rows_ninja(path)
+        rows = rows_ninja(argv[2:])
     else:
         try:
             with open(path, errors="replace") as f:
