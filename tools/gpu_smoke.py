@@ -157,10 +157,12 @@ def case(family, name, fn):
     """Run one case: fn() then a device synchronization, every error caught and charged to it."""
     t0 = time.perf_counter()
     try:
-        fn()
+        note = fn()
         sync()
         RESULTS.append((family, name, True))
         print(f"ok   {family} {name}", flush=True)
+        if isinstance(note, str):
+            print(f"     {note}", flush=True)
     except Exception as e:  # noqa: BLE001 - a failure is reported, the next case runs
         RESULTS.append((family, name, False))
         msg = " ".join(f"{type(e).__name__}: {e}".split())
@@ -717,14 +719,14 @@ def validation_cases(only):
                         check_errors()
                         tiny()  # a deferred error is raised by the next fastloss call
                     except (RuntimeError, IndexError, ValueError) as e:
-                        msg = " ".join(str(e).split())
+                        msg = f"{type(e).__name__}: {' '.join(str(e).split())}"
                         if "CUDA error" in msg or "illegal" in msg:
                             raise
-                        print(f"     {type(e).__name__}: {msg[:300]}", flush=True)
                     else:
                         raise AssertionError("the bad target was accepted")
                     check_errors()  # the error was reported once: nothing left pending
                     tiny()
+                    return msg[:300]  # what the user reads
                 finally:
                     if prev is not None:
                         set_option("validate_targets", prev)
