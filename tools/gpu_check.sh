@@ -283,9 +283,15 @@ step_sanitize() {  # memcheck | racecheck
   local part
   part=$(awk -v t="==================== $tool" 'index($0, t) == 1 {buf = ""} {buf = buf $0 "\n"} END {printf "%s", buf}' \
     "$OUT/sanitize.log" > /tmp/gpu_check_$tool.log; "${REPORT[@]}" sanitize /tmp/gpu_check_$tool.log)
+  local pst pdet
   IFS=$'\t' read -r _ pst pdet <<< "$part"
   finish "$tool" $rc "$pdet"
-  [[ $pst == FAIL ]] && set_row "$tool" - FAIL "exit $rc; $pdet" && render
+  # the status is the parsed one: exit 9 (--error-exitcode) also comes from reports outside fastloss
+  # (API errors torch itself provokes), and a FAIL in fastloss's kernels stands whatever the exit code
+  if [[ $pst == FAIL ]] || (( rc == 9 )); then
+    set_row "$tool" - "$pst" "exit $rc in $((SECONDS - STEP_T0)) s (cap $LIMIT s); $pdet"
+    render
+  fi
   trim "$OUT/sanitize.log"
 }
 

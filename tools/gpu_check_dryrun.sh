@@ -49,6 +49,7 @@ else
   echo "=========     Saved host backtrace up to driver entry point at error"
   echo "=========         Host Frame: [0x1234] in libtorch_cuda.so"
   echo "========= ERROR SUMMARY: 1 error"
+  exit 9  # --error-exitcode: errors were reported (outside fastloss here)
 fi
 exit $rc
 EOF
