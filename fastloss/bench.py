@@ -155,10 +155,16 @@ class LossCase:
     losses = ()
     compile_fullgraph = True  # torch_compiled: fullgraph=True (False where torch's op cannot be captured whole)
 
+    # How backward reaches a reduction='none' loss: "grad" = loss.backward(g) with a fixed random g of the
+    # loss's shape (the upstream gradient of a weighted or masked reduction done by the caller);
+    # "sum" = loss.sum().backward() (torch hands the loss an expanded scalar: stride 0).
+    NONE_BACKWARDS = ("grad", "sum")
+
     def __init__(self, loss, dtype, device, reduction="mean"):
         if loss not in self.losses:
             raise ValueError(f"{type(self).__name__}: unknown loss {loss!r} (one of {', '.join(self.losses)})")
         self.loss, self.dtype, self.device, self.reduction = loss, dtype, torch.device(device), reduction
+        self.none_backward = "grad"  # see NONE_BACKWARDS; "grad" is what benchmarks/ has always timed
 
     # subclasses define these
     def shape_label(self):
@@ -178,7 +184,16 @@ class LossCase:
     def min_bytes(self, backward=True):
         raise NotImplementedError
 
+    def elements(self):
+        """Elements of the main differentiable input (the size axis of --plot)."""
+        raise NotImplementedError
+
     # shared
+    def none_out_passes(self, backward=True):
+        """Passes over the per-sample loss of reduction='none' that min_bytes counts: written once, and
+        with backward its upstream gradient read once, unless that gradient is .sum()'s expanded scalar."""
+        return 2 if backward and self.none_backward == "grad" else 1
+
     @property
     def elem(self):
         return torch.finfo(self.dtype).bits // 8
@@ -186,9 +201,19 @@ class LossCase:
     def generator(self):
         return torch.Generator(device=self.device).manual_seed(0)
 
+    def reduction_label(self):
+        """'' for mean, ' sum', ' none' (backward from a random grad_output) or ' none.sum'
+        (backward from .sum())."""
+        if self.reduction == "none" and self.none_backward == "sum":
+            return " none.sum"
+        return f" {self.reduction}" if self.reduction != "mean" else ""
+
     def name(self):
-        red = f" {self.reduction}" if self.reduction != "mean" else ""
-        return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.shape_label()}{self.extras()}{red}"
+        return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.shape_label()}{self.extras()}{self.reduction_label()}"
+
+    def series(self):
+        """The name without the size: the line this case belongs to in --plot."""
+        return f"{self.loss} {DTYPE_NAMES[self.dtype]}{self.extras()}{self.reduction_label()}"
 
     def function(self, impl):
         """The loss function of `impl` ('fastloss' or 'torch'); None when fastloss lacks it."""
@@ -207,9 +232,18 @@ class LossCase:
             out = self.call(self.function("torch"), *inputs)
         return torch.rand(out.shape, dtype=out.dtype, device=out.device, generator=self.generator())
 
+    def backward_label(self):
+        """How backward is reached: 'scalar' (mean, sum), 'grad_output' or 'sum()' (reduction='none')."""
+        if self.reduction != "none":
+            return "scalar"
+        return "sum()" if self.none_backward == "sum" else "grad_output"
+
     def step(self, impl, *inputs):
         """Forward + backward of `impl` on the inputs, as a closure."""
-        return fwd_bwd(self.bound(self.function(impl)), inputs, self.grad_output(inputs))
+        fn = self.bound(self.function(impl))
+        if self.reduction == "none" and self.none_backward == "sum":
+            return fwd_bwd(lambda *i: fn(*i).sum(), inputs)
+        return fwd_bwd(fn, inputs, self.grad_output(inputs))
 
 
 class CrossEntropyCase(LossCase):
@@ -226,6 +260,9 @@ class CrossEntropyCase(LossCase):
 
     def shape_label(self):
         return f"{self.rows}x{self.classes}"
+
+    def elements(self):
+        return self.rows * self.classes
 
     def extras(self):
         return "".join([" w" if self.weight else "", f" ign{self.ignore_frac:g}" if self.ignore_frac else "",
@@ -256,7 +293,7 @@ class CrossEntropyCase(LossCase):
         if backward:
             n += self.rows * self.classes * e
         if self.reduction == "none":
-            n += self.rows * e * (2 if backward else 1)
+            n += self.rows * e * self.none_out_passes(backward)
         return n
 
 
@@ -279,6 +316,9 @@ class ShapedCase(LossCase):
 
     def shape_label(self):
         return fmt_shape(self.shape)
+
+    def elements(self):
+        return self.numel
 
 
 class RegressionCase(ShapedCase):
@@ -320,11 +360,13 @@ class RegressionCase(ShapedCase):
 
     def min_bytes(self, backward=True):
         """mean/sum: input read + target read [+ input gradient written] = (2 [+1]) * N * elem.
-        none: + loss written [+ upstream gradient read] = (3 [+2]) * N * elem.
+        none: + loss written [+ upstream gradient read] = (3 [+2]) * N * elem (none.sum: [+1], .sum()'s
+        upstream gradient is one scalar; see none_out_passes).
         (With backward a separate pass, something must be re-read there; this lower bound counts
         each tensor once, the convention of every table.)"""
         n, e = self.numel, self.elem
-        return n * e * (2 + (1 if backward else 0) + ((1 + (1 if backward else 0)) if self.reduction == "none" else 0))
+        out = self.none_out_passes(backward) if self.reduction == "none" else 0
+        return n * e * (2 + (1 if backward else 0) + out)
 
 
 def torch_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
@@ -405,7 +447,7 @@ class BinaryCase(ShapedCase):
         if self.loss == "gaussian_nll_loss":
             tensors += 1 + (1 if backward else 0)
         if self.reduction == "none" and self.loss != "multilabel_soft_margin_loss":
-            tensors += 1 + (1 if backward else 0)
+            tensors += self.none_out_passes(backward)
         return n * e * tensors
 
 
@@ -488,7 +530,7 @@ class EmbeddingCase(ShapedCase):
             n = (k * (2 if backward else 1) + 1) * self.numel * e  # + 1: the target
             out = self.numel
         if self.reduction == "none":
-            n += out * e * (2 if backward else 1)
+            n += out * e * self.none_out_passes(backward)
         return n
 
 
@@ -539,6 +581,9 @@ class CtcCase(LossCase):
 
     def shape_label(self):
         return f"T{self.T} N{self.N} C{self.C} S{self.S}"
+
+    def elements(self):
+        return self.T * self.N * self.C
 
     def extras(self):
         fmt = (" cudnn" if self.device.type == "cuda" else " concat-i32") if self.cudnn else ""
@@ -594,7 +639,7 @@ class CtcCase(LossCase):
         n = self.T * self.N * self.C * e * (2 if backward else 1)
         n += int(self.target_lengths.sum()) * 4 if self.cudnn else self.N * self.S * 8
         if self.reduction == "none":
-            n += self.N * e * (2 if backward else 1)
+            n += self.N * e * self.none_out_passes(backward)
         return n
 
 
@@ -616,6 +661,9 @@ class MarginRowsCase(LossCase):
 
     def shape_label(self):
         return f"{self.rows}x{self.classes}"
+
+    def elements(self):
+        return self.rows * self.classes
 
     def extras(self):
         if self.loss == "multilabel_margin_loss":
@@ -650,7 +698,7 @@ class MarginRowsCase(LossCase):
         if self.weight:
             b += self.classes * e
         if self.reduction == "none":
-            b += self.rows * e * (2 if backward else 1)
+            b += self.rows * e * self.none_out_passes(backward)
         return b
 
 
@@ -707,9 +755,20 @@ def make_case(loss, shape, dtype, device, reduction="mean", swap=False):
     return EmbeddingCase(loss, shape or sizes[key], dtype, device, reduction=reduction, swap=swap)
 
 
-def default_cases(device, family="all"):
-    device = torch.device(device)
+def default_cases(device, family="all", none_backward="sum"):
+    """The built-in cases of `family` ('all': every family), each family's typical mean cases first,
+    then its reduction='none' variants, whose backward is reached as `none_backward` says
+    (LossCase.NONE_BACKWARDS)."""
+    cases = _default_cases(torch.device(device), family)
+    for c in cases:
+        if c.reduction == "none":
+            c.none_backward = none_backward
+    return cases
+
+
+def _default_cases(device, family):
     fp32, bf16 = torch.float32, torch.bfloat16
+    none = "none"
     cases = []
     if device.type == "cuda":
         if family in ("all", "cross_entropy"):
@@ -721,12 +780,15 @@ def default_cases(device, family="all"):
                 CrossEntropyCase("cross_entropy", 32768, 50257, bf16, device),
                 CrossEntropyCase("cross_entropy", 65536, 128, fp32, device),
                 CrossEntropyCase("nll_loss", 16384, 32000, fp32, device),
+                CrossEntropyCase("cross_entropy", 16384, 32000, fp32, device, reduction=none),
+                CrossEntropyCase("nll_loss", 16384, 32000, fp32, device, reduction=none),
             ]
         if family in ("all", "regression"):
             n = 64 * 2**20
             cases += [RegressionCase(loss, n, dtype, device) for dtype in (fp32, bf16) for loss in
                       ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss")]
             cases += [RegressionCase(loss, 16 * 2**20, fp32, device) for loss in ("soft_margin_loss", "kl_div")]
+            cases += [RegressionCase(loss, n, fp32, device, reduction=none) for loss in ("smooth_l1_loss", "mse_loss")]
         if family in ("all", "embedding"):
             cases += [
                 EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device),
@@ -734,6 +796,8 @@ def default_cases(device, family="all"):
                 EmbeddingCase("cosine_embedding_loss", (65536, 512), fp32, device),
                 EmbeddingCase("margin_ranking_loss", 16 * 2**20, fp32, device),
                 EmbeddingCase("hinge_embedding_loss", 16 * 2**20, fp32, device),
+                EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device, reduction=none),
+                EmbeddingCase("margin_ranking_loss", 16 * 2**20, fp32, device, reduction=none),
             ]
         if family in ("all", "ctc"):
             cases += [
@@ -741,10 +805,13 @@ def default_cases(device, family="all"):
                 CtcCase("ctc_loss", 500, 32, 5000, 100, fp32, device),
                 CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device, cudnn=True),  # torch: cuDNN
                 CtcCase("ctc_loss", 500, 32, 5000, 100, bf16, device),  # torch: fp32 (no bf16 CTC)
+                CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device, reduction=none),
             ]
         if family in ("all", "probabilistic"):  # the issue's 16M elements
             cases += [BinaryCase(loss, (16384, 1024), dtype, device) for dtype in (fp32, bf16)
                       for loss in BinaryCase.losses]
+            cases += [BinaryCase(loss, (16384, 1024), fp32, device, reduction=none)
+                      for loss in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss")]
         if family in ("all", "margin_rows"):
             cases += [
                 MarginRowsCase("multi_margin_loss", 65536, 1000, fp32, device),
@@ -752,6 +819,7 @@ def default_cases(device, family="all"):
                 MarginRowsCase("multi_margin_loss", 8192, 32000, fp32, device),
                 MarginRowsCase("multilabel_margin_loss", 65536, 256, fp32, device),
                 MarginRowsCase("multilabel_margin_loss", 8192, 4096, fp32, device, targets=32),
+                MarginRowsCase("multi_margin_loss", 65536, 1000, fp32, device, reduction=none),
             ]
         return cases
     if family in ("all", "cross_entropy"):
@@ -761,28 +829,39 @@ def default_cases(device, family="all"):
                              label_smoothing=0.1),
             CrossEntropyCase("cross_entropy", 256, 32000, bf16, device),
             CrossEntropyCase("cross_entropy", 8192, 100, fp32, device),
-            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device),
+            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device),  # issue 19: log-probabilities 1024x32000
+            CrossEntropyCase("cross_entropy", 1024, 32000, fp32, device, reduction=none),
+            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device, reduction=none),
         ]
     if family in ("all", "regression"):
         cases += [RegressionCase(loss, 4 * 2**20, fp32, device)
                   for loss in ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss", "soft_margin_loss", "kl_div")]
+        # issue 19: smooth_l1_loss(reduction='none').sum().backward() at 4M elements
+        cases += [RegressionCase(loss, 4 * 2**20, fp32, device, reduction=none)
+                  for loss in ("smooth_l1_loss", "mse_loss")]
     if family in ("all", "embedding"):
         cases += [
             EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device),
             EmbeddingCase("cosine_embedding_loss", (4096, 512), fp32, device),
             EmbeddingCase("margin_ranking_loss", 2**20, fp32, device),
             EmbeddingCase("hinge_embedding_loss", 2**20, fp32, device),
+            EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device, reduction=none),
+            EmbeddingCase("margin_ranking_loss", 2**20, fp32, device, reduction=none),
         ]
     if family in ("all", "ctc"):
         cases += [CtcCase("ctc_loss", T, N, C, S, fp32, device)
                   for T, N, C, S in ((200, 16, 32, 50), (100, 8, 32, 25), (500, 32, 64, 100))]
+        cases += [CtcCase("ctc_loss", 200, 16, 32, 50, fp32, device, reduction=none)]
     if family in ("all", "probabilistic"):
         cases += [BinaryCase(loss, (1024, 1024), fp32, device) for loss in BinaryCase.losses]
+        cases += [BinaryCase(loss, (1024, 1024), fp32, device, reduction=none)
+                  for loss in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss")]
     if family in ("all", "margin_rows"):
         cases += [
             MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device),
             MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device, p=2, weight=True),
             MarginRowsCase("multilabel_margin_loss", 4096, 256, fp32, device),
+            MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device, reduction=none),
         ]
     return cases
 
