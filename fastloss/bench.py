@@ -20,6 +20,7 @@ classes, padded target length) for ctc_loss, and the input's shape (or element c
 for the elementwise losses (l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
 """
 import argparse
+import shutil
 import statistics
 import sys
 import time
@@ -866,23 +867,63 @@ def _default_cases(device, family):
     return cases
 
 
+class Progress:
+    """Progress of a run, on stderr. On a terminal: one line rewritten in place ('[3/27] case ...').
+    Anywhere else (a CI log, a file, a pipe): one whole line per case once it is done, with its result,
+    so that a log reads line by line instead of one long line of carriage-return-joined fragments."""
+
+    def __init__(self, total, stream=None, enabled=True):
+        self.total, self.enabled = total, enabled
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.width = max(20, shutil.get_terminal_size((80, 24)).columns - 1) if self.tty else 0
+        self._shown = False  # a TTY line to clear
+
+    def _clear(self):
+        if self._shown:
+            print("\r" + " " * self.width + "\r", end="", file=self.stream, flush=True)
+            self._shown = False
+
+    def start(self, i, name):
+        if self.enabled and self.tty:  # truncated to the terminal: a wrapped line would not be rewritten
+            text = f"[{i + 1}/{self.total}] {name} ..."[:self.width]
+            print("\r" + text.ljust(self.width), end="", file=self.stream, flush=True)
+            self._shown = True
+
+    def done(self, i, name, result):
+        if self.enabled and not self.tty:
+            print(f"[{i + 1}/{self.total}] {name}: {result}", file=self.stream, flush=True)
+
+    def note(self, text):
+        """A message that stays (a skipped case, a failure): a whole line in both modes."""
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def finish(self):
+        self._clear()
+
+
 def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
     """Time fastloss and torch on each case (interleaved); on CPU, cheap cases get extra rounds up to
-    `min_seconds` per case (default 0.5 s) because single runs there vary by +-30%."""
+    `min_seconds` per case (default 0.5 s) because single runs there vary by +-30%.
+    Returns (rows, copy bandwidth or None); a row: case (the name), case_obj, fastloss and torch (s),
+    speedup, and on CUDA gbps and bw_frac."""
     device = cases[0].device
     bw = copy_bandwidth(device) if device.type == "cuda" else None
     if min_seconds is None:
         min_seconds = 0.0 if device.type == "cuda" else 0.5
+    prog = Progress(len(cases), enabled=progress)
     rows = []
     for i, case in enumerate(cases):
         if case.function("fastloss") is None:
-            print(f"\rskipping {case.name()}: fastloss.functional has no {case.loss} in this build".ljust(70),
-                  file=sys.stderr, flush=True)
+            prog.note(f"skipping {case.name()}: fastloss.functional has no {case.loss} in this build")
             continue
-        if progress:
-            print(f"\r[{i + 1}/{len(cases)}] {case.name()} ...".ljust(70), end="", file=sys.stderr, flush=True)
+        prog.start(i, case.name())
         inputs = case.inputs()
-        res = {"case": case.name()}
+        res = {"case": case.name(), "case_obj": case}
         res.update(compare({impl: case.step(impl, *inputs) for impl in ["fastloss", "torch"]}, device,
                            repeats=repeats, min_seconds=min_seconds))
         res["speedup"] = res["torch"] / res["fastloss"]
@@ -890,10 +931,17 @@ def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
             res["gbps"] = case.min_bytes() / res["fastloss"] / 1e9
             res["bw_frac"] = case.min_bytes() / res["fastloss"] / bw
         rows.append(res)
+        prog.done(i, case.name(), f"fastloss {res['fastloss'] * 1e3:.3f} ms, torch {res['torch'] * 1e3:.3f} ms, "
+                                  f"{res['speedup']:.2f}x")
         del inputs
-    if progress:
-        print("\r".ljust(72) + "\r", end="", file=sys.stderr, flush=True)
+    prog.finish()
     return rows, bw
+
+
+NONE_LEGEND = {
+    "grad": "none: loss(reduction='none').backward(g), g a fixed random tensor of the loss's shape",
+    "sum": "none.sum: loss(reduction='none').sum().backward() (the loss gets an expanded scalar gradient)",
+}
 
 
 def format_table(rows, bw, device):
@@ -913,7 +961,12 @@ def format_table(rows, bw, device):
     lines.append("")
     lines.append(f"forward+backward, median; device: {name}{threads}; torch {torch.__version__}"
                  + (f"; measured copy bandwidth {bw / 1e9:.0f} GB/s (read+write)" if bw else ""))
+    nones = sorted({r["case_obj"].none_backward for r in rows
+                    if "case_obj" in r and r["case_obj"].reduction == "none"})
+    if nones:
+        lines.append("; ".join(NONE_LEGEND[n] for n in nones) + ".")
     return "\n".join(lines)
+
 
 
 # ------------------------------------------------- side by side (the benchmarks/bench_<family>.py scripts)
@@ -926,11 +979,12 @@ def torch_compiled(case):
     return torch.compile(case.bound(case.function("torch")), fullgraph=case.compile_fullgraph, dynamic=False)
 
 
-def measure_impls(case, impls, repeats, min_seconds=0.0):
+def measure_impls(case, impls, repeats, min_seconds=0.0, note=None):
     """For each implementation (name -> callable on the case's inputs): median forward+backward and
     forward-only (no_grad) seconds, timed interleaved across the implementations, and on CUDA the peak
     memory allocated above the steady state during forward+backward. Returns name -> (fwd+bwd s,
-    fwd s, peak extra bytes or None). An implementation that fails is reported on stderr and gets NaN."""
+    fwd s, peak extra bytes or None). An implementation that fails is reported on stderr (through
+    `note`, a Progress.note, when given) and gets NaN."""
     inputs = case.inputs()
     g = case.grad_output(inputs)
     fb = {n: fwd_bwd(f, inputs, g) for n, f in impls.items()}
@@ -943,7 +997,11 @@ def measure_impls(case, impls, repeats, min_seconds=0.0):
             sync(case.device)
             ok.append(n)
         except Exception as e:  # noqa: BLE001 - a failing implementation is reported, not fatal
-            print(f"\n  {case.name()}: {n} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            msg = f"  {case.name()}: {n} failed: {type(e).__name__}: {str(e)[:300]}"
+            if note:
+                note(msg)
+            else:
+                print("\n" + msg, file=sys.stderr)
     t_fb = compare({n: fb[n] for n in ok}, case.device, repeats=repeats, min_seconds=min_seconds) if ok else {}
     t_fo = compare({n: fo[n] for n in ok}, case.device, repeats=repeats, min_seconds=min_seconds) if ok else {}
     nan = float("nan")
@@ -1040,18 +1098,21 @@ def side_by_side_main(argv, doc, specs_fn, build, title, notes, loss_example):
 
     bw = copy_bandwidth(dev) if dev.type == "cuda" else None
     results, compiled_losses = [], set()
+    prog = Progress(len(specs))
     for i, spec in enumerate(specs):
         case = build(spec, dev)
         if case.function("fastloss") is None:
-            print(f"skipping {case.name()}: fastloss.functional has no {case.loss}", file=sys.stderr)
+            prog.note(f"skipping {case.name()}: fastloss.functional has no {case.loss}")
             continue
         impls = {"fastloss": case.bound(case.function("fastloss")), "torch": case.bound(case.function("torch"))}
         if not args.no_compile and (not args.quick or case.loss not in compiled_losses):
             impls["torch.compile"] = torch_compiled(case)
             compiled_losses.add(case.loss)
-        print(f"\r[{i + 1}/{len(specs)}] {case.name()} ...".ljust(80), end="", file=sys.stderr, flush=True)
-        results.append((case, measure_impls(case, impls, repeats, min_seconds)))
-    print("\r".ljust(82) + "\r", end="", file=sys.stderr)
+        prog.start(i, case.name())
+        res = measure_impls(case, impls, repeats, min_seconds, note=prog.note)
+        results.append((case, res))
+        prog.done(i, case.name(), ", ".join(f"{n} {fb * 1e3:.3f} ms" for n, (fb, _, _) in res.items()))
+    prog.finish()
 
     notes = list(notes)
     if args.quick and not args.no_compile:
