@@ -2,12 +2,22 @@
 
 Prints one table: median time of each, the speed-up, and on CUDA the bandwidth fastloss reaches
 counting the minimal bytes (each input read once, each gradient and output written once) and its
-fraction of the device's measured copy bandwidth. benchmarks/ holds the fuller comparisons
+fraction of the device's measured copy bandwidth. --json / --csv print the same results as records
+for tooling, --plot draws speed-up against size. benchmarks/ holds the fuller comparisons
 (forward-only, torch.compile, peers, more sizes and dtypes).
+
+The default cases hold each family's typical shapes with reduction='mean', then reduction='none'
+variants: 'none.sum' in a case's name is loss(reduction='none').sum().backward(), 'none' is
+loss(reduction='none').backward(g) with a fixed random g (--none-backward picks which).
+Progress goes to stderr: rewritten in place on a terminal, one line per case elsewhere (logs).
 
 Examples:
     python -m fastloss.bench                                   # every family's default cases
+    python -m fastloss.bench --list                            # the cases, without timing
+    python -m fastloss.bench --only 'none'                     # the default cases whose name matches
     python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|probabilistic|margin_rows|all
+    python -m fastloss.bench --json > bench.json               # records (also --csv); the table is not printed
+    python -m fastloss.bench --plot speedup.png --family regression   # speed-up vs size, several sizes per loss
     python -m fastloss.bench --loss cross_entropy,nll_loss --shape 8192x128256 --dtype bf16
     python -m fastloss.bench --loss mse,smooth_l1 --shape 64M --dtype fp32 --reduction none
     python -m fastloss.bench --loss triplet_margin_loss --shape 65536x512 --swap
@@ -20,6 +30,13 @@ classes, padded target length) for ctc_loss, and the input's shape (or element c
 for the elementwise losses (l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
 """
 import argparse
+import csv
+import datetime
+import io
+import json
+import math
+import platform
+import re
 import shutil
 import statistics
 import sys
@@ -867,6 +884,37 @@ def _default_cases(device, family):
     return cases
 
 
+# Sizes --plot sweeps: factors of each loss's default (or --shape) size, scaling the batch dimension
+# (rows; ctc_loss: N; elementwise losses: the element count). CPU: three sizes over 64x, so that a
+# sweep of every loss stays near two minutes on 2 cores.
+PLOT_SCALES = {"cpu": (1 / 64, 1 / 8, 1.0), "cuda": (1 / 256, 1 / 32, 1 / 4, 1.0)}
+
+
+def case_dims(case):
+    """The case's shape as make_case takes it (ROWSxCLASSES, NxD, TxNxCxS or the input's shape)."""
+    if isinstance(case, ShapedCase):
+        return case.shape
+    if isinstance(case, CtcCase):
+        return (case.T, case.N, case.C, case.S)
+    return (case.rows, case.classes)
+
+
+def sweep_cases(losses, shape, dtype, device, reduction="mean", scales=None, swap=False):
+    """For each loss, make_case at `shape` (None: the device's default size) scaled by each factor in
+    `scales` along its batch dimension (ctc_loss: N, others: the first)."""
+    device = torch.device(device)
+    scales = sorted(scales or PLOT_SCALES["cuda" if device.type == "cuda" else "cpu"])
+    cases = []
+    for loss in losses:
+        base = list(case_dims(make_case(loss, shape, dtype, device, reduction=reduction, swap=swap)))
+        dim = 1 if LOSS_FAMILY[loss] is CtcCase else 0
+        for f in scales:
+            dims = list(base)
+            dims[dim] = max(1, round(base[dim] * f))
+            cases.append(make_case(loss, tuple(dims), dtype, device, reduction=reduction, swap=swap))
+    return cases
+
+
 class Progress:
     """Progress of a run, on stderr. On a terminal: one line rewritten in place ('[3/27] case ...').
     Anywhere else (a CI log, a file, a pipe): one whole line per case once it is done, with its result,
@@ -938,6 +986,21 @@ def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
     return rows, bw
 
 
+def device_name(device):
+    """The GPU's name, or the CPU's model (from /proc/cpuinfo where there is one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
 NONE_LEGEND = {
     "grad": "none: loss(reduction='none').backward(g), g a fixed random tensor of the loss's shape",
     "sum": "none.sum: loss(reduction='none').sum().backward() (the loss gets an expanded scalar gradient)",
@@ -967,6 +1030,107 @@ def format_table(rows, bw, device):
         lines.append("; ".join(NONE_LEGEND[n] for n in nones) + ".")
     return "\n".join(lines)
 
+
+# Fields of a --json / --csv record, one per case. Times in milliseconds; speedup = torch_ms / fastloss_ms;
+# gbps (minimal bytes / fastloss time) and copy_bw_frac (of the measured copy bandwidth) on CUDA only.
+RECORD_FIELDS = ("case", "loss", "family", "shape", "elements", "dtype", "reduction", "backward", "options",
+                 "device", "device_name", "threads", "fastloss_ms", "torch_ms", "speedup", "gbps", "copy_bw_frac",
+                 "torch_version", "commit", "date")
+
+
+def run_info(device):
+    """The fields every record of one run shares."""
+    device = torch.device(device)
+    return {"device": str(device), "device_name": device_name(device),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "torch_version": torch.__version__, "commit": fastloss_commit() or None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def case_record(case, info, row=None):
+    """One case as a flat dict of RECORD_FIELDS (timing fields None without a measured row)."""
+    row = row or {}
+    ms = (lambda k: row[k] * 1e3 if k in row else None)
+    rec = {"case": case.name(), "loss": case.loss, "family": case.family, "shape": case.shape_label(),
+           "elements": case.elements(), "dtype": DTYPE_NAMES[case.dtype], "reduction": case.reduction,
+           "backward": case.backward_label(), "options": case.extras().strip() or None,
+           "fastloss_ms": ms("fastloss"), "torch_ms": ms("torch"), "speedup": row.get("speedup"),
+           "gbps": row.get("gbps"), "copy_bw_frac": row.get("bw_frac")}
+    rec.update(info)
+    return {k: rec[k] for k in RECORD_FIELDS}
+
+
+def format_json(records):
+    """A JSON array, one record per line (parseable as a whole, greppable line by line)."""
+    return "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]"
+
+
+def format_csv(records):
+    """CSV with a header row; None is an empty field."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: "" if v is None else v for k, v in r.items()})
+    return buf.getvalue().rstrip("\n")
+
+
+Y_TICKS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24,
+           32, 48, 64, 128, 256)
+
+
+def plot_speedups(rows, path, device):
+    """speed-up (torch time / fastloss time, log scale) against the main input's element count (log
+    scale), one line per loss (and dtype, options, reduction), one panel per family; written to `path`
+    (the format from its extension: .png, .svg, .pdf)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    panels = {}  # family -> series -> [(elements, speedup)]
+    for r in rows:
+        c = r["case_obj"]
+        panels.setdefault(c.family, {}).setdefault(c.series(), []).append((c.elements(), r["speedup"]))
+    n = max(1, len(panels))
+    cols = min(3, n)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.4, 5.2 * cols), 4.0 * nrows + 0.6), squeeze=False)
+    for ax, (family, series) in zip(axes.flat, sorted(panels.items())):
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        # log axes with few, readable ticks: the sizes measured (4K, 1M, ...; powers of 4 when many) and
+        # round speed-ups (powers of 2 when the range is wide)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        xs = sorted({p[0] for pts in series.values() for p in pts})
+        if len(xs) > 6:
+            xs = [4**k for k in range(math.ceil(math.log(xs[0], 4)), math.floor(math.log(xs[-1], 4)) + 1)] or xs[:1]
+        ax.set_xticks(xs, [fmt_count(x) for x in xs])
+        ys = [p[1] for pts in series.values() for p in pts] + [1.0]
+        lo, hi = min(ys) / 1.15, max(ys) * 1.15
+        ticks = [t for t in Y_TICKS if lo <= t <= hi]
+        if len(ticks) > 8:
+            ticks = [t for t in ticks if math.log2(t).is_integer()]
+        ax.set_yticks(ticks, [f"{t:g}x" if t >= 0.1 else f"1/{round(1 / t)}x" for t in ticks])
+        ax.set_ylim(lo, hi)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_title(family)
+        ax.set_xlabel("elements of the input")
+        ax.set_ylabel("speed-up vs torch (x)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} threads"
+    fig.suptitle(f"fastloss vs torch eager, forward+backward, median\n{device_name(device)}{threads}, "
+                 f"torch {torch.__version__}, {datetime.date.today().isoformat()}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ------------------------------------------------- side by side (the benchmarks/bench_<family>.py scripts)
@@ -1137,32 +1301,108 @@ def main(argv=None):
                                     "e.g. 8192x128256, 64M, 200x16x32x50")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")
     ap.add_argument("--reduction", choices=["mean", "sum", "none"], help="with --loss (default mean)")
+    ap.add_argument("--none-backward", choices=list(LossCase.NONE_BACKWARDS), default="sum",
+                    help="how backward reaches a reduction='none' loss: sum = loss.sum().backward() (named "
+                         "'none.sum' in the table), grad = loss.backward(g) with a fixed random g of the loss's "
+                         "shape (named 'none') (default: sum)")
     ap.add_argument("--swap", action="store_true", help="triplet losses: swap=True")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="keep only the cases whose name (as --list prints it) matches this regular expression "
+                         "(case-insensitive search), e.g. 'none', '^mse_loss', 'nll|smooth_l1'")
+    ap.add_argument("--list", action="store_true",
+                    help="print the cases, one per line, and exit without timing (with --json/--csv: their "
+                         "records, timing fields empty)")
+    out = ap.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true",
+                     help="print the results as a JSON array of records (one per case, one per line) instead of "
+                          f"the table; fields: {', '.join(RECORD_FIELDS)}")
+    out.add_argument("--csv", action="store_true", help="print the results as CSV (same fields) instead of the table")
+    ap.add_argument("--plot", metavar="FILE",
+                    help="time each selected loss (--loss, --family, or every loss) at several sizes and draw "
+                         "speed-up vs size, one panel per family, into FILE (.png, .svg, .pdf; needs matplotlib)")
+    ap.add_argument("--scales", metavar="F,F,...",
+                    help="with --plot: factors of the default (or --shape) size along the batch dimension "
+                         f"(default: CPU {','.join(f'{f:g}' for f in PLOT_SCALES['cpu'])}, "
+                         f"CUDA {','.join(f'{f:g}' for f in PLOT_SCALES['cuda'])})")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed repetitions (median is reported; on CPU cheap cases get more, up to 0.5 s each)")
+                    help="timed repetitions (median is reported; on CPU cheap cases get more, up to --min-time)")
+    ap.add_argument("--min-time", type=float, default=None, metavar="SECONDS",
+                    help="on CPU, cheap cases get extra rounds until this much time is spent on each "
+                         "(default 0.5; CUDA: 0)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not fastloss.cuda_built():
         ap.error("this fastloss build has no CUDA kernels")
-    if args.loss or args.shape or args.dtype or args.reduction or args.swap:
+    if args.scales and not args.plot:
+        ap.error("--scales goes with --plot")
+    if args.plot and not args.list:
         try:
-            if args.loss:
-                losses = [loss_name(s) for s in args.loss.split(",")]
-            elif args.family != "all":
-                losses = list(FAMILIES[args.family].losses)
-            else:
-                losses = ["cross_entropy"]
-            shape = parse_shape(args.shape) if args.shape else None
-            dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-            cases = [make_case(l, shape, dtype, device, reduction=args.reduction or "mean",
-                               swap=args.swap and l.startswith("triplet")) for l in losses]
-        except ValueError as e:
-            ap.error(str(e))
-    else:
-        cases = default_cases(device, args.family)
+            import matplotlib  # noqa: F401 - checked before any timing
+        except ImportError:
+            ap.error("--plot needs matplotlib (pip install matplotlib)")
+    try:
+        only = re.compile(args.only, re.IGNORECASE) if args.only else None
+    except re.error as e:
+        ap.error(f"--only: {e}")
+
+    custom = args.loss or args.shape or args.dtype or args.reduction or args.swap
+    try:
+        if args.loss:
+            losses = [loss_name(s) for s in args.loss.split(",")]
+        elif args.family != "all":
+            losses = list(FAMILIES[args.family].losses)
+        else:
+            losses = list(LOSS_FAMILY) if args.plot else ["cross_entropy"]
+        shape = parse_shape(args.shape) if args.shape else None
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        reduction = args.reduction or "mean"
+        swap = args.swap
+        if args.plot:
+            scales = [float(eval_fraction(f)) for f in args.scales.split(",")] if args.scales else None
+            cases = sweep_cases(losses, shape, dtype, device, reduction, scales, swap=swap)
+        elif custom:
+            cases = [make_case(l, shape, dtype, device, reduction=reduction, swap=swap and l.startswith("triplet"))
+                     for l in losses]
+        else:
+            cases = default_cases(device, args.family, args.none_backward)
+    except ValueError as e:
+        ap.error(str(e))
+    for c in cases:
+        c.none_backward = args.none_backward
+    if only:
+        cases = [c for c in cases if only.search(c.name())]
+    if not cases:
+        ap.error("no case left after the filters")
+
+    if args.list:
+        if args.json or args.csv:
+            info = run_info(device)
+            records = [case_record(c, info) for c in cases]
+            print(format_json(records) if args.json else format_csv(records))
+        else:
+            print("\n".join(c.name() for c in cases))
+        return
+
     repeats = args.repeats or (20 if device.type == "cuda" else 5)
-    rows, bw = run_cases(cases, repeats)
-    print(format_table(rows, bw, device))
+    rows, bw = run_cases(cases, repeats, min_seconds=args.min_time)
+    if args.json or args.csv:
+        info = run_info(device)
+        records = [case_record(r["case_obj"], info, r) for r in rows]
+        print(format_json(records) if args.json else format_csv(records))
+    else:
+        print(format_table(rows, bw, device))
+    if args.plot:
+        plot_speedups(rows, args.plot, device)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def eval_fraction(s):
+    """'1/64' -> 0.015625, '0.25' -> 0.25 (a --scales factor; must be > 0)."""
+    num, _, den = s.strip().partition("/")
+    f = float(num) / float(den) if den else float(num)
+    if not f > 0:
+        raise ValueError(f"--scales: {s!r} is not a positive factor")
+    return f
 
 
 if __name__ == "__main__":
