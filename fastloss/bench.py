@@ -1322,8 +1322,7 @@ def main(argv=None):
                          "speed-up vs size, one panel per family, into FILE (.png, .svg, .pdf; needs matplotlib)")
     ap.add_argument("--scales", metavar="F,F,...",
                     help="with --plot: factors of the default (or --shape) size along the batch dimension "
-                         f"(default: CPU {','.join(f'{f:g}' for f in PLOT_SCALES['cpu'])}, "
-                         f"CUDA {','.join(f'{f:g}' for f in PLOT_SCALES['cuda'])})")
+                         f"(default: CPU {fmt_scales(PLOT_SCALES['cpu'])}, CUDA {fmt_scales(PLOT_SCALES['cuda'])})")
     ap.add_argument("--repeats", type=int, default=None,
                     help="timed repetitions (median is reported; on CPU cheap cases get more, up to --min-time)")
     ap.add_argument("--min-time", type=float, default=None, metavar="SECONDS",
@@ -1394,6 +1393,11 @@ def main(argv=None):
     if args.plot:
         plot_speedups(rows, args.plot, device)
         print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def fmt_scales(scales):
+    """(1/64, 1/8, 1.0) -> '1/64,1/8,1' (the form --scales takes)."""
+    return ",".join(f"1/{round(1 / f)}" if f < 1 else f"{f:g}" for f in scales)
 
 
 def eval_fraction(s):
