@@ -2,12 +2,22 @@
 
 Prints one table: median time of each, the speed-up, and on CUDA the bandwidth fastloss reaches
 counting the minimal bytes (each input read once, each gradient and output written once) and its
-fraction of the device's measured copy bandwidth. benchmarks/ holds the fuller comparisons
+fraction of the device's measured copy bandwidth. --json / --csv print the same results as records
+for tooling, --plot draws speed-up against size. benchmarks/ holds the fuller comparisons
 (forward-only, torch.compile, peers, more sizes and dtypes).
+
+The default cases hold each family's typical shapes with reduction='mean', then reduction='none'
+variants: 'none.sum' in a case's name is loss(reduction='none').sum().backward(), 'none' is
+loss(reduction='none').backward(g) with a fixed random g (--none-backward picks which).
+Progress goes to stderr: rewritten in place on a terminal, one line per case elsewhere (logs).
 
 Examples:
     python -m fastloss.bench                                   # every family's default cases
+    python -m fastloss.bench --list                            # the cases, without timing
+    python -m fastloss.bench --only 'none'                     # the default cases whose name matches
     python -m fastloss.bench --family regression               # cross_entropy|regression|embedding|ctc|probabilistic|margin_rows|all
+    python -m fastloss.bench --json > bench.json               # records (also --csv); the table is not printed
+    python -m fastloss.bench --plot speedup.png --family regression   # speed-up vs size, several sizes per loss
     python -m fastloss.bench --loss cross_entropy,nll_loss --shape 8192x128256 --dtype bf16
     python -m fastloss.bench --loss mse,smooth_l1 --shape 64M --dtype fp32 --reduction none
     python -m fastloss.bench --loss triplet_margin_loss --shape 65536x512 --swap
@@ -20,6 +30,14 @@ classes, padded target length) for ctc_loss, and the input's shape (or element c
 for the elementwise losses (l1, mse, smooth_l1, huber, margin_ranking, hinge_embedding).
 """
 import argparse
+import csv
+import datetime
+import io
+import json
+import math
+import platform
+import re
+import shutil
 import statistics
 import sys
 import time
@@ -155,14 +173,16 @@ class LossCase:
     losses = ()
     compile_fullgraph = True  # torch_compiled: fullgraph=True (False where torch's op cannot be captured whole)
 
+    # How backward reaches a reduction='none' loss: "grad" = loss.backward(g) with a fixed random g of the
+    # loss's shape (the upstream gradient of a weighted or masked reduction done by the caller);
+    # "sum" = loss.sum().backward() (torch hands the loss an expanded scalar: stride 0).
+    NONE_BACKWARDS = ("grad", "sum")
+
     def __init__(self, loss, dtype, device, reduction="mean"):
         if loss not in self.losses:
             raise ValueError(f"{type(self).__name__}: unknown loss {loss!r} (one of {', '.join(self.losses)})")
-        # "none.sum": reduction='none' then loss.sum() -- backward gets an expanded (stride 0) grad_output
-        self.upstream_sum = reduction == "none.sum"
-        if self.upstream_sum:
-            reduction = "none"
         self.loss, self.dtype, self.device, self.reduction = loss, dtype, torch.device(device), reduction
+        self.none_backward = "grad"  # see NONE_BACKWARDS; "grad" is what benchmarks/ has always timed
 
     # subclasses define these
     def shape_label(self):
@@ -182,7 +202,16 @@ class LossCase:
     def min_bytes(self, backward=True):
         raise NotImplementedError
 
+    def elements(self):
+        """Elements of the main differentiable input (the size axis of --plot)."""
+        raise NotImplementedError
+
     # shared
+    def none_out_passes(self, backward=True):
+        """Passes over the per-sample loss of reduction='none' that min_bytes counts: written once, and
+        with backward its upstream gradient read once, unless that gradient is .sum()'s expanded scalar."""
+        return 2 if backward and self.none_backward == "grad" else 1
+
     @property
     def elem(self):
         return torch.finfo(self.dtype).bits // 8
@@ -190,9 +219,19 @@ class LossCase:
     def generator(self):
         return torch.Generator(device=self.device).manual_seed(0)
 
+    def reduction_label(self):
+        """'' for mean, ' sum', ' none' (backward from a random grad_output) or ' none.sum'
+        (backward from .sum())."""
+        if self.reduction == "none" and self.none_backward == "sum":
+            return " none.sum"
+        return f" {self.reduction}" if self.reduction != "mean" else ""
+
     def name(self):
-        red = " none.sum()" if self.upstream_sum else f" {self.reduction}" if self.reduction != "mean" else ""
-        return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.shape_label()}{self.extras()}{red}"
+        return f"{self.loss} {DTYPE_NAMES[self.dtype]} {self.shape_label()}{self.extras()}{self.reduction_label()}"
+
+    def series(self):
+        """The name without the size: the line this case belongs to in --plot."""
+        return f"{self.loss} {DTYPE_NAMES[self.dtype]}{self.extras()}{self.reduction_label()}"
 
     def function(self, impl):
         """The loss function of `impl` ('fastloss' or 'torch'); None when fastloss lacks it."""
@@ -200,22 +239,29 @@ class LossCase:
 
     def bound(self, fn):
         """fn with this case's arguments bound: a callable on the inputs tuple."""
-        if self.upstream_sum:
-            return lambda *inputs: self.call(fn, *inputs).sum()
         return lambda *inputs: self.call(fn, *inputs)
 
     def grad_output(self, inputs):
         """The upstream gradient of backward: None for a scalar loss (backward uses 1), a fixed
         random tensor of the loss's shape for reduction='none'."""
-        if self.reduction != "none" or self.upstream_sum:
+        if self.reduction != "none":
             return None
         with torch.no_grad():
             out = self.call(self.function("torch"), *inputs)
         return torch.rand(out.shape, dtype=out.dtype, device=out.device, generator=self.generator())
 
+    def backward_label(self):
+        """How backward is reached: 'scalar' (mean, sum), 'grad_output' or 'sum()' (reduction='none')."""
+        if self.reduction != "none":
+            return "scalar"
+        return "sum()" if self.none_backward == "sum" else "grad_output"
+
     def step(self, impl, *inputs):
         """Forward + backward of `impl` on the inputs, as a closure."""
-        return fwd_bwd(self.bound(self.function(impl)), inputs, self.grad_output(inputs))
+        fn = self.bound(self.function(impl))
+        if self.reduction == "none" and self.none_backward == "sum":
+            return fwd_bwd(lambda *i: fn(*i).sum(), inputs)
+        return fwd_bwd(fn, inputs, self.grad_output(inputs))
 
 
 class CrossEntropyCase(LossCase):
@@ -232,6 +278,9 @@ class CrossEntropyCase(LossCase):
 
     def shape_label(self):
         return f"{self.rows}x{self.classes}"
+
+    def elements(self):
+        return self.rows * self.classes
 
     def extras(self):
         return "".join([" w" if self.weight else "", f" ign{self.ignore_frac:g}" if self.ignore_frac else "",
@@ -262,7 +311,7 @@ class CrossEntropyCase(LossCase):
         if backward:
             n += self.rows * self.classes * e
         if self.reduction == "none":
-            n += self.rows * e * (2 if backward else 1)
+            n += self.rows * e * self.none_out_passes(backward)
         return n
 
 
@@ -285,6 +334,9 @@ class ShapedCase(LossCase):
 
     def shape_label(self):
         return fmt_shape(self.shape)
+
+    def elements(self):
+        return self.numel
 
 
 class RegressionCase(ShapedCase):
@@ -326,11 +378,13 @@ class RegressionCase(ShapedCase):
 
     def min_bytes(self, backward=True):
         """mean/sum: input read + target read [+ input gradient written] = (2 [+1]) * N * elem.
-        none: + loss written [+ upstream gradient read] = (3 [+2]) * N * elem.
+        none: + loss written [+ upstream gradient read] = (3 [+2]) * N * elem (none.sum: [+1], .sum()'s
+        upstream gradient is one scalar; see none_out_passes).
         (With backward a separate pass, something must be re-read there; this lower bound counts
         each tensor once, the convention of every table.)"""
         n, e = self.numel, self.elem
-        return n * e * (2 + (1 if backward else 0) + ((1 + (1 if backward else 0)) if self.reduction == "none" else 0))
+        out = self.none_out_passes(backward) if self.reduction == "none" else 0
+        return n * e * (2 + (1 if backward else 0) + out)
 
 
 def torch_sigmoid_focal_loss(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
@@ -411,7 +465,7 @@ class BinaryCase(ShapedCase):
         if self.loss == "gaussian_nll_loss":
             tensors += 1 + (1 if backward else 0)
         if self.reduction == "none" and self.loss != "multilabel_soft_margin_loss":
-            tensors += 1 + (1 if backward else 0)
+            tensors += self.none_out_passes(backward)
         return n * e * tensors
 
 
@@ -494,7 +548,7 @@ class EmbeddingCase(ShapedCase):
             n = (k * (2 if backward else 1) + 1) * self.numel * e  # + 1: the target
             out = self.numel
         if self.reduction == "none":
-            n += out * e * (2 if backward else 1)
+            n += out * e * self.none_out_passes(backward)
         return n
 
 
@@ -545,6 +599,9 @@ class CtcCase(LossCase):
 
     def shape_label(self):
         return f"T{self.T} N{self.N} C{self.C} S{self.S}"
+
+    def elements(self):
+        return self.T * self.N * self.C
 
     def extras(self):
         fmt = (" cudnn" if self.device.type == "cuda" else " concat-i32") if self.cudnn else ""
@@ -600,7 +657,7 @@ class CtcCase(LossCase):
         n = self.T * self.N * self.C * e * (2 if backward else 1)
         n += int(self.target_lengths.sum()) * 4 if self.cudnn else self.N * self.S * 8
         if self.reduction == "none":
-            n += self.N * e * (2 if backward else 1)
+            n += self.N * e * self.none_out_passes(backward)
         return n
 
 
@@ -622,6 +679,9 @@ class MarginRowsCase(LossCase):
 
     def shape_label(self):
         return f"{self.rows}x{self.classes}"
+
+    def elements(self):
+        return self.rows * self.classes
 
     def extras(self):
         if self.loss == "multilabel_margin_loss":
@@ -656,7 +716,7 @@ class MarginRowsCase(LossCase):
         if self.weight:
             b += self.classes * e
         if self.reduction == "none":
-            b += self.rows * e * (2 if backward else 1)
+            b += self.rows * e * self.none_out_passes(backward)
         return b
 
 
@@ -713,9 +773,20 @@ def make_case(loss, shape, dtype, device, reduction="mean", swap=False):
     return EmbeddingCase(loss, shape or sizes[key], dtype, device, reduction=reduction, swap=swap)
 
 
-def default_cases(device, family="all"):
-    device = torch.device(device)
+def default_cases(device, family="all", none_backward="sum"):
+    """The built-in cases of `family` ('all': every family), each family's typical mean cases first,
+    then its reduction='none' variants, whose backward is reached as `none_backward` says
+    (LossCase.NONE_BACKWARDS)."""
+    cases = _default_cases(torch.device(device), family)
+    for c in cases:
+        if c.reduction == "none":
+            c.none_backward = none_backward
+    return cases
+
+
+def _default_cases(device, family):
     fp32, bf16 = torch.float32, torch.bfloat16
+    none = "none"
     cases = []
     if device.type == "cuda":
         if family in ("all", "cross_entropy"):
@@ -727,12 +798,15 @@ def default_cases(device, family="all"):
                 CrossEntropyCase("cross_entropy", 32768, 50257, bf16, device),
                 CrossEntropyCase("cross_entropy", 65536, 128, fp32, device),
                 CrossEntropyCase("nll_loss", 16384, 32000, fp32, device),
+                CrossEntropyCase("cross_entropy", 16384, 32000, fp32, device, reduction=none),
+                CrossEntropyCase("nll_loss", 16384, 32000, fp32, device, reduction=none),
             ]
         if family in ("all", "regression"):
             n = 64 * 2**20
             cases += [RegressionCase(loss, n, dtype, device) for dtype in (fp32, bf16) for loss in
                       ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss")]
             cases += [RegressionCase(loss, 16 * 2**20, fp32, device) for loss in ("soft_margin_loss", "kl_div")]
+            cases += [RegressionCase(loss, n, fp32, device, reduction=none) for loss in ("smooth_l1_loss", "mse_loss")]
         if family in ("all", "embedding"):
             cases += [
                 EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device),
@@ -740,6 +814,8 @@ def default_cases(device, family="all"):
                 EmbeddingCase("cosine_embedding_loss", (65536, 512), fp32, device),
                 EmbeddingCase("margin_ranking_loss", 16 * 2**20, fp32, device),
                 EmbeddingCase("hinge_embedding_loss", 16 * 2**20, fp32, device),
+                EmbeddingCase("triplet_margin_loss", (65536, 512), fp32, device, reduction=none),
+                EmbeddingCase("margin_ranking_loss", 16 * 2**20, fp32, device, reduction=none),
             ]
         if family in ("all", "ctc"):
             cases += [
@@ -747,10 +823,13 @@ def default_cases(device, family="all"):
                 CtcCase("ctc_loss", 500, 32, 5000, 100, fp32, device),
                 CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device, cudnn=True),  # torch: cuDNN
                 CtcCase("ctc_loss", 500, 32, 5000, 100, bf16, device),  # torch: fp32 (no bf16 CTC)
+                CtcCase("ctc_loss", 1000, 64, 64, 200, fp32, device, reduction=none),
             ]
         if family in ("all", "probabilistic"):  # the issue's 16M elements
             cases += [BinaryCase(loss, (16384, 1024), dtype, device) for dtype in (fp32, bf16)
                       for loss in BinaryCase.losses]
+            cases += [BinaryCase(loss, (16384, 1024), fp32, device, reduction=none)
+                      for loss in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss")]
         if family in ("all", "margin_rows"):
             cases += [
                 MarginRowsCase("multi_margin_loss", 65536, 1000, fp32, device),
@@ -758,6 +837,7 @@ def default_cases(device, family="all"):
                 MarginRowsCase("multi_margin_loss", 8192, 32000, fp32, device),
                 MarginRowsCase("multilabel_margin_loss", 65536, 256, fp32, device),
                 MarginRowsCase("multilabel_margin_loss", 8192, 4096, fp32, device, targets=32),
+                MarginRowsCase("multi_margin_loss", 65536, 1000, fp32, device, reduction=none),
             ]
         return cases
     if family in ("all", "cross_entropy"):
@@ -767,53 +847,131 @@ def default_cases(device, family="all"):
                              label_smoothing=0.1),
             CrossEntropyCase("cross_entropy", 256, 32000, bf16, device),
             CrossEntropyCase("cross_entropy", 8192, 100, fp32, device),
-            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device),
-            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device, reduction="none"),
-            CrossEntropyCase("cross_entropy", 1024, 32000, fp32, device, reduction="none.sum"),
+            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device),  # issue 19: log-probabilities 1024x32000
+            CrossEntropyCase("cross_entropy", 1024, 32000, fp32, device, reduction=none),
+            CrossEntropyCase("nll_loss", 1024, 32000, fp32, device, reduction=none),
         ]
     if family in ("all", "regression"):
         cases += [RegressionCase(loss, 4 * 2**20, fp32, device)
                   for loss in ("smooth_l1_loss", "mse_loss", "l1_loss", "huber_loss", "soft_margin_loss", "kl_div")]
-        cases += [RegressionCase(loss, 4 * 2**20, fp32, device, reduction=red)
-                  for loss in ("smooth_l1_loss", "mse_loss") for red in ("none", "none.sum")]
+        # issue 19: smooth_l1_loss(reduction='none').sum().backward() at 4M elements
+        cases += [RegressionCase(loss, 4 * 2**20, fp32, device, reduction=none)
+                  for loss in ("smooth_l1_loss", "mse_loss")]
     if family in ("all", "embedding"):
         cases += [
             EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device),
             EmbeddingCase("cosine_embedding_loss", (4096, 512), fp32, device),
             EmbeddingCase("margin_ranking_loss", 2**20, fp32, device),
             EmbeddingCase("hinge_embedding_loss", 2**20, fp32, device),
+            EmbeddingCase("triplet_margin_loss", (4096, 512), fp32, device, reduction=none),
+            EmbeddingCase("margin_ranking_loss", 2**20, fp32, device, reduction=none),
         ]
     if family in ("all", "ctc"):
         cases += [CtcCase("ctc_loss", T, N, C, S, fp32, device)
                   for T, N, C, S in ((200, 16, 32, 50), (100, 8, 32, 25), (500, 32, 64, 100))]
+        cases += [CtcCase("ctc_loss", 200, 16, 32, 50, fp32, device, reduction=none)]
     if family in ("all", "probabilistic"):
         cases += [BinaryCase(loss, (1024, 1024), fp32, device) for loss in BinaryCase.losses]
+        cases += [BinaryCase(loss, (1024, 1024), fp32, device, reduction=none)
+                  for loss in ("binary_cross_entropy_with_logits", "sigmoid_focal_loss")]
     if family in ("all", "margin_rows"):
         cases += [
             MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device),
             MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device, p=2, weight=True),
             MarginRowsCase("multilabel_margin_loss", 4096, 256, fp32, device),
+            MarginRowsCase("multi_margin_loss", 4096, 1000, fp32, device, reduction=none),
         ]
     return cases
 
 
+# Sizes --plot sweeps: factors of each loss's default (or --shape) size, scaling the batch dimension
+# (rows; ctc_loss: N; elementwise losses: the element count). CPU: three sizes over 64x, so that a
+# sweep of every loss stays near two minutes on 2 cores.
+PLOT_SCALES = {"cpu": (1 / 64, 1 / 8, 1.0), "cuda": (1 / 256, 1 / 32, 1 / 4, 1.0)}
+
+
+def case_dims(case):
+    """The case's shape as make_case takes it (ROWSxCLASSES, NxD, TxNxCxS or the input's shape)."""
+    if isinstance(case, ShapedCase):
+        return case.shape
+    if isinstance(case, CtcCase):
+        return (case.T, case.N, case.C, case.S)
+    return (case.rows, case.classes)
+
+
+def sweep_cases(losses, shape, dtype, device, reduction="mean", scales=None, swap=False):
+    """For each loss, make_case at `shape` (None: the device's default size) scaled by each factor in
+    `scales` along its batch dimension (ctc_loss: N, others: the first)."""
+    device = torch.device(device)
+    scales = sorted(scales or PLOT_SCALES["cuda" if device.type == "cuda" else "cpu"])
+    cases = []
+    for loss in losses:
+        base = list(case_dims(make_case(loss, shape, dtype, device, reduction=reduction, swap=swap)))
+        dim = 1 if LOSS_FAMILY[loss] is CtcCase else 0
+        for f in scales:
+            dims = list(base)
+            dims[dim] = max(1, round(base[dim] * f))
+            cases.append(make_case(loss, tuple(dims), dtype, device, reduction=reduction, swap=swap))
+    return cases
+
+
+class Progress:
+    """Progress of a run, on stderr. On a terminal: one line rewritten in place ('[3/27] case ...').
+    Anywhere else (a CI log, a file, a pipe): one whole line per case once it is done, with its result,
+    so that a log reads line by line instead of one long line of carriage-return-joined fragments."""
+
+    def __init__(self, total, stream=None, enabled=True):
+        self.total, self.enabled = total, enabled
+        self.stream = stream if stream is not None else sys.stderr
+        try:
+            self.tty = self.stream.isatty()
+        except (AttributeError, ValueError):
+            self.tty = False
+        self.width = max(20, shutil.get_terminal_size((80, 24)).columns - 1) if self.tty else 0
+        self._shown = False  # a TTY line to clear
+
+    def _clear(self):
+        if self._shown:
+            print("\r" + " " * self.width + "\r", end="", file=self.stream, flush=True)
+            self._shown = False
+
+    def start(self, i, name):
+        if self.enabled and self.tty:  # truncated to the terminal: a wrapped line would not be rewritten
+            text = f"[{i + 1}/{self.total}] {name} ..."[:self.width]
+            print("\r" + text.ljust(self.width), end="", file=self.stream, flush=True)
+            self._shown = True
+
+    def done(self, i, name, result):
+        if self.enabled and not self.tty:
+            print(f"[{i + 1}/{self.total}] {name}: {result}", file=self.stream, flush=True)
+
+    def note(self, text):
+        """A message that stays (a skipped case, a failure): a whole line in both modes."""
+        self._clear()
+        print(text, file=self.stream, flush=True)
+
+    def finish(self):
+        self._clear()
+
+
 def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
     """Time fastloss and torch on each case (interleaved); on CPU, cheap cases get extra rounds up to
-    `min_seconds` per case (default 0.5 s) because single runs there vary by +-30%."""
+    `min_seconds` per case (default 0.5 s) because single runs there vary by +-30%.
+    Returns (rows, copy bandwidth or None); a row: case (the name), case_obj, fastloss and torch (s),
+    speedup, and on CUDA gbps and bw_frac."""
     device = cases[0].device
     bw = copy_bandwidth(device) if device.type == "cuda" else None
     if min_seconds is None:
         min_seconds = 0.0 if device.type == "cuda" else 0.5
+    prog = Progress(len(cases), enabled=progress)
     rows = []
     for i, case in enumerate(cases):
         if case.function("fastloss") is None:
-            print(f"\rskipping {case.name()}: fastloss.functional has no {case.loss} in this build".ljust(70),
-                  file=sys.stderr, flush=True)
+            prog.note(f"skipping {case.name()}: fastloss.functional has no {case.loss} in this build")
             continue
-        if progress:
-            print(f"\r[{i + 1}/{len(cases)}] {case.name()} ...".ljust(70), end="", file=sys.stderr, flush=True)
+        prog.start(i, case.name())
         inputs = case.inputs()
-        res = {"case": case.name()}
+        res = {"case": case.name(), "case_obj": case}
         res.update(compare({impl: case.step(impl, *inputs) for impl in ["fastloss", "torch"]}, device,
                            repeats=repeats, min_seconds=min_seconds))
         res["speedup"] = res["torch"] / res["fastloss"]
@@ -821,10 +979,32 @@ def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
             res["gbps"] = case.min_bytes() / res["fastloss"] / 1e9
             res["bw_frac"] = case.min_bytes() / res["fastloss"] / bw
         rows.append(res)
+        prog.done(i, case.name(), f"fastloss {res['fastloss'] * 1e3:.3f} ms, torch {res['torch'] * 1e3:.3f} ms, "
+                                  f"{res['speedup']:.2f}x")
         del inputs
-    if progress:
-        print("\r".ljust(72) + "\r", end="", file=sys.stderr, flush=True)
+    prog.finish()
     return rows, bw
+
+
+def device_name(device):
+    """The GPU's name, or the CPU's model (from /proc/cpuinfo where there is one)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "CPU"
+
+
+NONE_LEGEND = {
+    "grad": "none: loss(reduction='none').backward(g), g a fixed random tensor of the loss's shape",
+    "sum": "none.sum: loss(reduction='none').sum().backward() (the loss gets an expanded scalar gradient)",
+}
 
 
 def format_table(rows, bw, device):
@@ -844,7 +1024,113 @@ def format_table(rows, bw, device):
     lines.append("")
     lines.append(f"forward+backward, median; device: {name}{threads}; torch {torch.__version__}"
                  + (f"; measured copy bandwidth {bw / 1e9:.0f} GB/s (read+write)" if bw else ""))
+    nones = sorted({r["case_obj"].none_backward for r in rows
+                    if "case_obj" in r and r["case_obj"].reduction == "none"})
+    if nones:
+        lines.append("; ".join(NONE_LEGEND[n] for n in nones) + ".")
     return "\n".join(lines)
+
+
+# Fields of a --json / --csv record, one per case. Times in milliseconds; speedup = torch_ms / fastloss_ms;
+# gbps (minimal bytes / fastloss time) and copy_bw_frac (of the measured copy bandwidth) on CUDA only.
+RECORD_FIELDS = ("case", "loss", "family", "shape", "elements", "dtype", "reduction", "backward", "options",
+                 "device", "device_name", "threads", "fastloss_ms", "torch_ms", "speedup", "gbps", "copy_bw_frac",
+                 "torch_version", "commit", "date")
+
+
+def run_info(device):
+    """The fields every record of one run shares."""
+    device = torch.device(device)
+    return {"device": str(device), "device_name": device_name(device),
+            "threads": torch.get_num_threads() if device.type == "cpu" else None,
+            "torch_version": torch.__version__, "commit": fastloss_commit() or None,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def case_record(case, info, row=None):
+    """One case as a flat dict of RECORD_FIELDS (timing fields None without a measured row)."""
+    row = row or {}
+    ms = (lambda k: row[k] * 1e3 if k in row else None)
+    rec = {"case": case.name(), "loss": case.loss, "family": case.family, "shape": case.shape_label(),
+           "elements": case.elements(), "dtype": DTYPE_NAMES[case.dtype], "reduction": case.reduction,
+           "backward": case.backward_label(), "options": case.extras().strip() or None,
+           "fastloss_ms": ms("fastloss"), "torch_ms": ms("torch"), "speedup": row.get("speedup"),
+           "gbps": row.get("gbps"), "copy_bw_frac": row.get("bw_frac")}
+    rec.update(info)
+    return {k: rec[k] for k in RECORD_FIELDS}
+
+
+def format_json(records):
+    """A JSON array, one record per line (parseable as a whole, greppable line by line)."""
+    return "[\n" + ",\n".join(json.dumps(r) for r in records) + "\n]"
+
+
+def format_csv(records):
+    """CSV with a header row; None is an empty field."""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=RECORD_FIELDS, lineterminator="\n")
+    w.writeheader()
+    for r in records:
+        w.writerow({k: "" if v is None else v for k, v in r.items()})
+    return buf.getvalue().rstrip("\n")
+
+
+Y_TICKS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 0.25, 0.5, 0.6, 0.7, 0.8, 0.9, 1, 1.25, 1.5, 2, 3, 4, 6, 8, 12, 16, 24,
+           32, 48, 64, 128, 256)
+
+
+def plot_speedups(rows, path, device):
+    """speed-up (torch time / fastloss time, log scale) against the main input's element count (log
+    scale), one line per loss (and dtype, options, reduction), one panel per family; written to `path`
+    (the format from its extension: .png, .svg, .pdf)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
+
+    panels = {}  # family -> series -> [(elements, speedup)]
+    for r in rows:
+        c = r["case_obj"]
+        panels.setdefault(c.family, {}).setdefault(c.series(), []).append((c.elements(), r["speedup"]))
+    n = max(1, len(panels))
+    cols = min(3, n)
+    nrows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(max(6.4, 5.2 * cols), 4.0 * nrows + 0.6), squeeze=False)
+    for ax, (family, series) in zip(axes.flat, sorted(panels.items())):
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+        ax.axhline(1.0, color="gray", linestyle="--", linewidth=1)
+        # log axes with few, readable ticks: the sizes measured (4K, 1M, ...; powers of 4 when many) and
+        # round speed-ups (powers of 2 when the range is wide)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        xs = sorted({p[0] for pts in series.values() for p in pts})
+        if len(xs) > 6:
+            xs = [4**k for k in range(math.ceil(math.log(xs[0], 4)), math.floor(math.log(xs[-1], 4)) + 1)] or xs[:1]
+        ax.set_xticks(xs, [fmt_count(x) for x in xs])
+        ys = [p[1] for pts in series.values() for p in pts] + [1.0]
+        lo, hi = min(ys) / 1.15, max(ys) * 1.15
+        ticks = [t for t in Y_TICKS if lo <= t <= hi]
+        if len(ticks) > 8:
+            ticks = [t for t in ticks if math.log2(t).is_integer()]
+        ax.set_yticks(ticks, [f"{t:g}x" if t >= 0.1 else f"1/{round(1 / t)}x" for t in ticks])
+        ax.set_ylim(lo, hi)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.yaxis.set_minor_locator(NullLocator())
+        ax.set_title(family)
+        ax.set_xlabel("elements of the input")
+        ax.set_ylabel("speed-up vs torch (x)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} threads"
+    fig.suptitle(f"fastloss vs torch eager, forward+backward, median\n{device_name(device)}{threads}, "
+                 f"torch {torch.__version__}, {datetime.date.today().isoformat()}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 # ------------------------------------------------- side by side (the benchmarks/bench_<family>.py scripts)
@@ -857,11 +1143,12 @@ def torch_compiled(case):
     return torch.compile(case.bound(case.function("torch")), fullgraph=case.compile_fullgraph, dynamic=False)
 
 
-def measure_impls(case, impls, repeats, min_seconds=0.0):
+def measure_impls(case, impls, repeats, min_seconds=0.0, note=None):
     """For each implementation (name -> callable on the case's inputs): median forward+backward and
     forward-only (no_grad) seconds, timed interleaved across the implementations, and on CUDA the peak
     memory allocated above the steady state during forward+backward. Returns name -> (fwd+bwd s,
-    fwd s, peak extra bytes or None). An implementation that fails is reported on stderr and gets NaN."""
+    fwd s, peak extra bytes or None). An implementation that fails is reported on stderr (through
+    `note`, a Progress.note, when given) and gets NaN."""
     inputs = case.inputs()
     g = case.grad_output(inputs)
     fb = {n: fwd_bwd(f, inputs, g) for n, f in impls.items()}
@@ -874,7 +1161,11 @@ def measure_impls(case, impls, repeats, min_seconds=0.0):
             sync(case.device)
             ok.append(n)
         except Exception as e:  # noqa: BLE001 - a failing implementation is reported, not fatal
-            print(f"\n  {case.name()}: {n} failed: {type(e).__name__}: {str(e)[:300]}", file=sys.stderr)
+            msg = f"  {case.name()}: {n} failed: {type(e).__name__}: {str(e)[:300]}"
+            if note:
+                note(msg)
+            else:
+                print("\n" + msg, file=sys.stderr)
     t_fb = compare({n: fb[n] for n in ok}, case.device, repeats=repeats, min_seconds=min_seconds) if ok else {}
     t_fo = compare({n: fo[n] for n in ok}, case.device, repeats=repeats, min_seconds=min_seconds) if ok else {}
     nan = float("nan")
@@ -971,18 +1262,21 @@ def side_by_side_main(argv, doc, specs_fn, build, title, notes, loss_example):
 
     bw = copy_bandwidth(dev) if dev.type == "cuda" else None
     results, compiled_losses = [], set()
+    prog = Progress(len(specs))
     for i, spec in enumerate(specs):
         case = build(spec, dev)
         if case.function("fastloss") is None:
-            print(f"skipping {case.name()}: fastloss.functional has no {case.loss}", file=sys.stderr)
+            prog.note(f"skipping {case.name()}: fastloss.functional has no {case.loss}")
             continue
         impls = {"fastloss": case.bound(case.function("fastloss")), "torch": case.bound(case.function("torch"))}
         if not args.no_compile and (not args.quick or case.loss not in compiled_losses):
             impls["torch.compile"] = torch_compiled(case)
             compiled_losses.add(case.loss)
-        print(f"\r[{i + 1}/{len(specs)}] {case.name()} ...".ljust(80), end="", file=sys.stderr, flush=True)
-        results.append((case, measure_impls(case, impls, repeats, min_seconds)))
-    print("\r".ljust(82) + "\r", end="", file=sys.stderr)
+        prog.start(i, case.name())
+        res = measure_impls(case, impls, repeats, min_seconds, note=prog.note)
+        results.append((case, res))
+        prog.done(i, case.name(), ", ".join(f"{n} {fb * 1e3:.3f} ms" for n, (fb, _, _) in res.items()))
+    prog.finish()
 
     notes = list(notes)
     if args.quick and not args.no_compile:
@@ -1006,34 +1300,113 @@ def main(argv=None):
                                     "(ctc_loss) or the input's shape / element count (elementwise losses), "
                                     "e.g. 8192x128256, 64M, 200x16x32x50")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")
-    ap.add_argument("--reduction", choices=["mean", "sum", "none", "none.sum"],
-                    help="with --loss (default mean); none.sum: reduction='none', then loss.sum().backward()")
+    ap.add_argument("--reduction", choices=["mean", "sum", "none"], help="with --loss (default mean)")
+    ap.add_argument("--none-backward", choices=list(LossCase.NONE_BACKWARDS), default="sum",
+                    help="how backward reaches a reduction='none' loss: sum = loss.sum().backward() (named "
+                         "'none.sum' in the table), grad = loss.backward(g) with a fixed random g of the loss's "
+                         "shape (named 'none') (default: sum)")
     ap.add_argument("--swap", action="store_true", help="triplet losses: swap=True")
+    ap.add_argument("--only", metavar="REGEX",
+                    help="keep only the cases whose name (as --list prints it) matches this regular expression "
+                         "(case-insensitive search), e.g. 'none', '^mse_loss', 'nll|smooth_l1'")
+    ap.add_argument("--list", action="store_true",
+                    help="print the cases, one per line, and exit without timing (with --json/--csv: their "
+                         "records, timing fields empty)")
+    out = ap.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true",
+                     help="print the results as a JSON array of records (one per case, one per line) instead of "
+                          f"the table; fields: {', '.join(RECORD_FIELDS)}")
+    out.add_argument("--csv", action="store_true", help="print the results as CSV (same fields) instead of the table")
+    ap.add_argument("--plot", metavar="FILE",
+                    help="time each selected loss (--loss, --family, or every loss) at several sizes and draw "
+                         "speed-up vs size, one panel per family, into FILE (.png, .svg, .pdf; needs matplotlib)")
+    ap.add_argument("--scales", metavar="F,F,...",
+                    help="with --plot: factors of the default (or --shape) size along the batch dimension "
+                         f"(default: CPU {fmt_scales(PLOT_SCALES['cpu'])}, CUDA {fmt_scales(PLOT_SCALES['cuda'])})")
     ap.add_argument("--repeats", type=int, default=None,
-                    help="timed repetitions (median is reported; on CPU cheap cases get more, up to 0.5 s each)")
+                    help="timed repetitions (median is reported; on CPU cheap cases get more, up to --min-time)")
+    ap.add_argument("--min-time", type=float, default=None, metavar="SECONDS",
+                    help="on CPU, cheap cases get extra rounds until this much time is spent on each "
+                         "(default 0.5; CUDA: 0)")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     if device.type == "cuda" and not fastloss.cuda_built():
         ap.error("this fastloss build has no CUDA kernels")
-    if args.loss or args.shape or args.dtype or args.reduction or args.swap:
+    if args.scales and not args.plot:
+        ap.error("--scales goes with --plot")
+    if args.plot and not args.list:
         try:
-            if args.loss:
-                losses = [loss_name(s) for s in args.loss.split(",")]
-            elif args.family != "all":
-                losses = list(FAMILIES[args.family].losses)
-            else:
-                losses = ["cross_entropy"]
-            shape = parse_shape(args.shape) if args.shape else None
-            dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
-            cases = [make_case(l, shape, dtype, device, reduction=args.reduction or "mean",
-                               swap=args.swap and l.startswith("triplet")) for l in losses]
-        except ValueError as e:
-            ap.error(str(e))
-    else:
-        cases = default_cases(device, args.family)
+            import matplotlib  # noqa: F401 - checked before any timing
+        except ImportError:
+            ap.error("--plot needs matplotlib (pip install matplotlib)")
+    try:
+        only = re.compile(args.only, re.IGNORECASE) if args.only else None
+    except re.error as e:
+        ap.error(f"--only: {e}")
+
+    custom = args.loss or args.shape or args.dtype or args.reduction or args.swap
+    try:
+        if args.loss:
+            losses = [loss_name(s) for s in args.loss.split(",")]
+        elif args.family != "all":
+            losses = list(FAMILIES[args.family].losses)
+        else:
+            losses = list(LOSS_FAMILY) if args.plot else ["cross_entropy"]
+        shape = parse_shape(args.shape) if args.shape else None
+        dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if device.type == "cuda" else torch.float32)
+        reduction = args.reduction or "mean"
+        swap = args.swap
+        if args.plot:
+            scales = [float(eval_fraction(f)) for f in args.scales.split(",")] if args.scales else None
+            cases = sweep_cases(losses, shape, dtype, device, reduction, scales, swap=swap)
+        elif custom:
+            cases = [make_case(l, shape, dtype, device, reduction=reduction, swap=swap and l.startswith("triplet"))
+                     for l in losses]
+        else:
+            cases = default_cases(device, args.family, args.none_backward)
+    except ValueError as e:
+        ap.error(str(e))
+    for c in cases:
+        c.none_backward = args.none_backward
+    if only:
+        cases = [c for c in cases if only.search(c.name())]
+    if not cases:
+        ap.error("no case left after the filters")
+
+    if args.list:
+        if args.json or args.csv:
+            info = run_info(device)
+            records = [case_record(c, info) for c in cases]
+            print(format_json(records) if args.json else format_csv(records))
+        else:
+            print("\n".join(c.name() for c in cases))
+        return
+
     repeats = args.repeats or (20 if device.type == "cuda" else 5)
-    rows, bw = run_cases(cases, repeats)
-    print(format_table(rows, bw, device))
+    rows, bw = run_cases(cases, repeats, min_seconds=args.min_time)
+    if args.json or args.csv:
+        info = run_info(device)
+        records = [case_record(r["case_obj"], info, r) for r in rows]
+        print(format_json(records) if args.json else format_csv(records))
+    else:
+        print(format_table(rows, bw, device))
+    if args.plot:
+        plot_speedups(rows, args.plot, device)
+        print(f"wrote {args.plot}", file=sys.stderr)
+
+
+def fmt_scales(scales):
+    """(1/64, 1/8, 1.0) -> '1/64,1/8,1' (the form --scales takes)."""
+    return ",".join(f"1/{round(1 / f)}" if f < 1 else f"{f:g}" for f in scales)
+
+
+def eval_fraction(s):
+    """'1/64' -> 0.015625, '0.25' -> 0.25 (a --scales factor; must be > 0)."""
+    num, _, den = s.strip().partition("/")
+    f = float(num) / float(den) if den else float(num)
+    if not f > 0:
+        raise ValueError(f"--scales: {s!r} is not a positive factor")
+    return f
 
 
 if __name__ == "__main__":
