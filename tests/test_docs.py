@@ -95,3 +95,12 @@ def test_doc_images_exist():
     for path in DOC_FILES:
         for ref in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", open(path, encoding="utf-8").read()):
             assert os.path.exists(os.path.normpath(os.path.join(os.path.dirname(path), ref))), (path, ref)
+
+
+def test_readme_links_exist():
+    # the README is read on the repository host, outside the mkdocs build that checks the docs' links
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    links = [l.split("#")[0] for l in re.findall(r"\]\(([^)]+)\)", text) if "://" not in l]
+    assert len(links) >= 10
+    for link in links:
+        assert os.path.exists(os.path.join(ROOT, link)), link
