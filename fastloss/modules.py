@@ -13,8 +13,21 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14: defined at the end
     __all__.append("LinearCrossEntropyLoss")
 
 
+def _and_torch_doc(doc, torch_cls):
+    """A module's __doc__: fastloss's docstring, then torch's documentation of the class it replaces
+    (help() shows both; the API reference is built from fastloss's part). None under python -OO."""
+    if doc and torch_cls.__doc__:
+        return f"{doc}\ntorch's documentation of torch.nn.{torch_cls.__name__}:\n{torch_cls.__doc__}"
+    return doc or torch_cls.__doc__
+
+
 class CrossEntropyLoss(nn.CrossEntropyLoss):
-    __doc__ = nn.CrossEntropyLoss.__doc__
+    """Drop-in `torch.nn.CrossEntropyLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.cross_entropy][], the fused cross-entropy: one pass over the logits
+    computes the loss and, when they require grad, their gradient.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.CrossEntropyLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
@@ -22,7 +35,12 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
 
 
 class NLLLoss(nn.NLLLoss):
-    __doc__ = nn.NLLLoss.__doc__
+    """Drop-in `torch.nn.NLLLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.nll_loss][], the forward gathers the target entries only; backward
+    writes the gradient in one pass.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.NLLLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.nll_loss(input, target, weight=self.weight, ignore_index=self.ignore_index,
@@ -30,49 +48,84 @@ class NLLLoss(nn.NLLLoss):
 
 
 class L1Loss(nn.L1Loss):
-    __doc__ = nn.L1Loss.__doc__
+    """Drop-in `torch.nn.L1Loss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.l1_loss][], one fused pass computes the loss and, for mean/sum, the
+    gradient.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.L1Loss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.l1_loss(input, target, reduction=self.reduction)
 
 
 class MSELoss(nn.MSELoss):
-    __doc__ = nn.MSELoss.__doc__
+    """Drop-in `torch.nn.MSELoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.mse_loss][], one fused pass computes the loss and, for mean/sum, the
+    gradient.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.MSELoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.mse_loss(input, target, reduction=self.reduction)
 
 
 class SmoothL1Loss(nn.SmoothL1Loss):
-    __doc__ = nn.SmoothL1Loss.__doc__
+    """Drop-in `torch.nn.SmoothL1Loss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.smooth_l1_loss][], one fused pass; `beta=0` is exactly L1 (no NaN
+    gradient).
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.SmoothL1Loss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.smooth_l1_loss(input, target, reduction=self.reduction, beta=self.beta)
 
 
 class HuberLoss(nn.HuberLoss):
-    __doc__ = nn.HuberLoss.__doc__
+    """Drop-in `torch.nn.HuberLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.huber_loss][], one fused pass computes the loss and, for mean/sum, the
+    gradient.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.HuberLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.huber_loss(input, target, reduction=self.reduction, delta=self.delta)
 
 
 class MarginRankingLoss(nn.MarginRankingLoss):
-    __doc__ = nn.MarginRankingLoss.__doc__
+    """Drop-in `torch.nn.MarginRankingLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.margin_ranking_loss][], one fused pass, gradients for both inputs and
+    the target.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.MarginRankingLoss)
 
     def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
         return F.margin_ranking_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
 
 
 class HingeEmbeddingLoss(nn.HingeEmbeddingLoss):
-    __doc__ = nn.HingeEmbeddingLoss.__doc__
+    """Drop-in `torch.nn.HingeEmbeddingLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.hinge_embedding_loss][], one fused pass; no gradient at exactly the
+    hinge, as torch.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.HingeEmbeddingLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.hinge_embedding_loss(input, target, margin=self.margin, reduction=self.reduction)
 
 
 class TripletMarginLoss(nn.TripletMarginLoss):
-    __doc__ = nn.TripletMarginLoss.__doc__
+    """Drop-in `torch.nn.TripletMarginLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.triplet_margin_loss][], one kernel reads anchor, positive and negative
+    once per row and writes their gradients.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.TripletMarginLoss)
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
         return F.triplet_margin_loss(anchor, positive, negative, margin=self.margin, p=self.p, eps=self.eps,
@@ -80,7 +133,12 @@ class TripletMarginLoss(nn.TripletMarginLoss):
 
 
 class TripletMarginWithDistanceLoss(nn.TripletMarginWithDistanceLoss):
-    __doc__ = nn.TripletMarginWithDistanceLoss.__doc__
+    """Drop-in `torch.nn.TripletMarginWithDistanceLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.triplet_margin_with_distance_loss][], the default distance (None or
+    nn.PairwiseDistance) is the fused triplet kernel; a user distance_function runs torch's composition.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.TripletMarginWithDistanceLoss)
 
     def forward(self, anchor: Tensor, positive: Tensor, negative: Tensor) -> Tensor:
         # torch's module stores nn.PairwiseDistance() when given None: functional fuses that one too
@@ -90,14 +148,24 @@ class TripletMarginWithDistanceLoss(nn.TripletMarginWithDistanceLoss):
 
 
 class CosineEmbeddingLoss(nn.CosineEmbeddingLoss):
-    __doc__ = nn.CosineEmbeddingLoss.__doc__
+    """Drop-in `torch.nn.CosineEmbeddingLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.cosine_embedding_loss][], one sweep per row for the dot product and
+    norms, a second for the gradient.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.CosineEmbeddingLoss)
 
     def forward(self, input1: Tensor, input2: Tensor, target: Tensor) -> Tensor:
         return F.cosine_embedding_loss(input1, input2, target, margin=self.margin, reduction=self.reduction)
 
 
 class CTCLoss(nn.CTCLoss):
-    __doc__ = nn.CTCLoss.__doc__
+    """Drop-in `torch.nn.CTCLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.ctc_loss][], alpha/beta recursions and the gradient in the forward;
+    float16/bfloat16 accepted; bad labels and lengths raise.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.CTCLoss)
 
     def forward(self, log_probs: Tensor, targets: Tensor, input_lengths: Tensor, target_lengths: Tensor) -> Tensor:
         return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, blank=self.blank,
@@ -105,28 +173,48 @@ class CTCLoss(nn.CTCLoss):
 
 
 class SoftMarginLoss(nn.SoftMarginLoss):
-    __doc__ = nn.SoftMarginLoss.__doc__
+    """Drop-in `torch.nn.SoftMarginLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.soft_margin_loss][], a kind of the fused pointwise op (torch's formula
+    as written).
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.SoftMarginLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.soft_margin_loss(input, target, reduction=self.reduction)
 
 
 class KLDivLoss(nn.KLDivLoss):
-    __doc__ = nn.KLDivLoss.__doc__
+    """Drop-in `torch.nn.KLDivLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.kl_div][], a kind of the fused pointwise op; `batchmean` is the fused
+    sum over the batch size.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.KLDivLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.kl_div(input, target, reduction=self.reduction, log_target=self.log_target)
 
 
 class BCELoss(nn.BCELoss):
-    __doc__ = nn.BCELoss.__doc__
+    """Drop-in `torch.nn.BCELoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.binary_cross_entropy][], one fused pass; inputs or targets outside [0,
+    1] raise on CPU and CUDA alike.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.BCELoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy(input, target, weight=self.weight, reduction=self.reduction)
 
 
 class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
-    __doc__ = nn.BCEWithLogitsLoss.__doc__
+    """Drop-in `torch.nn.BCEWithLogitsLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.binary_cross_entropy_with_logits][], one fused, stable pass; a broadcast
+    `pos_weight` is read in place.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.BCEWithLogitsLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.binary_cross_entropy_with_logits(input, target, self.weight, pos_weight=self.pos_weight,
@@ -134,7 +222,11 @@ class BCEWithLogitsLoss(nn.BCEWithLogitsLoss):
 
 
 class PoissonNLLLoss(nn.PoissonNLLLoss):
-    __doc__ = nn.PoissonNLLLoss.__doc__
+    """Drop-in `torch.nn.PoissonNLLLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.poisson_nll_loss][], one fused pass, gradients for input and target.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.PoissonNLLLoss)
 
     def forward(self, log_input: Tensor, target: Tensor) -> Tensor:
         return F.poisson_nll_loss(log_input, target, log_input=self.log_input, full=self.full, eps=self.eps,
@@ -142,14 +234,24 @@ class PoissonNLLLoss(nn.PoissonNLLLoss):
 
 
 class GaussianNLLLoss(nn.GaussianNLLLoss):
-    __doc__ = nn.GaussianNLLLoss.__doc__
+    """Drop-in `torch.nn.GaussianNLLLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.gaussian_nll_loss][], one fused pass, gradients for input, target and
+    var.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.GaussianNLLLoss)
 
     def forward(self, input: Tensor, target: Tensor, var: Tensor | float) -> Tensor:
         return F.gaussian_nll_loss(input, target, var, full=self.full, eps=self.eps, reduction=self.reduction)
 
 
 class MultiLabelSoftMarginLoss(nn.MultiLabelSoftMarginLoss):
-    __doc__ = nn.MultiLabelSoftMarginLoss.__doc__
+    """Drop-in `torch.nn.MultiLabelSoftMarginLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.multilabel_soft_margin_loss][], the fused BCE-with-logits kernel, summed
+    over the classes.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.MultiLabelSoftMarginLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.multilabel_soft_margin_loss(input, target, weight=self.weight, reduction=self.reduction)
@@ -183,7 +285,12 @@ class FocalLoss(nn.Module):
 
 # ------------------------------------------------------------------------------------ margin_rows
 class MultiMarginLoss(nn.MultiMarginLoss):
-    __doc__ = nn.MultiMarginLoss.__doc__
+    """Drop-in `torch.nn.MultiMarginLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.multi_margin_loss][], one pass over each row; bad targets raise on CPU
+    and CUDA alike.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.MultiMarginLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.multi_margin_loss(input, target, p=self.p, margin=self.margin, weight=self.weight,
@@ -191,7 +298,12 @@ class MultiMarginLoss(nn.MultiMarginLoss):
 
 
 class MultiLabelMarginLoss(nn.MultiLabelMarginLoss):
-    __doc__ = nn.MultiLabelMarginLoss.__doc__
+    """Drop-in `torch.nn.MultiLabelMarginLoss`: subclasses it (same constructor, attributes and state_dict).
+
+    forward: [fastloss.functional.multilabel_margin_loss][], one read of each row's scores and targets;
+    bad targets raise on CPU and CUDA alike.
+    """
+    __doc__ = _and_torch_doc(__doc__, nn.MultiLabelMarginLoss)
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.multilabel_margin_loss(input, target, reduction=self.reduction)
@@ -200,7 +312,12 @@ class MultiLabelMarginLoss(nn.MultiLabelMarginLoss):
 
 if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fail on the base class's name)
     class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
-        __doc__ = nn.LinearCrossEntropyLoss.__doc__
+        """Drop-in `torch.nn.LinearCrossEntropyLoss`: subclasses it (same constructor, attributes and state_dict).
+
+        forward: [fastloss.functional.linear_cross_entropy][], with `options` the rows are taken in
+        chunks, so the whole logits never exist (torch >= 2.14).
+        """
+        __doc__ = _and_torch_doc(__doc__, nn.LinearCrossEntropyLoss)
 
         def forward(self, input: Tensor, target: Tensor) -> Tensor:
             linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features,

@@ -4,7 +4,7 @@ The family tests pin down each semantic on purpose-built cases; this one draws c
 down -- shapes (empty, 0-d, K-dim), reductions, weights, ignore_index, smoothing, probability targets,
 broadcast targets, non-contiguous views -- and compares the loss and the gradient of a weighted sum of the
 loss (every element's gradient path) with torch's. A fixed seed per loss: a failure names its case and
-replays. Excluded, as documented in the README: the empty-batch 'mean' of multi_margin / multilabel_margin
+replays. Excluded, as documented in docs/losses/margins.md: the empty-batch 'mean' of multi_margin / multilabel_margin
 (torch returns uninitialized memory; fastloss NaN)."""
 import random
 import warnings
