@@ -260,7 +260,7 @@ def _warn_size(input, target):
         )
 
 
-def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0):
+def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0, out_dtype=None):
     """One fused call. With mean/sum the forward also writes the gradients that will be needed (the
     backward then only scales them), except for l1/mse with a weight under 'mean', whose denominator
     sum(weight) is known only at the end of the pass. d (pos_weight) is never differentiated."""
@@ -278,7 +278,8 @@ def _pointwise(kind, a, b, c, param, red, autocast=True, d=None, param2=0.0):
         fused = False
     fused = fused and grad_mode
     grad_now = [fused and a.requires_grad, fused and b.requires_grad, fused and c is not None and c.requires_grad]
-    out_dtype = autocast_out_dtype(a) if autocast else None
+    if out_dtype is None and autocast:
+        out_dtype = autocast_out_dtype(a)
     return _ops.pointwise_loss(a, b, c, kind, float(param), red, grad_now, out_dtype, d, float(param2))[0]
 
 
@@ -702,6 +703,11 @@ def multilabel_soft_margin_loss(
         # input.dim() - 1): the fused per-element loss, then torch's sum and mean as torch composes them
         loss = _pointwise(_BCE_LOGITS, x, t, w, 0.0, 0, autocast=False).sum(dim=class_dim) / C
         return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
+    if reduction == "sum" and dtype in (torch.float16, torch.bfloat16):
+        # the total of all N*C terms leaves the kernel in float32 and is divided by C there: stored in
+        # float16 first it overflows where torch's per-row sums (each divided by C) do not
+        loss = _pointwise(_BCE_LOGITS, x, t, w, 0.0, 2, autocast=False, out_dtype=torch.float32)
+        return (loss / C).to(dtype)
     loss = _pointwise(_BCE_LOGITS, x, t, w, 0.0, _Reduction.get_enum(reduction), autocast=False)
     return loss / C if reduction == "sum" else loss
 

@@ -455,6 +455,25 @@ def test_multilabel_soft_margin_extreme_values(device, dtype):
 
 
 @pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_multilabel_soft_margin_half_sum_no_overflow(device, dtype):
+    """'sum' over N*C terms whose total passes float16's 65504 while every row's sum / C stays small:
+    torch sums per row, so must fastloss (its fused total is divided by C before the cast)."""
+    g = torch.Generator().manual_seed(3)
+    x = (torch.randn(129, 2048, generator=g) * 4).to(device, dtype).requires_grad_()
+    t = (torch.rand(129, 2048, generator=g) > 0.5).to(device, dtype)
+    w = (torch.rand(2048, generator=g) + 0.5).to(device, dtype)
+    loss = fl.multilabel_soft_margin_loss(x, t, w, reduction="sum")
+    ref = F.multilabel_soft_margin_loss(x.detach().double(), t.double(), w.double(), reduction="sum")
+    assert loss.dtype == dtype and torch.isfinite(loss)
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-2, atol=0)
+    g_ours, = torch.autograd.grad(loss, x)
+    xr = x.detach().double().requires_grad_()
+    g_ref, = torch.autograd.grad(F.multilabel_soft_margin_loss(xr, t.double(), w.double(), reduction="sum"), xr)
+    assert_close_ref(g_ours, g_ref, dtype, "grad")
+
+
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("xshape,tshape,wshape", [((4, 3), (4, 3), (2, 1, 3)), ((4, 3), (3,), None),
                                                   ((4, 3), (4, 3), (4, 1)), ((4, 3), (1, 3), (3,)),
                                                   ((2, 4, 3), (4, 3), (1, 1, 3))], ids=str)
