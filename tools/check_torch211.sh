@@ -59,8 +59,13 @@ mkdir -p "$WORK"
 if [[ -f $WORK/.files ]]; then  # files of the last copy that are gone now (a deleted .cu would still build)
   comm -23 "$WORK/.files" "$WORK/.files.new" | while IFS= read -r f; do rm -f "$WORK/$f"; done
 fi
-# tar keeps the modification times: the copy's build (ninja) recompiles only the sources that changed
-(cd "$ROOT" && tr '\n' '\0' < "$WORK/.files.new" | tar --null -T - -cf -) | tar -xf - -C "$WORK" || exit 1
+# Only files whose content differs are copied, and they get a fresh modification time: ninja then
+# recompiles exactly what changed. (Keeping the source's times, as tar does, misses a file edited
+# before the copy's last build finished: ninja saw an object newer than it and linked stale code.)
+while IFS= read -r f; do
+  cmp -s "$ROOT/$f" "$WORK/$f" && continue
+  mkdir -p "$WORK/$(dirname "$f")" && cp "$ROOT/$f" "$WORK/$f" || exit 1
+done < "$WORK/.files.new"
 mv -f "$WORK/.files.new" "$WORK/.files"
 cd "$WORK" || exit 1
 
