@@ -522,7 +522,8 @@ def binary_cross_entropy(
 ) -> Tensor:
     """torch.nn.functional.binary_cross_entropy, fused: the loss (log terms clamped at -100, as torch)
     and, for mean/sum, the gradients of input and target in one pass. Input and target outside [0, 1]
-    raise torch's error on CPU and on CUDA (one host sync there; torch's CUDA kernel asserts)."""
+    raise torch's error on CPU, and on CUDA without a host sync (reported by the next fastloss CUDA call
+    or fastloss.check_errors(); torch's CUDA kernel asserts)."""
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(binary_cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, reduce=reduce, reduction=reduction)
