@@ -45,27 +45,22 @@ struct FirstBad {
   }
 };
 
-struct Done {  // the CPU checks synchronously: bad() is already known
-  int64_t pos;
-  int64_t bad() const { return pos; }
-};
-
 #define FASTLOSS_ISA_BODY "cpu/margin_rows_impl.inc"
 #include "cpu/per_isa.inc"
 
 struct CpuMarginRows {
-  static Done multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
+  static int64_t multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
 #ifdef FASTLOSS_CPU_HAVE_AVX2
-    if (use_avx2_fma()) return {isa_avx2::run_multi_margin(p, pw, margin, run)};
+    if (use_avx2_fma()) return isa_avx2::run_multi_margin(p, pw, margin, run);
 #endif
-    return {isa_base::run_multi_margin(p, pw, margin, run)};
+    return isa_base::run_multi_margin(p, pw, margin, run);
   }
 
-  static Done multilabel(const MarginRowsPlan& p, MarginRun& run) {
+  static int64_t multilabel(const MarginRowsPlan& p, MarginRun& run) {
 #ifdef FASTLOSS_CPU_HAVE_AVX2
-    if (use_avx2_fma()) return {isa_avx2::run_multilabel(p, run)};
+    if (use_avx2_fma()) return isa_avx2::run_multilabel(p, run);
 #endif
-    return {isa_base::run_multilabel(p, run)};
+    return isa_base::run_multilabel(p, run);
   }
   static Tensor finish(const MarginRowsPlan& p, const Tensor& row_loss) {
     return AT_DISPATCH_FLOATING_TYPES(row_loss.scalar_type(), "fastloss_margin_rows_finish_cpu", [&] {

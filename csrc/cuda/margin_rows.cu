@@ -343,12 +343,6 @@ void fill_rows_io(Io& io, const MarginRowsPlan& p, const MarginRun& run) {
   io.C = p.C;
 }
 
-// CUDA reports a bad target from the device (report_device_error: raised by a later call, or at once
-// in strict mode), so there is never a position for the shared op code to raise here.
-struct Pending {
-  int64_t bad() const { return -1; }
-};
-
 // A multilabel error names the entry's row and column.
 struct MultilabelValue {
   const int64_t* target;
@@ -366,9 +360,8 @@ int capped_blocks(int64_t groups_needed, int cap) {
 }
 
 struct CudaMarginRows {
-  static Pending multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
-    Pending pending;
-    if (p.rows == 0) return pending;
+  static int64_t multi_margin(const MarginRowsPlan& p, int pw, double margin, MarginRun& run) {
+    if (p.rows == 0) return -1;
     const c10::cuda::CUDAGuard guard(p.input.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     const int sms = device_info(p.input.get_device()).sm_count;
@@ -402,12 +395,11 @@ struct CudaMarginRows {
         else launch(mm_kernel<scalar_t, 2, kThreads>);
       }
     });
-    return pending;
+    return -1;  // a bad target is reported from the device (report_device_error)
   }
 
-  static Pending multilabel(const MarginRowsPlan& p, MarginRun& run) {
-    Pending pending;
-    if (p.rows == 0) return pending;
+  static int64_t multilabel(const MarginRowsPlan& p, MarginRun& run) {
+    if (p.rows == 0) return -1;
     const c10::cuda::CUDAGuard guard(p.input.device());
     cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
     const DeviceInfo dev = device_info(p.input.get_device());
@@ -447,7 +439,7 @@ struct CudaMarginRows {
     });
     report_device_error(first_bad, error_proto(p.op, DeviceErrorKind::Multilabel, p.C),
                         MultilabelValue{p.target.const_data_ptr<int64_t>(), p.C}, stream);
-    return pending;
+    return -1;  // a bad target is reported from the device (report_device_error)
   }
 
   static Tensor finish(const MarginRowsPlan& p, const Tensor& row_loss) {

@@ -1,8 +1,8 @@
 // The op kernels of the margin_rows family, written once for both devices. Dev (cpu/margin_rows.cpp,
 // cuda/margin_rows.cu) supplies
-//   multi_margin(plan, p, margin, run) / multilabel(plan, run): run the row kernel, returning a
-//     pending target check whose bad() is the first invalid flat target position or -1 (CUDA: always
-//     -1, its error is reported from the device without a host sync, common/device_errors.h);
+//   multi_margin(plan, p, margin, run) / multilabel(plan, run): run the row kernel, returning the first
+//     invalid flat target position or -1 (CUDA: always -1, its error is reported from the device
+//     without a host sync, common/device_errors.h);
 //   finish(plan, row_loss): the per-row losses to the op's result (fixed-order reduction).
 #pragma once
 
@@ -25,9 +25,9 @@ struct MarginRowsOps {
     const char* op = "fastloss.multi_margin_loss";
     const MarginRowsPlan pl = plan_multi_margin(op, input, target, p, weight, reduction, out_dtype);
     MarginRun run = margin_forward_run(pl, grad_now, op);
-    auto pending = Dev::multi_margin(pl, static_cast<int>(p), margin, run);
+    const int64_t bad = Dev::multi_margin(pl, static_cast<int>(p), margin, run);
     Tensor loss = Dev::finish(pl, run.row_loss);
-    check_mm(op, pl, pending.bad());
+    check_mm(op, pl, bad);
     return {loss, run.grad};
   }
 
@@ -36,8 +36,8 @@ struct MarginRowsOps {
     const char* op = "fastloss.multi_margin_loss_backward";
     const MarginRowsPlan pl = plan_multi_margin(op, input, target, p, weight, reduction, c10::nullopt);
     MarginRun run = margin_backward_run(pl, grad_loss, op);
-    auto pending = Dev::multi_margin(pl, static_cast<int>(p), margin, run);
-    check_mm(op, pl, pending.bad());
+    const int64_t bad = Dev::multi_margin(pl, static_cast<int>(p), margin, run);
+    check_mm(op, pl, bad);
     return run.grad;
   }
 
@@ -46,9 +46,9 @@ struct MarginRowsOps {
     const char* op = "fastloss.multilabel_margin_loss";
     const MarginRowsPlan pl = plan_multilabel_margin(op, input, target, reduction, out_dtype);
     MarginRun run = margin_forward_run(pl, grad_now, op);
-    auto pending = Dev::multilabel(pl, run);
+    const int64_t bad = Dev::multilabel(pl, run);
     Tensor loss = Dev::finish(pl, run.row_loss);
-    check_ml(op, pl, pending.bad());
+    check_ml(op, pl, bad);
     return {loss, run.grad};
   }
 
@@ -57,8 +57,8 @@ struct MarginRowsOps {
     const char* op = "fastloss.multilabel_margin_loss_backward";
     const MarginRowsPlan pl = plan_multilabel_margin(op, input, target, reduction, c10::nullopt);
     MarginRun run = margin_backward_run(pl, grad_loss, op);
-    auto pending = Dev::multilabel(pl, run);
-    check_ml(op, pl, pending.bad());
+    const int64_t bad = Dev::multilabel(pl, run);
+    check_ml(op, pl, bad);
     return run.grad;
   }
 
