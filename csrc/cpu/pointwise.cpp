@@ -77,69 +77,8 @@ inline void store_losses(const PwIo<scalar_t>& io, const acc_t<scalar_t>* L, int
   if (io.loss_a) std::copy(L, L + m, io.loss_a + t0);
 }
 
-// One tile of pw_range_ab: losses into L, d/da (kG0) and d/db (kG1) times k0 stored; one loop, so it
-// vectorizes with no per-element branch on which gradients are wanted. kGL: 0 forward (losses
-// wanted), 1 / 2 a 'none' backward with a per-element grad_loss in the input / accumulate dtype
-// (times k0), 3 a 'none' backward whose grad_loss is one value (already in k0).
-template <PwKind K, bool kG0, bool kG1, int kGL, typename scalar_t>
-inline void pw_tile_ab(const PwIo<scalar_t>& io, int64_t t0, int64_t m, acc_t<scalar_t> k0, acc_t<scalar_t>* L) {
-  using acc = acc_t<scalar_t>;
-  constexpr bool kLoss = kGL == 0;  // a 'none' backward discards the losses
-  const scalar_t *a = io.a + t0, *b = io.b + t0;
-  const scalar_t* gls = kGL == 1 ? io.gl_s + t0 : nullptr;
-  const acc* gla = kGL == 2 ? io.gl_a + t0 : nullptr;
-  scalar_t *g0 = kG0 ? io.g[0] + t0 : nullptr, *g1 = kG1 ? io.g[1] + t0 : nullptr;
-  for (int64_t i = 0; i < m; ++i) {
-    const PwOut<acc> o = pw_eval<K, acc>(acc(a[i]), acc(b[i]), acc(1), acc(1), io.param, io.param2);
-    if constexpr (kLoss) L[i] = o.loss;
-    acc k = k0;  // pw_range's (gl * k0), the same product
-    if constexpr (kGL == 1) k = acc(gls[i]) * k0;
-    if constexpr (kGL == 2) k = gla[i] * k0;
-    if constexpr (kG0) g0[i] = static_cast<scalar_t>(o.da * k);
-    if constexpr (kG1) g1[i] = static_cast<scalar_t>(o.db * k);
-  }
-}
-
-template <typename scalar_t>
-using PwTileFn = void (*)(const PwIo<scalar_t>&, int64_t, int64_t, acc_t<scalar_t>, acc_t<scalar_t>*);
-
-template <PwKind K, int kGL, typename scalar_t>
-PwTileFn<scalar_t> pw_pick_tile(bool g0, bool g1) {
-  constexpr PwTileFn<scalar_t> kTiles[2][2] = {
-      {pw_tile_ab<K, false, false, kGL, scalar_t>, pw_tile_ab<K, false, true, kGL, scalar_t>},
-      {pw_tile_ab<K, true, false, kGL, scalar_t>, pw_tile_ab<K, true, true, kGL, scalar_t>}};
-  return kTiles[g0][g1];
-}
-
-// pw_range for the common calls with only a and b (no weight, no pos_weight): mean/sum, a 'none'
-// forward, and a 'none' backward whose grad_loss is dense or one broadcast value (loss.sum()): one
-// loop per tile reads a, b (and grad_loss) and writes the loss and gradients, instead of pw_range's
-// staging arrays (fp32 mse fwd+bwd was below torch's speed, and 'none' backward 0.6x torch).
-// Same values and summation order as pw_range: with c = 1, c * f is f and (v - 0) * (gl * k0) is v * k.
-template <PwKind K, typename scalar_t>
-acc_t<scalar_t> pw_range_ab(const PwIo<scalar_t>& io, int64_t begin, int64_t end) {
-  using acc = acc_t<scalar_t>;
-  acc L[kTile];
-  acc lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  acc k0 = io.gscale * (io.kdev ? *io.kdev : acc(1));
-  const bool g0 = io.g[0] != nullptr, g1 = io.g[1] != nullptr;
-  const bool one_gl = io.glb.per == 1;  // a broadcast scalar grad_loss: a constant factor
-  if (one_gl) k0 = (io.gl_s ? acc(io.gl_s[0]) : io.gl_a[0]) * k0;
-  const int gl = one_gl ? 3 : io.gl_s ? 1 : io.gl_a ? 2 : 0;
-  PwTileFn<scalar_t> tile = pw_pick_tile<K, 0, scalar_t>(g0, g1);
-  if (gl == 1) tile = pw_pick_tile<K, 1, scalar_t>(g0, g1);
-  if (gl == 3) tile = pw_pick_tile<K, 3, scalar_t>(g0, g1);
-  if constexpr (!std::is_same_v<acc, scalar_t>)  // an accumulate-dtype grad_loss exists for half types only
-    if (gl == 2) tile = pw_pick_tile<K, 2, scalar_t>(g0, g1);
-  for (int64_t t0 = begin; t0 < end; t0 += kTile) {
-    const int64_t m = std::min(kTile, end - t0);
-    tile(io, t0, m, k0, L);
-    if (gl != 0) continue;
-    add_lanes(L, m, lane);
-    store_losses(io, L, t0, m);
-  }
-  return sum_lanes(lane);
-}
+#define FASTLOSS_ISA_BODY "cpu/pointwise_ab_impl.inc"
+#include "cpu/per_isa.inc"
 
 // Runs elements [begin, end); returns the sum of their losses, in a fixed order: lane j of 8
 // accumulates the tile's elements j, j + 8, ..., then the lanes are added pairwise.
@@ -148,7 +87,12 @@ template <PwKind K, typename scalar_t>
 acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, int64_t* bad) {
   using acc = acc_t<scalar_t>;
   if constexpr (pw_generic<K, acc>()) {
-    if (!io.c && !io.d && !io.g[2] && !io.first_bad && io.glb.per <= 1) return pw_range_ab<K>(io, begin, end);
+    if (!io.c && !io.d && !io.g[2] && !io.first_bad && io.glb.per <= 1) {
+#ifdef FASTLOSS_CPU_HAVE_AVX2
+      if (use_avx2_fma()) return isa_avx2::pw_range_ab<K>(io, begin, end);
+#endif
+      return isa_base::pw_range_ab<K>(io, begin, end);
+    }
   }
   acc A[kTile], B[kTile], C[kTile], D[kTile], L[kTile], DA[kTile], DB[kTile], DC[kTile], KK[kTile];
   acc lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
