@@ -29,6 +29,7 @@
 #include "common/cpu_reduce.h"
 #include "common/cpu_vec.h"
 #include "common/errors.h"
+#include "ops/ce_partial.h"
 
 namespace fastloss {
 namespace cpu {
@@ -132,29 +133,6 @@ void narrow_row(const acc* src, int64_t n, scalar_t* dst) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Argument checks shared by both ops; returns whether the target holds probabilities.
-bool check_args(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, const char* op) {
-  TORCH_CHECK(logits.dim() == 2, op, ": expected 2-D logits (R, Cs), got ", logits.dim(), " dims");
-  check_floating(logits, "logits", op);
-  const int64_t R = logits.size(0), Cs = logits.size(1);
-  const bool prob = target.dim() == 2 && target.is_floating_point();
-  if (prob) {
-    TORCH_CHECK(target.sizes() == logits.sizes(), op, ": expected a probability target of shape ", logits.sizes(),
-                " (as the logits), got ", target.sizes());
-  } else {
-    check_class_target_dtype(target, op);
-    TORCH_CHECK(target.dim() == 1 && target.size(0) == R, op, ": expected a class target of shape (", R,
-                ",), got ", target.sizes());
-  }
-  if (weight && weight->defined()) {
-    check_floating(*weight, "weight", op);
-    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == Cs, op, ": expected weight of shape (", Cs,
-                ",) (the slice's classes), got ", weight->sizes());
-  }
-  return prob;
-}
-
 // Class targets: a target neither ignore_index nor in [0, num_classes) raises; sequential, so the error
 // names the first bad position.
 template <typename target_t>
@@ -171,7 +149,7 @@ Tensor stats_cpu(const Tensor& logits, const Tensor& target, const std::optional
                  int64_t class_offset, int64_t num_classes, int64_t ignore_index, double eps,
                  std::optional<double> softcap) {
   const char* op = "fastloss.ce_partial_stats";
-  const bool prob = check_args(logits, target, weight, op);
+  const bool prob = check_partial_args(logits, target, weight, op);
   const auto dtype = logits.scalar_type();
   const auto adt = acc_dtype(dtype);
   const Tensor x = logits.contiguous();
@@ -296,16 +274,11 @@ void grad_into(const Tensor& x, const Tensor& target, bool prob, const std::opti
   });
 }
 
-void check_coef(const Tensor& logits, const Tensor& coef, const char* op) {
-  TORCH_CHECK(coef.dim() == 2 && coef.size(0) == logits.size(0) && coef.size(1) == 4, op,
-              ": expected coef of shape (", logits.size(0), ", 4) (make_grad_coef), got ", coef.sizes());
-}
-
 Tensor grad_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, const Tensor& coef,
                 int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
   const char* op = "fastloss.ce_partial_grad";
-  const bool prob = check_args(logits, target, weight, op);
-  check_coef(logits, coef, op);
+  const bool prob = check_partial_args(logits, target, weight, op);
+  check_partial_coef(logits, coef, op);
   const Tensor x = logits.contiguous();
   Tensor out = empty_for_write(x.sizes(), x.options());
   grad_into(x, target, prob, weight, coef, class_offset, ignore_index, softcap, out);
@@ -315,8 +288,8 @@ Tensor grad_cpu(const Tensor& logits, const Tensor& target, const std::optional<
 void grad_inplace_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                       const Tensor& coef, int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
   const char* op = "fastloss.ce_partial_grad_";
-  const bool prob = check_args(logits, target, weight, op);
-  check_coef(logits, coef, op);
+  const bool prob = check_partial_args(logits, target, weight, op);
+  check_partial_coef(logits, coef, op);
   if (logits.is_contiguous()) {
     Tensor out = logits;
     grad_into(logits, target, prob, weight, coef, class_offset, ignore_index, softcap, out);
