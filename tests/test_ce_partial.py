@@ -319,3 +319,19 @@ def test_deterministic_threads(device, dtype, prob):
         ops.ce_partial_grad_(g, target, weight, k, 0, -100, 2.0)
         return st, g
     assert_deterministic(run, device)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("col", [0, 8])  # a full vector lane / the CPU row tail
+def test_softcap_accuracy(device, col):
+    """z_t = cap * tanh(x_t / cap) (stats column 2) over the whole range, +-inf and NaN, against float64."""
+    v = torch.cat([torch.logspace(-30, 4, 300, dtype=torch.float64), torch.tensor([0.0, float("inf")])])
+    v = torch.cat([v, -v, torch.tensor([float("nan")], dtype=torch.float64)]).float()
+    x = torch.zeros(v.numel(), 9)
+    x[:, col] = v
+    t = torch.full((v.numel(),), col)
+    st = ops.ce_partial_stats(x.to(device), t.to(device), None, 0, 9, -100, 0.0, 7.0)[:, 2].cpu().double()
+    ref = 7.0 * torch.tanh(v.double() / 7.0)
+    assert torch.equal(st.isnan(), ref.isnan())
+    ok = ~ref.isnan()
+    torch.testing.assert_close(st[ok], ref[ok], rtol=5e-7, atol=1e-37)

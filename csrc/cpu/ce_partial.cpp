@@ -110,14 +110,21 @@ const acc* read_row(const scalar_t* p, int64_t n, std::optional<double> cap, std
   }
   buf.resize(static_cast<size_t>(n));
   acc* b = buf.data();
-  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+  const acc* src = b;
+  if constexpr (std::is_same_v<scalar_t, acc>) {
+    src = p;  // capped straight from the row
+  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     vec_ops().bf16_to_f32(reinterpret_cast<const uint16_t*>(p), n, b);
   } else {
     for (int64_t i = 0; i < n; ++i) b[i] = static_cast<acc>(p[i]);
   }
   if (cap) {
-    const acc c = static_cast<acc>(*cap), inv = acc(1) / c;
-    for (int64_t i = 0; i < n; ++i) b[i] = c * std::tanh(b[i] * inv);
+    if constexpr (std::is_same_v<acc, float>) {
+      vec_ops().softcap(src, n, static_cast<float>(*cap), b);
+    } else {
+      const acc c = static_cast<acc>(*cap), inv = acc(1) / c;
+      for (int64_t i = 0; i < n; ++i) b[i] = c * std::tanh(src[i] * inv);
+    }
   }
   return b;
 }
