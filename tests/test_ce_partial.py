@@ -335,3 +335,16 @@ def test_softcap_accuracy(device, col):
     assert torch.equal(st.isnan(), ref.isnan())
     ok = ~ref.isnan()
     torch.testing.assert_close(st[ok], ref[ok], rtol=5e-7, atol=1e-37)
+
+
+@pytest.mark.parametrize("device", device_params())
+def test_grad_unvalidated_targets_stay_in_bounds(device):
+    """ce_partial_grad does not validate (stats did): a target outside the slice or outside [0, C) only
+    loses its -B0 term, it is never used as an index."""
+    x = torch.randn(4, 8, device=device)
+    t = torch.tensor([-5, 1000, 8 + 3, -100], device=device)
+    k = torch.tensor([[1.0, 0.5, 0.1, 0.7]], device=device).expand(4, 4).contiguous()
+    g = ops.ce_partial_grad(x, t, None, k, 8, -100, None).cpu().double()
+    ref = _grad_oracle(x.cpu(), t.cpu(), None, k.cpu(), 8, -100, None)
+    assert_close_ref(g, ref, torch.float32, what="grad")
+    assert (g[3] == 0).all()  # the ignored row
