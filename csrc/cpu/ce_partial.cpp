@@ -8,9 +8,9 @@
 //   stats: pass 1 max (and sum_c w_c z_c for label smoothing, or the probability-target sums),
 //          pass 2 sum_c exp(z_c - m). Two passes over a cached row beat an online max/sum-exp, whose
 //          rescaling costs an extra exp per vector.
-//   grad:  pass 1 e_c = exp(z_c - lse) into the output row (the logits row itself for ce_partial_grad_
-//          in float32/float64), pass 2 the coefficients in place, then the softcap factor / the
-//          narrowing to half/bfloat16.
+//   grad:  one pass g_c = exp(z_c - lse) A - B1 w_c into the output row (the logits row itself for
+//          ce_partial_grad_ in float32/float64) and the target's -B0 (probability targets: exp, then the
+//          coefficients in a second pass), then the softcap factor / the narrowing to half/bfloat16.
 // half/bfloat16 rows are widened into a per-thread float32 scratch row; a softcap is applied to that
 // row (z = cap * tanh(x / cap)) and never stored. float32 rows use the vectorized table, float64 is
 // scalar.
@@ -65,12 +65,12 @@ inline void exp_shift(const float* x, float shift, int64_t n, float* out) {
 inline void exp_shift(const double* x, double shift, int64_t n, double* out) {
   for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i] + shift);
 }
-// out_c = e_c a - b w_c (w null: 1)
-inline void axpw(const float* e, int64_t n, float a, float b, const float* w, float* out) {
-  vec_ops().axpw(e, n, a, b, w, out);
+// out_c = exp(x_c + shift) a - b w_c (w null: 1), one pass (out may equal x)
+inline void exp_axpw(const float* x, float shift, int64_t n, float a, float b, const float* w, float* out) {
+  vec_ops().exp_axpw(x, shift, n, a, b, w, out);
 }
-inline void axpw(const double* e, int64_t n, double a, double b, const double* w, double* out) {
-  for (int64_t i = 0; i < n; ++i) out[i] = e[i] * a - b * (w ? w[i] : 1.0);
+inline void exp_axpw(const double* x, double shift, int64_t n, double a, double b, const double* w, double* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = std::exp(x[i] + shift) * a - b * (w ? w[i] : 1.0);
 }
 inline void prob_sums(const float* x, const float* q, const float* w, int64_t n, float c1, float c0, float* s1,
                       float* s2) {
@@ -258,11 +258,12 @@ void grad_into(const Tensor& x, const Tensor& target, bool prob, const std::opti
             e = ebuf.data();
           }
           const acc* kr = kp + r * 4;
-          exp_shift(z, -kr[0], Cs, e);  // p_c = exp(z_c - lse)
+          // p_c = exp(z_c - lse)
           if (prob) {
+            exp_shift(z, -kr[0], Cs, e);
             prob_grad(e, tgt.const_data_ptr<acc>() + r * Cs, wp, Cs, kr[1], kr[2], kr[3], e);
           } else {
-            axpw(e, Cs, kr[1], kr[2], wp, e);
+            exp_axpw(z, -kr[0], Cs, kr[1], kr[2], wp, e);
             if (local >= 0 && local < Cs) e[local] -= kr[3];
           }
           if (softcap)
