@@ -93,7 +93,7 @@ def test_partial_matches_whole(prob, weighted, eps, softcap, z_loss, reduction):
 # ---------------------------------------------------------------------------------------------------
 # The fused kernels (csrc/cpu/ce_partial.cpp, csrc/cuda/ce_partial.cu) against a float64 oracle of
 # ce_partial_stats / ce_partial_grad written here in torch ops (the contract of ops/ce_partial.h).
-from conftest import TOL, assert_close_ref, assert_deterministic, call_and_check, device_params  # noqa: E402
+from conftest import assert_close_ref, assert_deterministic, call_and_check, device_params, requires_cuda  # noqa: E402
 
 
 def _stats_oracle(x, target, weight, offset, C, ignore_index, eps, softcap):
@@ -285,8 +285,7 @@ def test_bad_target_raises_cpu(tdtype):
         ops.ce_partial_stats(x, t, None, 0, 20, -100, 0.0, None)
 
 
-@pytest.mark.parametrize("device", [pytest.param("cuda", marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize("device", [pytest.param("cuda", marks=requires_cuda)])
 def test_bad_target_reported_cuda(device):
     """CUDA: the kernel records the first bad position; the error is raised right after (no host sync)."""
     x = torch.randn(5, 8, device=device)
