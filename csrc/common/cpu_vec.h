@@ -42,6 +42,10 @@ struct VecOps {
                         float* db);
   void (*pw_focal)(const float* a, const float* b, int64_t n, float alpha, float gamma, float* loss, float* da,
                    float* db);
+  // out_c = exp(x_c + shift) a - b w_c (w null: 1; out may equal x): a softmax-gradient row in one pass
+  void (*exp_axpw)(const float* x, float shift, int64_t n, float a, float b, const float* w, float* out);
+  // out_i = cap * tanh(x_i / cap) (a logit softcap; out may equal x), within 2 ulp of tanh
+  void (*softcap)(const float* x, int64_t n, float cap, float* out);
   const char* isa;
 };
 

@@ -1,8 +1,6 @@
 // Schemas of the partial (class-slice) cross-entropy steps (see ops/ce_partial.h), the O(R) steps
-// (finish, grad_coef) for every device, and ATen reference versions of the two O(R * Cs) steps.
-// REFERENCE (temporary): ce_partial_stats / ce_partial_grad[_] below are composed of ATen ops and
-// registered as CompositeExplicitAutograd, so the layers above can be built and tested; the fused CPU
-// and CUDA kernels registered for those dispatch keys take precedence over them.
+// (finish, merge, grad_coef) for every device as ATen ops, and the argument checks of the two O(R * Cs)
+// steps, whose fused kernels are cpu/ce_partial.cpp and cuda/ce_partial.cu.
 #include "ops/ce_partial.h"
 
 #include <ATen/ATen.h>
@@ -17,81 +15,6 @@ namespace fastloss {
 namespace {
 
 using at::Tensor;
-
-bool prob_target(const Tensor& logits, const Tensor& target) {
-  return target.dim() == 2 && target.is_floating_point();
-}
-
-Tensor capped(const Tensor& logits, std::optional<double> softcap) {
-  Tensor z = logits.to(acc_dtype(logits.scalar_type()));
-  return softcap ? at::tanh(z / *softcap) * *softcap : z;
-}
-
-Tensor stats_ref(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                 int64_t class_offset, int64_t num_classes, int64_t ignore_index, double eps,
-                 std::optional<double> softcap) {
-  TORCH_CHECK(logits.dim() == 2, "fastloss.ce_partial_stats: expected 2-D logits, got ", logits.dim(), " dims");
-  const Tensor z = capped(logits, softcap);
-  const int64_t R = z.size(0), Cs = z.size(1);
-  const auto adt = z.scalar_type();
-  const Tensor zero = at::zeros({R}, z.options());
-  Tensor m = Cs ? std::get<0>(z.max(1)) : at::full({R}, -std::numeric_limits<double>::infinity(), z.options());
-  const Tensor m_safe = at::where(m == -std::numeric_limits<double>::infinity(), zero, m);
-  Tensor s = at::exp(z - m_safe.unsqueeze(1)).sum(1);
-  const Tensor w = (weight && weight->defined()) ? weight->to(adt) : Tensor();
-  Tensor a, b, c;
-  if (prob_target(logits, target)) {
-    Tensor t = target.to(adt) * (1.0 - eps) + eps / double(num_classes);
-    if (w.defined()) t = t * w;
-    a = t.sum(1);
-    b = (t * z).sum(1);
-    c = zero;
-  } else {
-    const Tensor t = target.to(at::kLong);
-    const Tensor local = t - class_offset;
-    const Tensor inside = (t != ignore_index) & (local >= 0) & (local < Cs);
-    const Tensor li = local.clamp(0, std::max<int64_t>(Cs - 1, 0));
-    a = Cs ? at::where(inside, z.gather(1, li.unsqueeze(1)).squeeze(1), zero) : zero;
-    b = w.defined() ? at::where(inside, w.index_select(0, li), zero) : inside.to(adt);
-    c = eps > 0 ? (w.defined() ? (z * w).sum(1) : z.sum(1)) : zero;
-  }
-  return at::stack({m, s, a, b, c}, 1);
-}
-
-Tensor grad_ref(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, const Tensor& coef,
-                int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
-  TORCH_CHECK(logits.dim() == 2, "fastloss.ce_partial_grad: expected 2-D logits, got ", logits.dim(), " dims");
-  const Tensor z = capped(logits, softcap);
-  const auto adt = z.scalar_type();
-  const int64_t Cs = z.size(1);
-  const Tensor k = coef.to(adt);
-  const Tensor lse = k.select(1, 0).unsqueeze(1), A = k.select(1, 1).unsqueeze(1), B1 = k.select(1, 2).unsqueeze(1),
-               B0 = k.select(1, 3).unsqueeze(1);
-  const Tensor w = (weight && weight->defined()) ? weight->to(adt) : Tensor();
-  Tensor g = at::exp(z - lse) * A;
-  if (prob_target(logits, target)) {
-    const Tensor t = target.to(adt) * B1 + B0;
-    g = g - (w.defined() ? t * w : t);
-  } else {
-    g = g - (w.defined() ? B1 * w : B1);
-    const Tensor t = target.to(at::kLong);
-    const Tensor local = t - class_offset;
-    const Tensor valid = t != ignore_index;
-    const Tensor inside = valid & (local >= 0) & (local < Cs);
-    if (Cs) {
-      const Tensor li = local.clamp(0, Cs - 1).unsqueeze(1);
-      g = g.scatter_add(1, li, at::where(inside.unsqueeze(1), -B0, at::zeros_like(B0)));
-    }
-    g = at::where(valid.unsqueeze(1), g, at::zeros({}, g.options()));
-  }
-  if (softcap) g = g * (1.0 - (z / *softcap).square());
-  return g.to(logits.scalar_type());
-}
-
-void grad_inplace_ref(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                      const Tensor& coef, int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
-  logits.copy_(grad_ref(logits, target, weight, coef, class_offset, ignore_index, softcap));
-}
 
 std::tuple<Tensor, Tensor, Tensor> finish(const Tensor& stats, const Tensor& target, const Tensor& W,
                                           int64_t num_classes, int64_t ignore_index, double eps, double z_loss) {
@@ -135,6 +58,36 @@ std::tuple<Tensor, Tensor, Tensor> finish(const Tensor& stats, const Tensor& tar
 
 }  // namespace
 
+bool check_partial_args(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+                        const char* op) {
+  TORCH_CHECK(logits.dim() == 2, op, ": expected 2-D logits (R, Cs), got ", logits.dim(), " dims");
+  check_floating(logits, "logits", op);
+  const int64_t R = logits.size(0), Cs = logits.size(1);
+  const bool prob = target.dim() == 2 && target.is_floating_point();
+  if (prob) {
+    TORCH_CHECK(target.sizes() == logits.sizes(), op, ": expected a probability target of shape ", logits.sizes(),
+                " (as the logits), got ", target.sizes());
+  } else {
+    check_class_target_dtype(target, op);
+    TORCH_CHECK(target.dim() == 1 && target.size(0) == R, op, ": expected a class target of shape (", R, ",), got ",
+                target.sizes());
+  }
+  if (weight && weight->defined()) {
+    check_floating(*weight, "weight", op);
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == Cs, op, ": expected weight of shape (", Cs,
+                ",) (the slice's classes), got ", weight->sizes());
+    check_same_device(logits, "logits", *weight, "weight", op);
+  }
+  check_same_device(logits, "logits", target, "target", op);
+  return prob;
+}
+
+void check_partial_coef(const Tensor& logits, const Tensor& coef, const char* op) {
+  TORCH_CHECK(coef.dim() == 2 && coef.size(0) == logits.size(0) && coef.size(1) == 4, op, ": expected coef of shape (",
+              logits.size(0), ", 4) (ce_partial_grad_coef), got ", coef.sizes());
+  check_same_device(logits, "logits", coef, "coef", op);
+}
+
 Tensor merge_partial_stats(const Tensor& x, const Tensor& y) {
   const double ninf = -std::numeric_limits<double>::infinity();
   const Tensor M = at::maximum(x.select(1, 0), y.select(1, 0));
@@ -172,10 +125,6 @@ TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) {
   m.impl("ce_partial_finish", &finish);
   m.impl("ce_partial_merge", &merge_partial_stats);
   m.impl("ce_partial_grad_coef", &make_grad_coef);
-  // REFERENCE (temporary, see the top of this file)
-  m.impl("ce_partial_stats", &stats_ref);
-  m.impl("ce_partial_grad", &grad_ref);
-  m.impl("ce_partial_grad_", &grad_inplace_ref);
 }
 
 }  // namespace fastloss

@@ -41,4 +41,12 @@ at::Tensor merge_partial_stats(const at::Tensor& a, const at::Tensor& b);
 // coef (R, 5) from ce_partial_finish and the reduction's factors (0-dim or (R,) tensors) -> coef4 (R, 4).
 at::Tensor make_grad_coef(const at::Tensor& coef, const at::Tensor& s_ce, const at::Tensor& s_z);
 
+// Argument checks of the fused stats/grad kernels (CPU and CUDA): 2-D floating logits (R, Cs), a class
+// target (R,) int64/uint8 or a floating probability target (R, Cs), weight (Cs,). Returns whether the
+// target holds probabilities.
+bool check_partial_args(const at::Tensor& logits, const at::Tensor& target, const std::optional<at::Tensor>& weight,
+                        const char* op);
+// coef4 of ce_partial_grad: (R, 4).
+void check_partial_coef(const at::Tensor& logits, const at::Tensor& coef, const char* op);
+
 }  // namespace fastloss
