@@ -14,6 +14,7 @@ from ._registrations import embedding as _embedding_registration  # noqa: F401
 from ._registrations import ctc as _ctc_registration  # noqa: F401
 from ._registrations import margin_rows as _margin_rows_registration  # noqa: F401
 from ._registrations import ce_partial as _ce_partial_registration  # noqa: F401
+from ._registrations import linear_cross_entropy as _linear_ce_registration  # noqa: F401
 from . import functional  # noqa: E402
 from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
                       MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
