@@ -88,27 +88,27 @@ def test_all_ignored_mean(device):
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_chunked_path_makes_chunk_logits_only(device, monkeypatch):
-    """options given: linear() sees chunk rows at a time (never the (N, C) logits), the loss is fastloss's
-    cross-entropy op (no aten cross-entropy / log_softmax), in forward and in 'none''s backward."""
+@pytest.mark.parametrize("chunk", [None, 6])
+def test_chunks_only_never_whole_logits(device, chunk):
+    """Every GEMM sees a row chunk (6 rows: batch_chunk_size, or a budget that fits 6 rows of all classes) --
+    never the 20 rows at once -- in forward and in 'none''s backward; no aten cross-entropy / log_softmax."""
     x, w, b, t, _ = _case(device, torch.float32, (20,), 8, 30, True, False, None, 0.0)
-    rows = []
-    linear = F.linear
-
-    def spy(inp, *a, **k):
-        rows.append(inp.shape[0])
-        return linear(inp, *a, **k)
-
-    monkeypatch.setattr(F, "linear", spy)
+    budget = None
+    if chunk is None:  # the budget alone: find one whose plan is 6 rows of all 30 classes
+        budget = next(bb for bb in range(1900, 1 << 20, 16)
+                      if torch.ops.fastloss._linear_ce_plan(x, w, b, t, bb, 0, True, [True] * 3)[0] == 6)
     for reduction in ("mean", "none"):
-        rows.clear()
         xs = x.clone().requires_grad_()
-        with torch.profiler.profile() as prof:
-            loss = FL.linear_cross_entropy(xs, w, t, linear_bias=b, reduction=reduction, options=_opts(6))
+        with torch.profiler.profile(record_shapes=True) as prof:
+            loss = FL.linear_cross_entropy(xs, w, t, linear_bias=b, reduction=reduction, options=_opts(chunk),
+                                           memory_budget=budget)
             loss.sum().backward()
-        assert rows == ([6, 6, 6, 2] if reduction == "mean" else [6, 6, 6, 2] * 2), rows
+        gemms = [e for e in prof.events() if e.name in ("aten::mm", "aten::addmm", "aten::addmm_")]
+        assert len(gemms) >= (4 if reduction == "mean" else 8)  # 4 row chunks: logits (+ recomputed) + 2 grads
+        for e in gemms:
+            assert all(20 not in shape for shape in e.input_shapes), (e.name, e.input_shapes)
         assert_profile_clean(prof, lambda n: "cross_entropy" in n or "log_softmax" in n or "nll_loss" in n,
-                             "fastloss::cross_entropy")
+                             "fastloss::linear_cross_entropy")
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -122,19 +122,16 @@ def test_gradcheck_chunked(device, reduction):
 
 
 @pytest.mark.parametrize("device", device_params())
-def test_fallbacks_probabilities_and_k_dim(device):
-    """Probability targets and K-dimensional weights take the whole-logits path (fastloss's cross_entropy),
-    with a warning when options were given; results are torch's."""
+def test_probabilities_and_k_dim_chunked(device):
+    """Probability targets and K-dimensional weights take the chunked op too (no fallback, no warning)."""
     x = torch.randn(4, 6, dtype=torch.float64, device=device, requires_grad=True)
     w = torch.randn(5, 6, dtype=torch.float64, device=device, requires_grad=True)
     p = torch.rand(4, 5, dtype=torch.float64, device=device).softmax(-1)
-    with pytest.warns(UserWarning, match="options`` ignored"):
-        got = FL.linear_cross_entropy(x, w, p, options=_opts(2))
+    got = FL.linear_cross_entropy(x, w, p, options=_opts(2))
     torch.testing.assert_close(got, F.linear_cross_entropy(x, w, p))
     wk = torch.randn(5, 3, 6, dtype=torch.float64, device=device)
     tk = torch.randint(0, 5, (4, 3), device=device)
-    with pytest.warns(UserWarning, match="options`` ignored"):
-        got = FL.linear_cross_entropy(x, wk, tk, reduction="none", options=_opts(2))
+    got = FL.linear_cross_entropy(x, wk, tk, reduction="none", options=_opts(2))
     torch.testing.assert_close(got, F.linear_cross_entropy(x, wk, tk, reduction="none"))
 
 
@@ -163,7 +160,7 @@ def test_bad_inputs_as_torch():
 
 def test_module_and_double_backward():
     """fastloss.LinearCrossEntropyLoss: torch's constructor and state_dict, forward through fastloss; second
-    derivatives are refused on the chunked path (as torch's chunked path)."""
+    derivatives are refused (as on torch's chunked path)."""
     kw = dict(bias=True, reduction="sum", label_smoothing=0.1, options=_opts(3))
     ours, ref = fastloss.LinearCrossEntropyLoss(6, 5, **kw), torch.nn.LinearCrossEntropyLoss(6, 5, **kw)
     assert isinstance(ours, torch.nn.LinearCrossEntropyLoss)
@@ -172,9 +169,8 @@ def test_module_and_double_backward():
     with pytest.warns(UserWarning):  # torch's chunked path refuses smoothing and warns
         want = ref(x, t)
     torch.testing.assert_close(ours(x, t), want)
-    g, = torch.autograd.grad(ours(x, t), x, create_graph=True)
-    with pytest.raises(RuntimeError):
-        torch.autograd.grad(g.sum(), x)
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(ours(x, t), x, create_graph=True)
 
 
 @pytest.mark.parametrize("device", device_params())
