@@ -320,9 +320,14 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
         """
         __doc__ = _and_torch_doc(__doc__, nn.LinearCrossEntropyLoss)
 
-        def __init__(self, *args, softcap: float | None = None, z_loss: float = 0.0, return_lse: bool = False,
-                     memory_budget: int | None = None, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
+        def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+                     bias: bool = False, device=None, dtype=None, reduction: str = "mean", weight: Tensor | None = None,
+                     ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
+                     softcap: float | None = None, z_loss: float = 0.0, return_lse: bool = False,
+                     memory_budget: int | None = None) -> None:
+            super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
+                             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, options=options)
             self.softcap, self.z_loss, self.return_lse, self.memory_budget = softcap, z_loss, return_lse, memory_budget
 
         def forward(self, input: Tensor, target: Tensor) -> Tensor:
