@@ -64,7 +64,8 @@ class LinearCrossEntropyFn : public torch::autograd::Function<LinearCrossEntropy
     if (fused)
       ctx->save_for_backward({gx, gw, gb, Tensor(), Tensor(), Tensor(), Tensor(), Tensor()});
     else
-      ctx->save_for_backward({Tensor(), Tensor(), Tensor(), input, linear_weight, linear_bias, target, weight.value_or(Tensor())});
+      ctx->save_for_backward(
+          {Tensor(), Tensor(), Tensor(), input, linear_weight, linear_bias, target, weight.value_or(Tensor())});
     *aux = {lse, gx, gw, gb};
     return {loss};
   }
@@ -82,7 +83,8 @@ class LinearCrossEntropyFn : public torch::autograd::Function<LinearCrossEntropy
     const std::array<bool, 3> rest = take_fused_grads<3>(need, now, saved.data(), grad_loss, out);
     if (!any_of(rest.data(), 3)) return out;
     // 'none' (or a gradient the forward did not make): recompute chunk by chunk
-    TORCH_CHECK(saved[3].defined(), "fastloss.linear_cross_entropy: a gradient the forward did not make was asked for");
+    TORCH_CHECK(saved[3].defined(),
+                "fastloss.linear_cross_entropy: backward asked for a gradient the forward did not make");
     const double cap = ctx->saved_data["softcap"].toDouble();
     auto [gx, gw, gb] = lce_bwd_op().call(
         grad_loss, saved[3], saved[4], opt(saved[5]), saved[6], opt(saved[7]), cfg & 0xff,

@@ -69,9 +69,15 @@ bool fused_partial(bool cuda) {
 }
 // The reference versions hold at most this many (R, Cs) accumulate-dtype temporaries at once (the capped copy, the
 // exponentials, the gradient before its copy back, where/scatter results); counted generously.
-constexpr int64_t kReferenceTemps = 5;
+constexpr int64_t kReferenceTemps = 8;
 
 }  // namespace
+
+// CUDA, half/bfloat16 weight gradient in float32: the float32 GEMM products are made this many classes at a time
+// (at most 1/8 of the budget), then added into the float32 accumulator.
+int64_t linear_ce_gw_block(int64_t budget, int64_t H) {
+  return std::max<int64_t>(1, budget / 8 / std::max<int64_t>(4 * H, 1));
+}
 
 // Bytes counted, for a chunk of R rows and Cc classes (split: Cc < C, the logits made twice):
 //   O(N*D): stats (5), coef (5), coef4 (4), loss / z-term / lse rows (3) in the accumulate dtype, the int64 targets,
@@ -91,8 +97,9 @@ LinearCePlan plan_linear_ce(const LinearCeShape& s, int64_t budget, int64_t row_
     int64_t per_elem = s.elem + ref * s.acc + (s.prob ? s.target_elem : 0);
     if (accw && !s.cuda) per_elem += 4;
     int64_t b = fixed + R * Cc * per_elem + R * (2 * 5 * s.acc + 8);
-    if (mask[0] && s.half && (split || s.D > 1)) b += R * s.H * (4 + s.elem);
-    if (accw) b += s.C * s.D * s.H * 4 + (s.cuda ? 0 : R * s.H * 4);
+    if (mask[0] && s.half && (split || s.D > 1)) b += R * s.H * 8;  // the accumulator + one float32 GEMM output
+    if (accw)  // the float32 grad_weight, + CUDA: one bounded float32 product / CPU: the input rows in float32
+      b += s.C * s.D * s.H * 4 + (s.cuda ? std::min(Cc, linear_ce_gw_block(budget, s.H)) * s.H * 4 : R * s.H * 4);
     if (mask[2]) b += s.C * s.D * s.acc + 2 * Cc * s.acc;
     return b;
   };
@@ -166,6 +173,7 @@ void run(Job& j) {
   Tensor gx_acc;  // float32 accumulator of a row chunk's grad_input (half/bfloat16 with several contributions)
   if (j.mask[0] && !gx_direct && half) gx_acc = at::empty({std::min(R, N), H}, j.x.options().dtype(at::kFloat));
   const bool accw_cpu = j.mask[1] && j.plan.acc_weight_grad && !cuda;
+  const int64_t gw_block = linear_ce_gw_block(j.plan.budget, H);
 
   for (int64_t r0 = 0; r0 < N; r0 += R) {
     const int64_t r = std::min(R, N - r0);
@@ -231,10 +239,8 @@ void run(Job& j) {
             Tensor out = rows_of(j.gx, r0, r);
             at::mm_out(out, g, Wc);
           } else if (gxa.defined()) {
-            if (cuda)
-              at::addmm_out(gxa, gxa, g, Wc, at::kFloat);  // cuBLAS: half inputs, float32 accumulator in place
-            else
-              gxa.add_(at::mm(g, Wc));
+            // cuBLAS: half inputs, float32 output (mm.dtype), then added into the float32 accumulator
+            gxa.add_(cuda ? at::mm(g, Wc, at::kFloat) : at::mm(g, Wc));
           } else {
             Tensor out = rows_of(j.gx, r0, r);
             if (gx_first)
@@ -248,8 +254,10 @@ void run(Job& j) {
           Tensor gwc = j.gw.select(1, p).narrow(0, c0, cc);  // (cc, H), row stride D * H
           if (!j.plan.acc_weight_grad)
             gwc.addmm_(g.t(), xr);
-          else if (cuda)
-            at::addmm_out(gwc, gwc, g.t(), xr, at::kFloat);
+          else if (cuda)  // float32 products of at most gw_block classes at a time (a bounded temporary)
+            for (int64_t s0 = 0; s0 < cc; s0 += gw_block)
+              gwc.narrow(0, s0, std::min(gw_block, cc - s0))
+                  .add_(at::mm(g.narrow(1, s0, std::min(gw_block, cc - s0)).t(), xr, at::kFloat));
           else
             gwc.addmm_(g.t().to(at::kFloat), xr_f);
         }
@@ -433,8 +441,8 @@ Prepared prepare(const Tensor& x, const Tensor& W, const std::optional<Tensor>& 
   const bool prob = is_prob(target);
   P.has_b = b && b->defined();
   j.x = x;
-  j.W = W.view({C, D, H});
-  j.b = P.has_b ? b->view({C, D}) : Tensor();
+  j.W = W.reshape({C, D, H});  // a view unless linear_weight is not contiguous (that copy is not counted)
+  j.b = P.has_b ? b->reshape({C, D}) : Tensor();
   j.w = opt(weight);
   j.prob = prob;
   j.num_classes = C;
@@ -445,7 +453,7 @@ Prepared prepare(const Tensor& x, const Tensor& W, const std::optional<Tensor>& 
   j.finish = true;
   j.W_sum = j.w ? j.w->to(adt).sum() : at::scalar_tensor(double(C), x.options().dtype(adt));
   if (prob) {
-    j.t = target.view({N, C, D});
+    j.t = target.reshape({N, C, D});
     P.denom_ce = at::scalar_tensor(double(N * D), x.options().dtype(adt));
     P.denom_z = P.denom_ce;
   } else {

@@ -60,6 +60,9 @@ struct LinearCeShape {
 LinearCePlan plan_linear_ce(const LinearCeShape& s, int64_t budget, int64_t row_cap, bool acc_weight_grad,
                             const bool mask[3]);
 
+// CUDA, half/bfloat16 weight gradient accumulated in float32: classes per float32 GEMM product (budget / 8 bytes).
+int64_t linear_ce_gw_block(int64_t budget, int64_t H);
+
 // The process-wide default budget (fastloss.set_linear_ce_memory_budget).
 int64_t default_linear_ce_budget();
 
