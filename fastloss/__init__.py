@@ -14,6 +14,7 @@ from ._registrations import embedding as _embedding_registration  # noqa: F401
 from ._registrations import ctc as _ctc_registration  # noqa: F401
 from ._registrations import margin_rows as _margin_rows_registration  # noqa: F401
 from ._registrations import ce_partial as _ce_partial_registration  # noqa: F401
+from ._registrations import linear_cross_entropy as _linear_ce_registration  # noqa: F401
 from . import functional  # noqa: E402
 from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
                       MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
@@ -31,7 +32,7 @@ __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "Sm
            "CosineEmbeddingLoss", "CTCLoss", "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss",
            "PoissonNLLLoss", "GaussianNLLLoss", "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss",
            "MultiLabelMarginLoss", "patch", "unpatch", "is_patched",
-           "cuda_built", "set_target_validation", "check_errors"] + (["LinearCrossEntropyLoss"] if "LinearCrossEntropyLoss" in
+           "cuda_built", "set_target_validation", "check_errors", "set_linear_ce_memory_budget"] + (["LinearCrossEntropyLoss"] if "LinearCrossEntropyLoss" in
                                                      modules.__all__ else [])
 
 
@@ -68,6 +69,15 @@ def set_target_validation(mode) -> str:
                          f"got {mode!r}")
     previous = torch.ops.fastloss._set_option("validate_targets", _VALIDATION_MODES.index(mode))
     return _VALIDATION_MODES[previous] if 0 <= previous < len(_VALIDATION_MODES) else "async"
+
+
+def set_linear_ce_memory_budget(nbytes: int) -> int:
+    """The process-wide memory budget of :func:`fastloss.functional.linear_cross_entropy` (bytes; default
+    256 MiB): the extra memory it may use beyond its inputs and their gradients, when a call gives no
+    ``memory_budget=``. Returns the previous value. One atomic value shared by every thread and device."""
+    if isinstance(nbytes, bool) or int(nbytes) != nbytes or nbytes <= 0:
+        raise ValueError(f"fastloss.set_linear_ce_memory_budget: expected a positive number of bytes, got {nbytes!r}")
+    return torch.ops.fastloss._set_option("linear_ce_budget", int(nbytes))
 
 
 def check_errors(wait: bool = True) -> None:

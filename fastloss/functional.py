@@ -149,18 +149,37 @@ def linear_cross_entropy(
     ignore_index: int | None = None,
     label_smoothing: float = 0.0,
     options=None,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    return_lse: bool = False,
+    memory_budget: int | None = None,
 ) -> Tensor:
-    """torch.nn.functional.linear_cross_entropy: cross_entropy(linear(input, linear_weight, linear_bias)).
-    options=None: the logits are made whole and go through fastloss's fused cross_entropy (torch's
-    reference path, with fastloss's kernel). options given (torch.nn.LinearCrossEntropyOptions): the rows are
-    taken in chunks (fastloss/_linear_ce.py) so the (N, C) logits never exist -- for class-index targets and
-    a 2-D linear_weight, with every reduction, class weight, ignore_index and label_smoothing; probability
-    targets and K-dimensional weights take the whole-logits path (with a warning, as torch's)."""
+    """torch.nn.functional.linear_cross_entropy: cross_entropy(linear(input, linear_weight, linear_bias)),
+    without ever making the whole (N, C) logits, on every path (``options=None`` included): the C++ op
+    fastloss::linear_cross_entropy takes the rows (and, when one row block of all the classes would not fit,
+    the classes) in chunks; per chunk one GEMM makes the logits, the fused cross-entropy steps turn them into
+    the loss and d/dlogits in place, and two GEMMs fold that into d/dinput and d/dweight. Extra memory beyond
+    the inputs and their gradients stays within ``memory_budget`` bytes (default: the process-wide value,
+    :func:`fastloss.set_linear_ce_memory_budget`, 256 MiB).
+
+    ``options`` (torch.nn.LinearCrossEntropyOptions): ``batch_chunk_size`` (or the size its
+    ``chunking_method`` picks) caps the rows per chunk; ``acc_policy="compact"`` accumulates half/bfloat16
+    weight gradients in their own dtype instead of float32 (the default, "auto" and "accurate"); the other
+    fields have no counterpart here (the budget covers them) and are ignored without a warning.
+
+    Extras (keyword-only; the defaults give torch's exact result): ``softcap`` -- the logits become
+    ``softcap * tanh(logits / softcap)`` before the softmax; ``z_loss`` -- adds ``z_loss * lse**2`` per
+    non-ignored token (never weighted by class weights; 'mean' divides it by the number of non-ignored
+    tokens); ``return_lse`` -- also return the per-token log-sum-exp of the (capped) logits, float32 (float64
+    for float64 input), not differentiated."""
     if has_torch_function_variadic(input, linear_weight, target, linear_bias, weight):
         return handle_torch_function(linear_cross_entropy, (input, linear_weight, target, linear_bias, weight), input,
                                      linear_weight, target, linear_bias=linear_bias, weight=weight, reduction=reduction,
-                                     ignore_index=ignore_index, label_smoothing=label_smoothing, options=options)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
+                                     ignore_index=ignore_index, label_smoothing=label_smoothing, options=options,
+                                     softcap=softcap, z_loss=z_loss, return_lse=return_lse,
+                                     memory_budget=memory_budget)
+    extras = softcap is not None or z_loss != 0.0 or return_lse
+    if _transforming() and not extras:  # torch.func: torch's loss (see _TORCH)
         return _TORCH["linear_cross_entropy"](input, linear_weight, target, linear_bias=linear_bias, weight=weight,
                                               reduction=reduction, ignore_index=ignore_index,
                                               label_smoothing=label_smoothing, options=options)
@@ -185,45 +204,82 @@ def linear_cross_entropy(
         raise RuntimeError("ignore_index cannot be specified when target contains probabilities")
     ignore_index = ignore_index if ignore_index is not None else -100
     red = _Reduction.get_enum(reduction)
-    chunked = (options is not None and not out_features and not probabilities and not target.is_floating_point()
-               and not torch.jit.is_tracing() and not autocast_enabled(input))
-    if options is not None and not chunked:
-        warnings.warn("fastloss.linear_cross_entropy: ``options`` ignored; the chunked path takes class-index "
-                      "targets, a 2-D linear_weight and no autocast (the whole logits are made instead).",
-                      stacklevel=2)
-    if not chunked:
-        if out_features:
-            linear_weight = linear_weight.reshape((math.prod(out_features, start=num_classes), in_features))
-            if linear_bias is not None:
-                linear_bias = linear_bias.reshape(math.prod(out_features, start=num_classes))
-        logits = torch.nn.functional.linear(input, linear_weight, linear_bias).reshape(logits_shape)
-        return cross_entropy(logits, target, weight=weight, reduction=reduction, ignore_index=ignore_index,
-                             label_smoothing=label_smoothing)
-    from ._linear_ce import ChunkedLinearCrossEntropy
-
-    dtype = torch.promote_types(input.dtype, linear_weight.dtype)
-    if linear_bias is not None:
-        dtype = torch.promote_types(dtype, linear_bias.dtype)
+    if softcap is not None and not softcap > 0:
+        raise ValueError(f"fastloss.linear_cross_entropy: softcap must be a positive number or None, got {softcap}")
+    if memory_budget is not None and (isinstance(memory_budget, bool) or int(memory_budget) <= 0):
+        raise ValueError(f"fastloss.linear_cross_entropy: memory_budget must be a positive number of bytes or None, "
+                         f"got {memory_budget}")
+    if _transforming():  # torch.func with the extras: composed of torch ops (the whole logits)
+        return _torch_linear_ce_extras(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                                       label_smoothing, probabilities, softcap, z_loss, return_lse)
+    autocast = autocast_enabled(input)
+    if autocast:  # torch: linear in the autocast dtype, cross_entropy in float32
+        dtype = torch.get_autocast_dtype(input.device.type)
+    else:
+        dtype = torch.promote_types(input.dtype, linear_weight.dtype)
+        if linear_bias is not None:
+            dtype = torch.promote_types(dtype, linear_bias.dtype)
     if not dtype.is_floating_point:
         raise RuntimeError(f"fastloss.linear_cross_entropy: expected floating-point input and weights, got {dtype}")
-    x, w = input.to(dtype), linear_weight.to(dtype)
-    b = linear_bias.to(dtype) if linear_bias is not None else None
-    batched = x.dim() == 2
+    x, w = _as(input, dtype), _as(linear_weight, dtype)
+    b = _as(linear_bias, dtype) if linear_bias is not None else None
+    _check_weight("linear_cross_entropy", x, weight, autocast, differentiable=False)
+    if probabilities:
+        _refuse_grad("linear_cross_entropy", target, "target")
+    batched = len(num_batches) == 1
     if not batched:
-        x, target = x.unsqueeze(0), target.reshape(1) if target.dim() == 0 else target
-    if target.dim() != 1 or target.shape[0] != x.shape[0]:
-        raise ValueError(f"Expected input batch_size ({x.shape[0]}) to match target batch_size "
-                         f"({target.shape[0] if target.dim() else 0}).")
-    opts = options._adjust(num_batches=x.shape[0], in_features=in_features, num_classes=num_classes, dtype=dtype,
-                           device=x.device, prob_target=False)
-    chunk = max(1, int(opts.batch_chunk_size or x.shape[0]))
-    low = dtype in (torch.float16, torch.bfloat16)
-    acc_weight_grad = low and (x.device.type == "cpu" or (opts.acc_policy == "accurate" and
-                                                          opts.acc_dtype == torch.float32))
-    _check_weight("linear_cross_entropy", x, weight, False, differentiable=False)
-    loss = ChunkedLinearCrossEntropy.apply(x, w, b, target, weight, red, ignore_index, float(label_smoothing), chunk,
-                                           acc_weight_grad, _ops.cross_entropy)
-    return loss if batched or red != 0 else loss.squeeze(0)
+        x, target = x.unsqueeze(0), target.unsqueeze(0)
+    rows = target.shape[0] if target.dim() else 0
+    if rows != x.shape[0]:
+        raise ValueError(f"Expected input batch_size ({x.shape[0]}) to match target batch_size ({rows}).")
+    row_cap, acc_weight_grad = 0, True
+    if options is not None:
+        row_cap, acc_weight_grad = _lce_options(options, x, in_features, num_classes, dtype, probabilities)
+    loss, lse, *_ = torch.ops.fastloss.linear_cross_entropy(
+        x, w, b, target, weight, red, ignore_index, float(label_smoothing),
+        None if softcap is None else float(softcap), float(z_loss), int(memory_budget or 0), row_cap, acc_weight_grad,
+        [False, False, False])  # the gradient flags are decided by the op's autograd (C++)
+    if not batched:
+        lse = lse.squeeze(0)
+        if red == 0:
+            loss = loss.squeeze(0)
+    if not autocast:
+        loss = _as(loss, dtype)  # torch's loss has the input's dtype (computed in float32 for half/bfloat16)
+    return (loss, lse) if return_lse else loss
+
+
+def _lce_options(options, x, in_features, num_classes, dtype, probabilities):
+    """torch.nn.LinearCrossEntropyOptions -> (row cap, float32 weight-gradient accumulation)."""
+    chunk = options.batch_chunk_size
+    if chunk is None:
+        try:  # the size torch's chunking_method picks
+            chunk = options._adjust(num_batches=x.shape[0], in_features=in_features, num_classes=num_classes,
+                                    dtype=dtype, device=x.device, prob_target=probabilities).batch_chunk_size
+        except Exception:  # noqa: BLE001 -- a configuration torch's chunked path refuses: the budget decides
+            chunk = None
+    return max(0, int(chunk or 0)), getattr(options, "acc_policy", "auto") != "compact"
+
+
+def _torch_linear_ce_extras(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
+                            label_smoothing, probabilities, softcap, z_loss, return_lse):
+    """The extras composed of torch ops (under torch.func transforms, where fastloss's ops are not used)."""
+    C, out_features = linear_weight.shape[0], linear_weight.shape[1:-1]
+    w2 = linear_weight.reshape(-1, linear_weight.shape[-1])
+    b2 = linear_bias.reshape(-1) if linear_bias is not None else None
+    z = torch.nn.functional.linear(input, w2, b2).reshape(*input.shape[:-1], C, *out_features)
+    if softcap is not None:
+        z = softcap * torch.tanh(z / softcap)
+    kw = {} if probabilities else {"ignore_index": ignore_index}
+    loss = torch.nn.functional.cross_entropy(z, target, weight, reduction=reduction,
+                                             label_smoothing=label_smoothing, **kw)
+    cdim = 1 if input.dim() == 2 else 0
+    lse = torch.logsumexp(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, cdim)
+    if z_loss:
+        valid = torch.ones_like(lse, dtype=torch.bool) if probabilities else target != ignore_index
+        zt = torch.where(valid, z_loss * lse * lse, torch.zeros_like(lse))
+        zt = {"none": zt, "sum": zt.sum(), "mean": zt.sum() / valid.sum()}[reduction]
+        loss = loss + zt.to(loss.dtype)
+    return (loss, lse.detach()) if return_lse else loss
 
 
 # ------------------------------------------------------------------------------------ pointwise

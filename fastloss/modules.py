@@ -314,10 +314,21 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
     class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
         """Drop-in `torch.nn.LinearCrossEntropyLoss`: subclasses it (same constructor, attributes and state_dict).
 
-        forward: [fastloss.functional.linear_cross_entropy][], with `options` the rows are taken in
-        chunks, so the whole logits never exist (torch >= 2.14).
+        forward: [fastloss.functional.linear_cross_entropy][]: the whole logits never exist, extra memory
+        stays within a budget (torch >= 2.14). Keyword-only extras after torch's arguments, passed to it:
+        `softcap=None`, `z_loss=0.0`, `return_lse=False` (forward returns (loss, lse)), `memory_budget=None`.
         """
         __doc__ = _and_torch_doc(__doc__, nn.LinearCrossEntropyLoss)
+
+        def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+                     bias: bool = False, device=None, dtype=None, reduction: str = "mean", weight: Tensor | None = None,
+                     ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
+                     softcap: float | None = None, z_loss: float = 0.0, return_lse: bool = False,
+                     memory_budget: int | None = None) -> None:
+            super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
+                             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, options=options)
+            self.softcap, self.z_loss, self.return_lse, self.memory_budget = softcap, z_loss, return_lse, memory_budget
 
         def forward(self, input: Tensor, target: Tensor) -> Tensor:
             linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features,
@@ -326,4 +337,6 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
                            if self.linear.bias is not None else None)
             return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                           reduction=self.reduction, ignore_index=self.ignore_index,
-                                          label_smoothing=self.label_smoothing, options=self.options)
+                                          label_smoothing=self.label_smoothing, options=self.options,
+                                          softcap=self.softcap, z_loss=self.z_loss, return_lse=self.return_lse,
+                                          memory_budget=self.memory_budget)

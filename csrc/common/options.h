@@ -13,6 +13,7 @@ enum class Option : int {
                         //    3 two-block cluster per row (sm_90)
   CeSmemVecs,           // -1 auto; cap on the vectors per thread cached in shared memory
   CpuHugePages,         // 1 (default): large CPU output buffers get transparent huge pages (common/alloc.h); 0 off
+  LinearCeBudget,       // bytes; linear cross-entropy's default memory budget (ops/linear_cross_entropy.h), 256 MiB
   Count
 };
 
