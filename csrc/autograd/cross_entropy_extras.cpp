@@ -46,6 +46,10 @@ FASTLOSS_OP(ext_op, "fastloss::cross_entropy_ext", ExtSig)
 
 constexpr const char* kOp = "cross_entropy";
 
+// t in dtype dt; a new tensor even when t already is (an op below autograd must not return its input,
+// and aten::to returns self then).
+Tensor as_dtype(const Tensor& t, c10::ScalarType dt) { return t.scalar_type() == dt ? t.clone() : t.to(dt); }
+
 void check_extras(std::optional<double> softcap, double z_loss) {
   // ValueError, as torch's own argument checks (e.g. label_smoothing)
   TORCH_CHECK_VALUE(!softcap || (std::isfinite(*softcap) && *softcap > 0), kOp,
@@ -86,7 +90,7 @@ ExtResult ext_forward(const Tensor& input, const Tensor& target, const std::opti
   const auto opts = input.options().dtype(adt);
   const Tensor stats = stats_op().call(x, t, weight, 0, C, ignore_index, eps, softcap);
   const bool has_w = weight.has_value() && weight->defined();
-  const Tensor W = has_w ? weight->sum().to(adt) : at::scalar_tensor(double(C), opts);
+  const Tensor W = has_w ? weight->sum(adt) : at::scalar_tensor(double(C), opts);
   auto [ce, zt, coef] = finish_op().call(stats, t, W, C, ignore_index, eps, z_loss);
   const int64_t R = x.size(0);
   Tensor loss, s_ce, s_z;
@@ -104,7 +108,7 @@ ExtResult ext_forward(const Tensor& input, const Tensor& target, const std::opti
       // ce by the sum of the targets' weights (non-ignored; R for probability targets, as torch), the
       // z-term by the number of non-ignored rows (never weighted). All ignored: 0/0 = NaN, as torch.
       const Tensor d_ce = p.prob_target ? at::scalar_tensor(double(R), opts) : stats.select(1, 3).sum();
-      const Tensor d_z = p.prob_target ? at::scalar_tensor(double(R), opts) : (t != ignore_index).sum().to(adt);
+      const Tensor d_z = p.prob_target ? at::scalar_tensor(double(R), opts) : (t != ignore_index).sum(adt);
       s_ce = one / d_ce;
       s_z = one / d_z;
       loss = ce.sum() * s_ce + zt.sum() * s_z;
@@ -112,8 +116,8 @@ ExtResult ext_forward(const Tensor& input, const Tensor& target, const std::opti
     }
   }
   ExtResult r;
-  r.loss = loss.to(out_dtype.value_or(input.scalar_type()));
-  r.lse = coef.select(1, 0).reshape(p.row_shape);
+  r.loss = as_dtype(loss, out_dtype.value_or(input.scalar_type()));
+  r.lse = coef.select(1, 0).reshape(p.row_shape).contiguous();  // a column of coef: strided
   if (compute_grad) {
     const Tensor coef4 = grad_coef_op().call(coef, s_ce, s_z);
     r.grad_rows = grad_op().call(x, t, weight, coef4, 0, ignore_index, softcap);
