@@ -202,3 +202,15 @@ def test_defaults_take_the_fused_op():
     default = names()
     assert "fastloss::cross_entropy" in default and "fastloss::cross_entropy_ext" not in default
     assert "fastloss::cross_entropy_ext" in names(z_loss=0.1)
+
+
+def test_torch_func_transform_composes_torch_ops():
+    x, t = make((4, 5), 5, False, True)
+
+    def f(a):
+        return FF.cross_entropy(a, t, softcap=2.0, z_loss=0.1)
+
+    g = torch.func.grad(f)(x)
+    xr = x.clone().requires_grad_()
+    (gr,) = torch.autograd.grad(reference(xr, t, None, "mean", IGN, 0.0, 2.0, 0.1)[0], xr)
+    torch.testing.assert_close(g, gr)
