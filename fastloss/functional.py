@@ -84,14 +84,31 @@ def cross_entropy(
     reduce: bool | None = None,
     reduction: str = "mean",
     label_smoothing: float = 0.0,
-) -> Tensor:
+    *,
+    softcap: float | None = None,
+    z_loss: float = 0.0,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """torch.nn.functional.cross_entropy, fused: one pass over the logits computes the loss and, when
-    the input requires grad, its gradient (backward only scales it by grad_output)."""
+    the input requires grad, its gradient (backward only scales it by grad_output).
+
+    Keyword-only extras (defaults: torch's exact behaviour, on the unchanged fused path):
+    softcap: logits z = softcap * tanh(input / softcap) before the softmax (Gemma 2), differentiated.
+    z_loss: adds z_loss * lse**2 per non-ignored row (PaLM), lse the log-sum-exp of the (capped) logits;
+        reduced like the loss but never weighted ('mean' divides it by the number of non-ignored rows).
+    return_lse: return (loss, lse), lse per row (the 'none' loss's shape) in float32 (float64 for a
+        float64 input), not differentiated.
+    """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
-                                     reduction=reduction, label_smoothing=label_smoothing)
+                                     reduction=reduction, label_smoothing=label_smoothing, softcap=softcap,
+                                     z_loss=z_loss, return_lse=return_lse)
+    extras = softcap is not None or z_loss != 0.0 or return_lse
     if _transforming():  # torch.func: torch's loss (see _TORCH)
+        if extras:
+            return _torch_cross_entropy_extras(input, target, weight, size_average, ignore_index, reduce, reduction,
+                                               label_smoothing, softcap, z_loss, return_lse)
         return _TORCH["cross_entropy"](input, target, weight, size_average, ignore_index, reduce, reduction,
                                        label_smoothing)
     red = _reduction_enum(size_average, reduce, reduction)
@@ -106,12 +123,37 @@ def cross_entropy(
         input, target = input.to(common), target.to(common)
     out_dtype = autocast_out_dtype(input)
     _check_weight("cross_entropy", input, weight, autocast, differentiable=prob)
+    if extras:  # fastloss::cross_entropy_ext (csrc/autograd/cross_entropy_extras.cpp) decides its gradients
+        # torch.ops (not the fast handle: it does not convert float?); only this path pays for it
+        loss, lse = torch.ops.fastloss.cross_entropy_ext(input, target, weight, red, ignore_index,
+                                                         float(label_smoothing),
+                                                         None if softcap is None else float(softcap),
+                                                         float(z_loss), out_dtype)
+        return (loss, lse) if return_lse else loss
     grad_mode = torch.is_grad_enabled()
     compute_grad = grad_mode and input.requires_grad
     save_lse = prob and grad_mode and (target.requires_grad or (weight is not None and weight.requires_grad))
     loss, _, _ = _ops.cross_entropy(input, target, weight, red, ignore_index, float(label_smoothing), compute_grad,
                                     save_lse, out_dtype)
     return loss
+
+
+def _torch_cross_entropy_extras(input, target, weight, size_average, ignore_index, reduce, reduction,
+                                label_smoothing, softcap, z_loss, return_lse):
+    """The extras composed of torch ops (under torch.func transforms, which fastloss's ops refuse)."""
+    if softcap is not None:
+        input = softcap * torch.tanh(input / softcap)
+    loss = _TORCH["cross_entropy"](input, target, weight, size_average, ignore_index, reduce, reduction,
+                                   label_smoothing)
+    lse = torch.logsumexp(input, dim=0 if input.dim() == 1 else 1)
+    if z_loss:
+        prob = target.is_floating_point() and input.shape == target.shape
+        valid = torch.ones_like(lse, dtype=torch.bool) if prob else target != ignore_index
+        zt = torch.where(valid, z_loss * lse.square(), 0)
+        red = _Reduction.legacy_get_string(size_average, reduce) if size_average is not None or \
+            reduce is not None else reduction
+        loss = loss + {"none": zt, "sum": zt.sum(), "mean": zt.sum() / valid.sum()}[red]
+    return (loss, lse.detach()) if return_lse else loss
 
 
 def nll_loss(

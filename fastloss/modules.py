@@ -29,9 +29,22 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     """
     __doc__ = _and_torch_doc(__doc__, nn.CrossEntropyLoss)
 
+    def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *, softcap: float | None = None,
+                 z_loss: float = 0.0, return_lse: bool = False) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        # plain attributes, not buffers: the state_dict stays torch's
+        self.softcap, self.z_loss, self.return_lse = softcap, z_loss, return_lse
+
+    def extra_repr(self) -> str:
+        extras = [f"{k}={v}" for k, v, d in (("softcap", self.softcap, None), ("z_loss", self.z_loss, 0.0),
+                                              ("return_lse", self.return_lse, False)) if v != d]
+        return ", ".join(extras)
+
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+                               reduction=self.reduction, label_smoothing=self.label_smoothing,
+                               softcap=self.softcap, z_loss=self.z_loss, return_lse=self.return_lse)
 
 
 class NLLLoss(nn.NLLLoss):

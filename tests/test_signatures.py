@@ -39,15 +39,32 @@ def test_every_public_name_is_a_torch_name():
         assert issubclass(getattr(fastloss, name), getattr(torch.nn, name)), name
 
 
+# fastloss's keyword-only extras after torch's own arguments (issue 17), per function / module constructor
+KW = "KEYWORD_ONLY"
+EXTRA_KWARGS = {"cross_entropy": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False)],
+                "CrossEntropyLoss": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False)],
+                "linear_cross_entropy": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False),
+                                         ("memory_budget", KW, None)],
+                "LinearCrossEntropyLoss": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False),
+                                           ("memory_budget", KW, None)]}
+
+
+def _torch_prefix_and_extras(ours, ref, name):
+    """torch's signature is an exact prefix of ours; what follows is exactly EXTRA_KWARGS[name]."""
+    got, want = _params(ours), _params(ref)
+    assert got[:len(want)] == want
+    assert [(n, k.name, d) for n, k, d in got[len(want):]] == EXTRA_KWARGS.get(name, [])
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_functional_signature(name):
-    _assert_torch_prefix(_params(getattr(fastloss.functional, name)), _params(getattr(F, name)))
+    _torch_prefix_and_extras(getattr(fastloss.functional, name), getattr(F, name), name)
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_signature(name):
     ours, ref = getattr(fastloss, name), getattr(torch.nn, name)
-    _assert_torch_prefix(_params(ours.__init__), _params(ref.__init__))
+    _torch_prefix_and_extras(ours.__init__, ref.__init__, name)
     assert _params(ours.forward) == _params(ref.forward)
     assert "forward" in vars(ours), f"{name} must override forward"
 

@@ -25,6 +25,13 @@ def _ce_fake(input, target, weight, reduction, ignore_index, label_smoothing, co
     return loss, grad, lse
 
 
+@torch.library.register_fake("fastloss::cross_entropy_ext")
+def _ce_ext_fake(input, target, weight, reduction, ignore_index, label_smoothing, softcap, z_loss, out_dtype):
+    rows = _row_shape(input)
+    loss = input.new_empty(rows if reduction == 0 else (), dtype=out_dtype or input.dtype)
+    return loss, input.new_empty(rows, dtype=_acc(input.dtype))
+
+
 @torch.library.register_fake("fastloss::cross_entropy_target_backward")
 def _ce_target_bwd_fake(grad_loss, input, lse, weight, reduction, label_smoothing):
     return input.new_empty(input.shape)
