@@ -28,10 +28,17 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     computes the loss and, when they require grad, their gradient.
     """
     __doc__ = _and_torch_doc(__doc__, nn.CrossEntropyLoss)
+    process_group = None  # the class default: fastloss.patch() swaps the class of modules built by torch
+
+    def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
+                 reduction: str = "mean", label_smoothing: float = 0.0, *, process_group=None) -> None:
+        super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
+        self.process_group = process_group  # vocab-parallel: the input is this rank's slice of the classes
 
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
-                               reduction=self.reduction, label_smoothing=self.label_smoothing)
+                               reduction=self.reduction, label_smoothing=self.label_smoothing,
+                               process_group=self.process_group)
 
 
 class NLLLoss(nn.NLLLoss):
@@ -318,6 +325,17 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
         chunks, so the whole logits never exist (torch >= 2.14).
         """
         __doc__ = _and_torch_doc(__doc__, nn.LinearCrossEntropyLoss)
+        process_group = None  # the class default: fastloss.patch() swaps the class of modules built by torch
+
+        def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
+                     bias: bool = False, device=None, dtype=None, reduction: str = "mean", weight: Tensor | None = None,
+                     ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
+                     process_group=None) -> None:
+            super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
+                             dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
+                             label_smoothing=label_smoothing, options=options)
+            # vocab-parallel: num_classes (the linear layer's rows, the weight) is this rank's slice
+            self.process_group = process_group
 
         def forward(self, input: Tensor, target: Tensor) -> Tensor:
             linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features,
@@ -326,4 +344,5 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
                            if self.linear.bias is not None else None)
             return F.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias, weight=self.weight,
                                           reduction=self.reduction, ignore_index=self.ignore_index,
-                                          label_smoothing=self.label_smoothing, options=self.options)
+                                          label_smoothing=self.label_smoothing, options=self.options,
+                                          process_group=self.process_group)

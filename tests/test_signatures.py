@@ -31,15 +31,29 @@ def test_every_public_name_is_a_torch_name():
         assert issubclass(getattr(fastloss, name), getattr(torch.nn, name)), name
 
 
+# fastloss's keyword-only extras after torch's arguments (torch's signature is an exact prefix)
+_KW = inspect.Parameter.KEYWORD_ONLY
+FUNCTION_EXTRAS = {
+    "cross_entropy": [("softcap", _KW, None), ("z_loss", _KW, 0.0), ("return_lse", _KW, False),
+                      ("process_group", _KW, None)],
+    "linear_cross_entropy": [("softcap", _KW, None), ("z_loss", _KW, 0.0), ("return_lse", _KW, False),
+                             ("memory_budget", _KW, 0), ("process_group", _KW, None)],
+}
+
+
 @pytest.mark.parametrize("name", FUNCTIONS)
 def test_functional_signature(name):
-    assert _params(getattr(fastloss.functional, name)) == _params(getattr(F, name))
+    assert _params(getattr(fastloss.functional, name)) == _params(getattr(F, name)) + FUNCTION_EXTRAS.get(name, [])
+
+
+MODULE_EXTRAS = {"CrossEntropyLoss": [("process_group", _KW, None)],
+                 "LinearCrossEntropyLoss": [("process_group", _KW, None)]}
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_module_signature(name):
     ours, ref = getattr(fastloss, name), getattr(torch.nn, name)
-    assert _params(ours.__init__) == _params(ref.__init__)
+    assert _params(ours.__init__) == _params(ref.__init__) + MODULE_EXTRAS.get(name, [])
     assert _params(ours.forward) == _params(ref.forward)
     assert "forward" in vars(ours), f"{name} must override forward"
 
