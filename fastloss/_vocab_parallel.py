@@ -128,7 +128,8 @@ class _VocabParallelCE(torch.autograd.Function):
     Returns (loss, lse (R,)): loss reduced, or (R,) for 'none'."""
 
     @staticmethod
-    def forward(ctx, x2, t2, weight, red, ignore_index, eps, softcap, z_loss, offset, num_classes, process_group):
+    def forward(ctx, x2, t2, weight, red, ignore_index, eps, softcap, z_loss, offset, num_classes, process_group,
+                grad_mode):
         prob = t2.is_floating_point()
         stats = _ops.ce_partial_stats(x2, t2, weight, offset, num_classes, ignore_index, eps, softcap)
         merged, W = _merge(stats, weight, num_classes, process_group)
@@ -136,7 +137,8 @@ class _VocabParallelCE(torch.autograd.Function):
         ctx.red, ctx.args = red, (offset, ignore_index, softcap)
         lse = coef[:, 0]
         ctx.mark_non_differentiable(lse)
-        if not ctx.needs_input_grad[0]:
+        ctx.want = grad_mode and ctx.needs_input_grad[0]  # needs_input_grad holds under no_grad too
+        if not ctx.want:
             return loss, lse
         if red == 0:  # the gradient depends on grad_output per row: made in backward (no communication)
             ctx.save_for_backward(x2, t2, weight, coef)
@@ -147,8 +149,8 @@ class _VocabParallelCE(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_lse):
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 11
+        if not ctx.want:
+            return (None,) * 12
         if ctx.red == 0:
             x2, t2, weight, coef = ctx.saved_tensors
             g = grad_loss.to(coef.dtype)
@@ -157,7 +159,7 @@ class _VocabParallelCE(torch.autograd.Function):
         else:
             (grad,) = ctx.saved_tensors
             grad = grad * grad_loss.to(grad.dtype)
-        return (grad,) + (None,) * 10
+        return (grad,) + (None,) * 11
 
 
 def _red_enum(size_average, reduce, reduction):
@@ -220,7 +222,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         t2 = target.reshape(-1).long()
         _check_targets(t2, ignore_index, C, name)
     loss, lse = _VocabParallelCE.apply(x2, t2, weight, red, ignore_index, float(label_smoothing), softcap,
-                                       float(z_loss), offset, C, process_group)
+                                       float(z_loss), offset, C, process_group, torch.is_grad_enabled())
     row_shape = input.shape[:cdim] + input.shape[cdim + 1:]
     if red == 0:
         loss = loss.reshape(row_shape)
@@ -252,14 +254,15 @@ class _VocabParallelLinearCE(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, w, b, t, weight, red, ignore_index, eps, softcap, z_loss, offset, num_classes, budget,
-                process_group):
+                process_group, grad_mode):
         prob = t.is_floating_point()
         stats = _linear_stats(x, w, b, t, weight, offset, num_classes, ignore_index, eps, softcap, budget)
         merged, W = _merge(stats, weight, num_classes, process_group)
         loss, coef, s_ce, s_z = _finish(merged, t, W, num_classes, ignore_index, eps, z_loss, red, prob)
         lse = coef[:, 0]
         ctx.mark_non_differentiable(lse)
-        mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], b is not None and ctx.needs_input_grad[2]]
+        need = ctx.needs_input_grad  # set under no_grad too: grad_mode decides
+        mask = [grad_mode and need[0], grad_mode and need[1], grad_mode and b is not None and need[2]]
         ctx.red, ctx.mask, ctx.group = red, mask, process_group
         ctx.args = (offset, ignore_index, softcap, budget)
         if not any(mask):
@@ -292,7 +295,7 @@ class _VocabParallelLinearCE(torch.autograd.Function):
             grads = _VocabParallelLinearCE._grads(x, w, b, t, weight, k4, ctx.args, ctx.mask, ctx.group)
         else:
             grads = tuple(g * grad_loss.to(g.dtype) if g is not None else None for g in ctx.saved_tensors)
-        return grads + (None,) * 11
+        return grads + (None,) * 12
 
 
 def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weight=None, reduction="mean",
@@ -345,7 +348,8 @@ def linear_cross_entropy(input, linear_weight, target, *, linear_bias=None, weig
     if not prob:
         _check_targets(t, ignore_index, C, name)
     loss, lse = _VocabParallelLinearCE.apply(x, w, b, t, weight, red, ignore_index, float(label_smoothing), softcap,
-                                             float(z_loss), offset, C, int(memory_budget), process_group)
+                                             float(z_loss), offset, C, int(memory_budget), process_group,
+                                             torch.is_grad_enabled())
     if red == 0 and not batched:
         loss = loss.squeeze(0)
     if not batched:
