@@ -18,6 +18,8 @@ every slice's contribution, one more all-reduce of N*H (the only one that is not
 Collectives are issued in the same order on every rank; what decides them (the reduction, whether the input
 requires grad, the backward of a 'none' linear loss) must agree across ranks, as for any collective code.
 """
+import math
+
 import torch
 import torch.distributed as dist
 from torch.nn import _reduction as _Reduction
@@ -27,7 +29,8 @@ _ops = torch.ops.fastloss
 # (group, this rank's slice size) -> (class_offset, num_classes). Filled by one all_gather of the slice sizes
 # (world_size int64 values, and a host sync to read them) the first time a (group, Cs) is seen; later calls
 # communicate nothing for it. Valid while each rank keeps its slice size for a group (the usual case: fixed
-# vocabulary shards); a program that changes the slice sizes must call clear_layout_cache() on every rank.
+# vocabulary shards); a program that changes the slice sizes must call clear_layout_cache() on every rank
+# (a rank whose own size did not change would skip the all_gather its peers enter: a hang).
 _layout_cache = {}
 
 
@@ -73,6 +76,15 @@ def _check_targets(target, ignore_index, num_classes, name):
             raise IndexError(f"{msg}; got {int(target[bad].reshape(-1)[0])}")
     else:
         torch._assert_async(~bad.any(), msg)
+
+
+def _slice_stats(logits_or_rows, dtype):
+    """The stats of a rank holding no classes: max -inf, nothing else (the merge takes nothing from it). Made here,
+    not by the ops, which expect at least one class."""
+    R = logits_or_rows.shape[0]
+    stats = torch.zeros(R, 5, dtype=_acc(dtype), device=logits_or_rows.device)
+    stats[:, 0] = float("-inf")
+    return stats
 
 
 def _merge(stats, weight, num_classes, process_group):
@@ -131,7 +143,10 @@ class _VocabParallelCE(torch.autograd.Function):
     def forward(ctx, x2, t2, weight, red, ignore_index, eps, softcap, z_loss, offset, num_classes, process_group,
                 grad_mode):
         prob = t2.is_floating_point()
-        stats = _ops.ce_partial_stats(x2, t2, weight, offset, num_classes, ignore_index, eps, softcap)
+        if x2.shape[1]:
+            stats = _ops.ce_partial_stats(x2, t2, weight, offset, num_classes, ignore_index, eps, softcap)
+        else:
+            stats = _slice_stats(x2, x2.dtype)
         merged, W = _merge(stats, weight, num_classes, process_group)
         loss, coef, s_ce, s_z = _finish(merged, t2, W, num_classes, ignore_index, eps, z_loss, red, prob)
         ctx.red, ctx.args = red, (offset, ignore_index, softcap)
@@ -144,7 +159,8 @@ class _VocabParallelCE(torch.autograd.Function):
             ctx.save_for_backward(x2, t2, weight, coef)
         else:  # the gradient of the reduced loss, made now; backward scales it
             k4 = _ops.ce_partial_grad_coef(coef, s_ce, s_z)
-            ctx.save_for_backward(_ops.ce_partial_grad(x2, t2, weight, k4, offset, ignore_index, softcap))
+            ctx.save_for_backward(_ops.ce_partial_grad(x2, t2, weight, k4, offset, ignore_index, softcap)
+                                  if x2.shape[1] else torch.zeros_like(x2))
         return loss, lse
 
     @staticmethod
@@ -155,7 +171,7 @@ class _VocabParallelCE(torch.autograd.Function):
             x2, t2, weight, coef = ctx.saved_tensors
             g = grad_loss.to(coef.dtype)
             k4 = _ops.ce_partial_grad_coef(coef, g, g)
-            grad = _ops.ce_partial_grad(x2, t2, weight, k4, *ctx.args)
+            grad = _ops.ce_partial_grad(x2, t2, weight, k4, *ctx.args) if x2.shape[1] else torch.zeros_like(x2)
         else:
             (grad,) = ctx.saved_tensors
             grad = grad * grad_loss.to(grad.dtype)
@@ -214,9 +230,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     offset, C = _layout(process_group, Cs, input.device)
     # rows (R, Cs), contiguous in the classes: K-D inputs are moved (a copy), the gradient moved back by autograd
     x2 = input.unsqueeze(0) if cdim == 0 else input.movedim(1, -1)
-    x2 = x2.reshape(-1, Cs).contiguous()
+    R = math.prod(input.shape[:cdim] + input.shape[cdim + 1:])  # not reshape(-1, Cs): a rank may hold 0 classes
+    x2 = x2.reshape(R, Cs).contiguous()
     if prob:
-        t2 = (target.unsqueeze(0) if cdim == 0 else target.movedim(1, -1)).reshape(-1, Cs).to(input.dtype)
+        t2 = (target.unsqueeze(0) if cdim == 0 else target.movedim(1, -1)).reshape(R, Cs).to(input.dtype)
         t2 = t2.contiguous()
     else:
         t2 = target.reshape(-1).long()
@@ -232,6 +249,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 
 # ------------------------------------------------------------------------------------------------- linear CE
 def _linear_stats(x, w, b, t, weight, offset, C, ignore_index, eps, softcap, budget):
+    if w.shape[0] == 0:
+        return _slice_stats(x, x.dtype)
     if hasattr(_ops, "linear_ce_stats"):
         return _ops.linear_ce_stats(x, w, b, t, weight, offset, C, ignore_index, eps, softcap, budget)
     # stand-in until the chunked C++ op lands (same contract, with the whole slice's logits)
@@ -240,6 +259,8 @@ def _linear_stats(x, w, b, t, weight, offset, C, ignore_index, eps, softcap, bud
 
 
 def _linear_grad(x, w, b, t, weight, k4, offset, ignore_index, softcap, budget, mask):
+    if w.shape[0] == 0:  # a rank holding no classes adds nothing to the input's gradient
+        return torch.zeros_like(x), torch.zeros_like(w), w.new_zeros(0)
     if hasattr(_ops, "linear_ce_grad"):
         return _ops.linear_ce_grad(x, w, b, t, weight, k4, offset, ignore_index, softcap, budget, mask)
     g = _ops.ce_partial_grad(torch.nn.functional.linear(x, w, b), t, weight, k4, offset, ignore_index, softcap)

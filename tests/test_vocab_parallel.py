@@ -2,6 +2,7 @@
 slice of the classes (unequal slices, one of a single class), against torch's cross_entropy on the whole
 logits in float64 (softcap and z-loss composed in torch). One spawned world runs every configuration (spawning
 costs seconds; the configurations milliseconds)."""
+import datetime
 import os
 import tempfile
 
@@ -12,6 +13,7 @@ import torch.nn.functional as F
 
 import fastloss
 import fastloss.functional as FF
+from fastloss import _vocab_parallel
 
 pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo")
@@ -38,9 +40,10 @@ def _slice(t, dim, a, b):
     return t.narrow(dim, a, b - a).detach().clone()
 
 
-def _check_ce(rank, world, g, shape, prob, weighted, eps, softcap, z_loss, reduction, cdim=1):
+def _check_ce(rank, world, g, shape, prob, weighted, eps, softcap, z_loss, reduction, cdim=1, cuts=None):
     C = 11
-    a, b = CUTS[world][rank], CUTS[world][rank + 1]
+    cuts = cuts or CUTS[world]
+    a, b = cuts[rank], cuts[rank + 1]
     full = torch.randn(shape, generator=g, dtype=torch.float64) * 3
     weight = torch.rand(C, generator=g, dtype=torch.float64) + 0.5 if weighted else None
     rows = shape[:cdim] + shape[cdim + 1:]
@@ -67,9 +70,10 @@ def _check_ce(rank, world, g, shape, prob, weighted, eps, softcap, z_loss, reduc
     torch.testing.assert_close(xs.grad, _slice(x.grad, cdim, a, b), msg=lambda m: f"grad, {where}: {m}")
 
 
-def _check_linear(rank, world, g, batched, prob, bias, weighted, eps, softcap, z_loss, reduction):
+def _check_linear(rank, world, g, batched, prob, bias, weighted, eps, softcap, z_loss, reduction, cuts=None):
     C, N, H = 11, 6, 5
-    a, b = CUTS[world][rank], CUTS[world][rank + 1]
+    cuts = cuts or CUTS[world]
+    a, b = cuts[rank], cuts[rank + 1]
     x0 = torch.randn(N if batched else 1, H, generator=g, dtype=torch.float64)
     W0 = torch.randn(C, H, generator=g, dtype=torch.float64)
     b0 = torch.randn(C, generator=g, dtype=torch.float64) if bias else None
@@ -202,7 +206,9 @@ def _all_linear(rank, world, g):
 
 def _worker(rank, world, init_file):
     """Every check in one world (spawning costs seconds, a check milliseconds)."""
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    # a bounded wait: a collective one rank misses fails the test instead of hanging it
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=60))
     try:
         torch.set_num_threads(1)
         g = torch.Generator().manual_seed(1234)  # the same stream on every rank: the same whole inputs
@@ -211,6 +217,14 @@ def _worker(rank, world, init_file):
         _check_errors(rank, world)
         _check_modules(rank, world)
         _check_communication(rank, world)
+        empty = [0, 0] + CUTS[world][2:]  # rank 0 holds no classes
+        # the slice sizes change: every rank forgets the cached offsets (documented; a rank whose size did not
+        # change would otherwise skip the all_gather its peers enter)
+        _vocab_parallel.clear_layout_cache()
+        for prob in (False, True):
+            for red in REDUCTIONS:
+                _check_ce(rank, world, g, (5, 11), prob, True, 0.1, 3.0, 1e-2, red, cuts=empty)
+                _check_linear(rank, world, g, True, prob, True, True, 0.1, 3.0, 1e-2, red, cuts=empty)
         dist.barrier()  # a rank that tears gloo down while a peer still finishes its last all-reduce aborts it
     finally:
         dist.destroy_process_group()
