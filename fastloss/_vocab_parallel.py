@@ -220,9 +220,10 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     if target.is_floating_point() and not prob:
         raise ValueError(f"fastloss.{name}: with process_group, probability targets must have the input's shape "
                          f"(this rank's slice of the classes) {tuple(input.shape)}, got {tuple(target.shape)}")
-    if not prob and target.shape != input.shape[:cdim] + input.shape[cdim + 1:]:
-        raise ValueError(f"fastloss.{name}: expected target of shape {tuple(input.shape[:cdim] + input.shape[cdim + 1:])}"
-                         f" (input's shape without the class dim {cdim}), got {tuple(target.shape)}")
+    row_shape = input.shape[:cdim] + input.shape[cdim + 1:]
+    if not prob and target.shape != row_shape:
+        raise ValueError(f"fastloss.{name}: expected target of shape {tuple(row_shape)} (input's shape without the "
+                         f"class dim {cdim}), got {tuple(target.shape)}")
     if prob and target.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(f"fastloss.{name}: with process_group, the loss is not differentiable with respect to "
                            f"'target'")
@@ -230,7 +231,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     offset, C = _layout(process_group, Cs, input.device)
     # rows (R, Cs), contiguous in the classes: K-D inputs are moved (a copy), the gradient moved back by autograd
     x2 = input.unsqueeze(0) if cdim == 0 else input.movedim(1, -1)
-    R = math.prod(input.shape[:cdim] + input.shape[cdim + 1:])  # not reshape(-1, Cs): a rank may hold 0 classes
+    R = math.prod(row_shape)  # not reshape(-1, Cs): a rank may hold 0 classes
     x2 = x2.reshape(R, Cs).contiguous()
     if prob:
         t2 = (target.unsqueeze(0) if cdim == 0 else target.movedim(1, -1)).reshape(R, Cs).to(input.dtype)
@@ -240,7 +241,6 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
         _check_targets(t2, ignore_index, C, name)
     loss, lse = _VocabParallelCE.apply(x2, t2, weight, red, ignore_index, float(label_smoothing), softcap,
                                        float(z_loss), offset, C, process_group, torch.is_grad_enabled())
-    row_shape = input.shape[:cdim] + input.shape[cdim + 1:]
     if red == 0:
         loss = loss.reshape(row_shape)
     loss = loss.to(input.dtype)
