@@ -88,6 +88,7 @@ def cross_entropy(
     softcap: float | None = None,
     z_loss: float = 0.0,
     return_lse: bool = False,
+    process_group=None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """torch.nn.functional.cross_entropy, fused: one pass over the logits computes the loss and, when
     the input requires grad, its gradient (backward only scales it by grad_output).
@@ -98,13 +99,21 @@ def cross_entropy(
         reduced like the loss but never weighted ('mean' divides it by the number of non-ignored rows).
     return_lse: return (loss, lse), lse per row (the 'none' loss's shape) in float32 (float64 for a
         float64 input), not differentiated.
+    process_group (torch.distributed): vocab-parallel, the input holds this rank's slice of the classes
+    (fastloss/_vocab_parallel.py, docs/guides/vocab-parallel.md).
     """
     if has_torch_function_variadic(input, target, weight):
         return handle_torch_function(cross_entropy, (input, target, weight), input, target, weight=weight,
                                      size_average=size_average, ignore_index=ignore_index, reduce=reduce,
                                      reduction=reduction, label_smoothing=label_smoothing, softcap=softcap,
-                                     z_loss=z_loss, return_lse=return_lse)
+                                     z_loss=z_loss, return_lse=return_lse,
+                                     process_group=process_group)
     extras = softcap is not None or z_loss != 0.0 or return_lse
+    if process_group is not None:  # vocab-parallel
+        from . import _vocab_parallel
+        return _vocab_parallel.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction,
+                                             label_smoothing, softcap=softcap, z_loss=z_loss, return_lse=return_lse,
+                                             process_group=process_group)
     if _transforming():  # torch.func: torch's loss (see _TORCH)
         if extras:
             return _torch_cross_entropy_extras(input, target, weight, size_average, ignore_index, reduce, reduction,
@@ -195,6 +204,7 @@ def linear_cross_entropy(
     z_loss: float = 0.0,
     return_lse: bool = False,
     memory_budget: int | None = None,
+    process_group=None,
 ) -> Tensor:
     """torch.nn.functional.linear_cross_entropy: cross_entropy(linear(input, linear_weight, linear_bias)),
     without ever making the whole (N, C) logits, on every path (``options=None`` included): the C++ op
@@ -219,12 +229,22 @@ def linear_cross_entropy(
                                      linear_weight, target, linear_bias=linear_bias, weight=weight, reduction=reduction,
                                      ignore_index=ignore_index, label_smoothing=label_smoothing, options=options,
                                      softcap=softcap, z_loss=z_loss, return_lse=return_lse,
-                                     memory_budget=memory_budget)
+                                     memory_budget=memory_budget, process_group=process_group)
+    if process_group is not None:  # vocab-parallel: linear_weight / linear_bias hold this rank's rows
+        from . import _vocab_parallel
+        return _vocab_parallel.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
+                                                    weight=weight, reduction=reduction, ignore_index=ignore_index,
+                                                    label_smoothing=label_smoothing, softcap=softcap, z_loss=z_loss,
+                                                    return_lse=return_lse, memory_budget=memory_budget or 0,
+                                                    process_group=process_group)
     extras = softcap is not None or z_loss != 0.0 or return_lse
     if _transforming() and not extras:  # torch.func: torch's loss (see _TORCH)
         return _TORCH["linear_cross_entropy"](input, linear_weight, target, linear_bias=linear_bias, weight=weight,
                                               reduction=reduction, ignore_index=ignore_index,
                                               label_smoothing=label_smoothing, options=options)
+    if softcap is not None or z_loss or return_lse or memory_budget:  # placeholder: h/lce replaces this
+        raise NotImplementedError("fastloss.linear_cross_entropy: softcap / z_loss / return_lse / memory_budget "
+                                  "need process_group here")
     # torch's checks, with torch's words
     if input.dim() < 1 or input.dim() > 2:
         raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")

@@ -28,13 +28,17 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     computes the loss and, when they require grad, their gradient.
     """
     __doc__ = _and_torch_doc(__doc__, nn.CrossEntropyLoss)
+    # class defaults: fastloss.patch() swaps the class of modules built by torch, without __init__
+    process_group = None
+    softcap, z_loss, return_lse = None, 0.0, False
 
     def __init__(self, weight: Tensor | None = None, size_average=None, ignore_index: int = -100, reduce=None,
                  reduction: str = "mean", label_smoothing: float = 0.0, *, softcap: float | None = None,
-                 z_loss: float = 0.0, return_lse: bool = False) -> None:
+                 z_loss: float = 0.0, return_lse: bool = False, process_group=None) -> None:
         super().__init__(weight, size_average, ignore_index, reduce, reduction, label_smoothing)
         # plain attributes, not buffers: the state_dict stays torch's
         self.softcap, self.z_loss, self.return_lse = softcap, z_loss, return_lse
+        self.process_group = process_group  # vocab-parallel: the input is this rank's slice of the classes
 
     def extra_repr(self) -> str:
         extras = [f"{k}={v}" for k, v, d in (("softcap", self.softcap, None), ("z_loss", self.z_loss, 0.0),
@@ -44,7 +48,8 @@ class CrossEntropyLoss(nn.CrossEntropyLoss):
     def forward(self, input: Tensor, target: Tensor) -> Tensor:
         return F.cross_entropy(input, target, weight=self.weight, ignore_index=self.ignore_index,
                                reduction=self.reduction, label_smoothing=self.label_smoothing,
-                               softcap=self.softcap, z_loss=self.z_loss, return_lse=self.return_lse)
+                               softcap=self.softcap, z_loss=self.z_loss, return_lse=self.return_lse,
+                               process_group=self.process_group)
 
 
 class NLLLoss(nn.NLLLoss):
@@ -332,16 +337,21 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
         `softcap=None`, `z_loss=0.0`, `return_lse=False` (forward returns (loss, lse)), `memory_budget=None`.
         """
         __doc__ = _and_torch_doc(__doc__, nn.LinearCrossEntropyLoss)
+        # class defaults: fastloss.patch() swaps the class of modules built by torch, without __init__
+        process_group = None
+        softcap, z_loss, return_lse, memory_budget = None, 0.0, False, None
 
         def __init__(self, in_features: int, num_classes: int, *, out_features: tuple[int, ...] = (),
                      bias: bool = False, device=None, dtype=None, reduction: str = "mean", weight: Tensor | None = None,
                      ignore_index: int | None = None, label_smoothing: float = 0.0, options=None,
                      softcap: float | None = None, z_loss: float = 0.0, return_lse: bool = False,
-                     memory_budget: int | None = None) -> None:
+                     memory_budget: int | None = None, process_group=None) -> None:
             super().__init__(in_features, num_classes, out_features=out_features, bias=bias, device=device,
                              dtype=dtype, reduction=reduction, weight=weight, ignore_index=ignore_index,
                              label_smoothing=label_smoothing, options=options)
             self.softcap, self.z_loss, self.return_lse, self.memory_budget = softcap, z_loss, return_lse, memory_budget
+            # vocab-parallel: num_classes (the linear layer's rows, the weight) is this rank's slice
+            self.process_group = process_group
 
         def forward(self, input: Tensor, target: Tensor) -> Tensor:
             linear_weight = self.linear.weight.reshape((self.num_classes, *self.out_features,
@@ -352,4 +362,5 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
                                           reduction=self.reduction, ignore_index=self.ignore_index,
                                           label_smoothing=self.label_smoothing, options=self.options,
                                           softcap=self.softcap, z_loss=self.z_loss, return_lse=self.return_lse,
-                                          memory_budget=self.memory_budget)
+                                          memory_budget=self.memory_budget,
+                                          process_group=self.process_group)

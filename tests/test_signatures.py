@@ -41,12 +41,14 @@ def test_every_public_name_is_a_torch_name():
 
 # fastloss's keyword-only extras after torch's own arguments (issue 17), per function / module constructor
 KW = "KEYWORD_ONLY"
-EXTRA_KWARGS = {"cross_entropy": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False)],
-                "CrossEntropyLoss": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False)],
+EXTRA_KWARGS = {"cross_entropy": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False),
+                                  ("process_group", KW, None)],
+                "CrossEntropyLoss": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False),
+                                     ("process_group", KW, None)],
                 "linear_cross_entropy": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False),
-                                         ("memory_budget", KW, None)],
+                                         ("memory_budget", KW, None), ("process_group", KW, None)],
                 "LinearCrossEntropyLoss": [("softcap", KW, None), ("z_loss", KW, 0.0), ("return_lse", KW, False),
-                                           ("memory_budget", KW, None)]}
+                                           ("memory_budget", KW, None), ("process_group", KW, None)]}
 
 
 def _torch_prefix_and_extras(ours, ref, name):
