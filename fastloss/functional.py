@@ -242,9 +242,6 @@ def linear_cross_entropy(
         return _TORCH["linear_cross_entropy"](input, linear_weight, target, linear_bias=linear_bias, weight=weight,
                                               reduction=reduction, ignore_index=ignore_index,
                                               label_smoothing=label_smoothing, options=options)
-    if softcap is not None or z_loss or return_lse or memory_budget:  # placeholder: h/lce replaces this
-        raise NotImplementedError("fastloss.linear_cross_entropy: softcap / z_loss / return_lse / memory_budget "
-                                  "need process_group here")
     # torch's checks, with torch's words
     if input.dim() < 1 or input.dim() > 2:
         raise RuntimeError(f"expected input with dimensionality 1 or 2, got {input.dim()}")
