@@ -208,16 +208,25 @@ def _plan(x, w, b, t, budget, mask=(True, True, True), row_cap=0, acc=True):
 def _budget_for(x, w, b, t, class_chunks):
     """The smallest budget whose plan takes row chunks of all classes (class_chunks False) or splits the classes."""
     N, C = x.shape[0], w.shape[0]
-    for bb in range(64, 1 << 24, 8):
+
+    def ok(bb):  # monotone in bb: feasible (class chunks), or all classes in row chunks of > 1 row (rows)
         try:
             rows, classes = _plan(x, w, b, t, bb)[:2]
         except RuntimeError:
-            continue
-        if class_chunks and classes < C:
-            return bb
-        if not class_chunks and classes == C and 1 < rows < N:
-            return bb
-    raise AssertionError("no such budget")
+            return False
+        return True if class_chunks else classes == C and rows > 1
+
+    lo, hi = 64, 1 << 34
+    assert ok(hi)
+    while lo < hi:  # the smallest bb with ok(bb)
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid + 1, hi)
+    rows, classes = _plan(x, w, b, t, lo)[:2]
+    if class_chunks:
+        assert classes < C, "the smallest feasible budget takes all classes at once"
+    else:
+        assert rows < N, "the smallest budget with row chunks takes every row"
+    return lo
 
 
 def _reference_extras(x, w, b, t, wt, reduction, ignore_index, eps, softcap, z_loss, prob):
@@ -318,7 +327,8 @@ def test_autocast_cpu():
     x, w, b, t, _ = _extras_case(torch.float32, 12, 16, 10, (), False, False, True)
     x.requires_grad_()
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        got = FL.linear_cross_entropy(x, w, t, linear_bias=b, memory_budget=_budget_for(x, w, b, t, False))
+        budget = _budget_for(x.bfloat16(), w.bfloat16(), b.bfloat16(), t, False)  # the GEMMs' dtype
+        got = FL.linear_cross_entropy(x, w, t, linear_bias=b, memory_budget=budget)
         want = F.linear_cross_entropy(x, w, t, linear_bias=b)
     assert got.dtype == want.dtype == torch.float32
     torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
@@ -528,17 +538,27 @@ def _cpu_peak_bytes(fn):
     return peak
 
 
+def _gemm_scratch(R, C, H, dtype):
+    """The most the three chunk GEMMs (logits, grad_input, grad_weight) allocate for themselves on the CPU: the
+    library's packing buffers (oneDNN for half/bfloat16), which the budget leaves out (ops/linear_cross_entropy.cpp)."""
+    x, w, g = torch.randn(R, H, dtype=dtype), torch.randn(C, H, dtype=dtype), torch.randn(R, C, dtype=dtype)
+    gx, gw = torch.zeros(R, H, dtype=dtype), torch.zeros(C, H, dtype=dtype)
+    peaks = [_cpu_peak_bytes(f) for f in (lambda: torch.mm(x, w.t(), out=g), lambda: gx.addmm_(g, w),
+                                         lambda: gw.addmm_(g.t(), x))]
+    return max(peaks)
+
+
 @pytest.mark.parametrize("dtype,prob,reduction,extras,kind", [
     (torch.float32, False, "mean", False, "rows"),
-    # KNOWN (2026-12-05, found when the fused partial kernels landed and the plan's chunks shrank): bfloat16
-    # allocates a float32 linear_weight-sized temporary (~1 MB here) that the plan does not count
-    pytest.param(torch.bfloat16, False, "sum", True, "rows",
-                 marks=pytest.mark.xfail(strict=True, reason="bf16: an uncounted float32 W-sized temporary")),
+    # bfloat16 with a bias: the CPU bias gradient's float32 column sums (once an uncounted whole-chunk copy)
+    (torch.bfloat16, False, "sum", True, "rows"),
+    (torch.float16, False, "mean", False, "rows"),
     (torch.float32, True, "none", True, "rows"),
 ])
 def test_cpu_peak_memory_within_budget(dtype, prob, reduction, extras, kind):
     """Measured (CPU allocations, profiler): forward + backward allocate at most the budget beyond the
-    gradients they return, for budgets far below the whole logits (N*C*4 = 8 MB here). (Class-chunk budgets
+    gradients they return (and the GEMM library's own scratch, measured alone at the chunk's shapes), for budgets
+    far below the whole logits (N*C*4 = 8 MB here). (Class-chunk budgets
     are checked through the plan only: their thousands of small chunks make the profiler's record huge.)"""
     x, w, b, t, wt = _extras_case(dtype, 512, 64, 4000, (), prob, not prob, True)
     budget = _budget_for(x, w, b, t, kind == "classes") * (1 if kind == "classes" else 4)
@@ -553,5 +573,7 @@ def test_cpu_peak_memory_within_budget(dtype, prob, reduction, extras, kind):
 
     peak = _cpu_peak_bytes(step)
     grads = sum(v.numel() * v.element_size() for v in (x, w, b))
+    rows, classes = _plan(x, w, b, t, budget)[:2]
+    scratch = _gemm_scratch(rows, classes, x.shape[1], dtype)
     assert x.grad is not None and peak > grads  # the measurement sees the call
-    assert peak - grads <= budget, (peak, grads, budget)
+    assert peak - grads <= budget + scratch, (peak, grads, budget, scratch)
