@@ -345,32 +345,38 @@ std::optional<Tensor> opt(const std::optional<Tensor>& t) {
 }
 
 // ------------------------------------------------------------------------------- slice pass ops
+// The checked Job of one class slice: linear_weight (Cs, H), targets with global class indices.
+Job slice_job(const Tensor& input, const Tensor& W, const std::optional<Tensor>& b, const Tensor& target,
+              const std::optional<Tensor>& weight, int64_t class_offset, int64_t ignore_index,
+              std::optional<double> softcap, const char* op) {
+  check_common(input, W, b, target, weight, op);
+  TORCH_CHECK(W.dim() == 2, op, ": expected linear_weight of shape (Cs, in_features), got ", W.sizes());
+  Job j;
+  j.prob = is_prob(target);
+  j.x = input;
+  j.W = W.unsqueeze(1);
+  j.b = b && b->defined() ? b->unsqueeze(1) : Tensor();
+  j.t = j.prob ? target.unsqueeze(2) : target.to(at::kLong).unsqueeze(1);
+  j.w = opt(weight);
+  j.class_offset = class_offset;
+  j.ignore_index = ignore_index;
+  j.softcap = softcap;
+  return j;
+}
+
 Tensor linear_ce_stats(const Tensor& input, const Tensor& linear_weight, const std::optional<Tensor>& linear_bias,
                        const Tensor& target, const std::optional<Tensor>& weight, int64_t class_offset,
                        int64_t num_classes, int64_t ignore_index, double label_smoothing,
                        std::optional<double> softcap, int64_t budget) {
   constexpr const char* op = "fastloss.linear_ce_stats";
-  check_common(input, linear_weight, linear_bias, target, weight, op);
-  TORCH_CHECK(linear_weight.dim() == 2, op, ": expected linear_weight of shape (Cs, in_features), got ",
-              linear_weight.sizes());
+  Job j = slice_job(input, linear_weight, linear_bias, target, weight, class_offset, ignore_index, softcap, op);
   const int64_t C = linear_weight.size(0);
   TORCH_CHECK(class_offset >= 0 && class_offset + C <= num_classes, op, ": expected the slice [class_offset, "
               "class_offset + Cs) = [", class_offset, ", ", class_offset + C, ") within num_classes=", num_classes);
-  const bool prob = is_prob(target);
   const bool mask[3] = {false, false, false};
-  Job j;
-  j.x = input;
-  j.W = linear_weight.unsqueeze(1);
-  j.b = linear_bias && linear_bias->defined() ? linear_bias->unsqueeze(1) : Tensor();
-  j.t = prob ? target.unsqueeze(2) : target.to(at::kLong).unsqueeze(1);
-  j.w = opt(weight);
-  j.prob = prob;
-  j.class_offset = class_offset;
   j.num_classes = num_classes;
-  j.ignore_index = ignore_index;
   j.eps = label_smoothing;
-  j.softcap = softcap;
-  j.plan = plan_linear_ce(shape_of(input, C, 1, target, prob), budget, 0, false, mask);
+  j.plan = plan_linear_ce(shape_of(input, C, 1, target, j.prob), budget, 0, false, mask);
   j.stats_out = at::empty({input.size(0), 5}, input.options().dtype(acc_dtype(input.scalar_type())));
   if (input.size(0) && C == 0) {  // an empty slice adds nothing: m = -inf, s = 0, the rest 0
     j.stats_out.zero_();
@@ -388,27 +394,13 @@ std::tuple<Tensor, Tensor, Tensor> linear_ce_grad(const Tensor& input, const Ten
                                                   std::optional<double> softcap, int64_t budget,
                                                   std::array<bool, 3> output_mask, bool acc_weight_grad) {
   constexpr const char* op = "fastloss.linear_ce_grad";
-  check_common(input, linear_weight, linear_bias, target, weight, op);
-  TORCH_CHECK(linear_weight.dim() == 2, op, ": expected linear_weight of shape (Cs, in_features), got ",
-              linear_weight.sizes());
+  Job j = slice_job(input, linear_weight, linear_bias, target, weight, class_offset, ignore_index, softcap, op);
   TORCH_CHECK(coef.dim() == 2 && coef.size(0) == input.size(0) && coef.size(1) == 4, op,
               ": expected coef of shape (", input.size(0), ", 4) (ce_partial_grad_coef), got ", coef.sizes());
-  const bool has_b = linear_bias && linear_bias->defined();
-  const bool mask[3] = {output_mask[0], output_mask[1], output_mask[2] && has_b};
+  const bool mask[3] = {output_mask[0], output_mask[1], output_mask[2] && j.b.defined()};
   const int64_t C = linear_weight.size(0), H = input.size(1);
-  const bool prob = is_prob(target);
-  Job j;
-  j.x = input;
-  j.W = linear_weight.unsqueeze(1);
-  j.b = has_b ? linear_bias->unsqueeze(1) : Tensor();
-  j.t = prob ? target.unsqueeze(2) : target.to(at::kLong).unsqueeze(1);
-  j.w = opt(weight);
-  j.prob = prob;
-  j.class_offset = class_offset;
-  j.ignore_index = ignore_index;
-  j.softcap = softcap;
   j.coef_in = coef.to(acc_dtype(input.scalar_type()));
-  j.plan = plan_linear_ce(shape_of(input, C, 1, target, prob), budget, 0, acc_weight_grad, mask);
+  j.plan = plan_linear_ce(shape_of(input, C, 1, target, j.prob), budget, 0, acc_weight_grad, mask);
   std::copy(mask, mask + 3, j.mask);
   const auto adt = acc_dtype(input.scalar_type());
   j.gx = mask[0] ? at::empty_like(input, at::MemoryFormat::Contiguous) : at::empty({0}, input.options());
