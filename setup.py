@@ -55,6 +55,31 @@ def wheel_cuda_include_dirs():
     return dirs
 
 
+def read_list(name):
+    """The entries of csrc/<name>: whitespace-separated, `#` starts a comment (the format CMakeLists.txt reads)."""
+    with open(os.path.join(ROOT, "csrc", name)) as f:
+        return [w for line in f for w in line.split("#", 1)[0].split()]
+
+
+def source_files(cuda):
+    """csrc/sources.txt's patterns expanded: the C++ files sorted, then (when `cuda`) the .cu files sorted."""
+    cpp, cu = set(), set()
+    for pattern in read_list("sources.txt"):
+        is_cu = pattern.endswith(".cu")
+        if is_cu and not cuda:
+            continue
+        found = glob.glob(os.path.join(ROOT, pattern))
+        if not found:
+            sys.exit(f"csrc/sources.txt: {pattern!r} matches no file")
+        (cu if is_cu else cpp).update(os.path.relpath(f, ROOT) for f in found)
+    return sorted(cpp) + sorted(cu)
+
+
+def default_cuda_archs():
+    """csrc/cuda_archs.txt as a TORCH_CUDA_ARCH_LIST value."""
+    return ";".join(read_list("cuda_archs.txt"))
+
+
 cuda_home = find_cuda_home()
 if cuda_home and "CUDA_HOME" not in os.environ:
     os.environ["CUDA_HOME"] = cuda_home  # must be set before cpp_extension is imported
@@ -74,10 +99,9 @@ with_cuda = cuda_possible if force in (None, "") else force == "1"
 if with_cuda and not os.environ.get("TORCH_CUDA_ARCH_LIST"):
     # With a visible GPU, cpp_extension builds for it; without one, build a portable list.
     if not torch.cuda.is_available():
-        os.environ["TORCH_CUDA_ARCH_LIST"] = "7.5;8.0;9.0;10.0;12.0+PTX"  # SASS runs on later minors (8.0 -> 8.6, 8.9)
+        os.environ["TORCH_CUDA_ARCH_LIST"] = default_cuda_archs()  # csrc/cuda_archs.txt, shared with CMake
 
-sources = sorted(glob.glob("csrc/module.cpp") + glob.glob("csrc/common/*.cpp") + glob.glob("csrc/ops/*.cpp")
-                 + glob.glob("csrc/autograd/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+sources = source_files(with_cuda)  # csrc/sources.txt, shared with CMake
 # -fopenmp: at::parallel_for is a header template; without it the OpenMP pragma inside is ignored
 # and every CPU kernel runs on one thread.
 cxx_flags = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wno-psabi", "-fopenmp"]
@@ -97,7 +121,6 @@ include_dirs = [os.path.join(ROOT, "csrc")]
 define_macros = []
 
 if with_cuda:
-    sources += sorted(glob.glob("csrc/cuda/*.cu"))
     # -isystem: searched after the toolkit's and torch's own -I folders, so they only fill gaps.
     wheel_includes = [f for d in wheel_cuda_include_dirs() for f in ("-isystem", d)]
     define_macros.append(("FASTLOSS_WITH_CUDA", "1"))

@@ -137,7 +137,7 @@ def main():
             except Exception:  # noqa: BLE001
                 res[name] = {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
         print(f"\nN={N} H={H} V={V} {dtype}")
-        print(f"| impl | ms | peak extra MiB | vs fastloss time |")
+        print("| impl | ms | peak extra MiB | vs fastloss time |")
         print("|---|---|---|---|")
         base = res["fastloss"].get("ms")
         for name, r in res.items():

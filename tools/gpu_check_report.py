@@ -197,7 +197,8 @@ def main(argv):
         except OSError as e:
             rows = [("(all)", "partial", f"no log: {e}")]
         else:
-            rows = {"smoke": rows_smoke, "tests": rows_tests, "sanitize": rows_sanitize, "bench": rows_bench}[kind](text)
+            parse = {"smoke": rows_smoke, "tests": rows_tests, "sanitize": rows_sanitize, "bench": rows_bench}[kind]
+            rows = parse(text)
     for fam, status, detail in rows:
         print(f"{fam}\t{status}\t{' '.join(detail.split()).replace('|', '/')}")
 

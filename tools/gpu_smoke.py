@@ -490,8 +490,8 @@ def cross_entropy_cases(only):
                                 if set_option("ce_config", config) is None or set_option("ce_smem_vecs", cap) is None:
                                     raise RuntimeError("this build has no ce_config / ce_smem_vecs option")
                                 x = randn(3, C, dtype=dt, offset=off)
-                                kw = {"reduction": red, "weight": (torch.rand(C, dtype=torch.float64) + 0.5).to(DEV, dt),
-                                      "label_smoothing": 0.1}
+                                w = (torch.rand(C, dtype=torch.float64) + 0.5).to(DEV, dt)
+                                kw = {"reduction": red, "weight": w, "label_smoothing": 0.1}
                                 if kind == "class":
                                     t = class_target((3,), C)
                                 else:
@@ -578,7 +578,8 @@ def margin_rows_cases(only):
         for red in REDUCTIONS:
             for C, off in [(33, 0), (2048, 0), (2048, 1), (2051, 0), (4096, 1)]:
                 for p, weighted in [(1, False), (2, True)]:
-                    n = f"multi_margin p={p}{' weight' if weighted else ''} {dn} {red} C{C}{' unaligned' if off else ''}"
+                    wn, un = " weight" if weighted else "", " unaligned" if off else ""
+                    n = f"multi_margin p={p}{wn} {dn} {red} C{C}{un}"
                     if not only(fam, n):
                         continue
 
