@@ -238,9 +238,6 @@ struct RowPlan {
 RowPlan plan_rows(const char* op, std::vector<at::Tensor> inputs, const c10::optional<at::Tensor>& target,
                   int64_t reduction, c10::optional<c10::ScalarType> out_dtype);
 
-// A gradient buffer shaped like the inputs, or an empty tensor when not requested.
-at::Tensor row_grad_buffer(const RowPlan& p, bool wanted);
-
 // The backward's per-row factor: grad_loss per row ('none') or grad_loss / rows (mean) or
 // grad_loss (sum), in the accumulate type on grad_loss's device (no host sync).
 at::Tensor row_backward_factor(const RowPlan& p, const at::Tensor& grad_loss, const char* op);

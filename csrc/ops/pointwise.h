@@ -329,10 +329,6 @@ void pw_bce_raise(const PwPlan& p, int64_t code);
 // The same error from its parts: the op's name, whether the target (else the input) is bad, where, what.
 [[noreturn]] void raise_bce_domain(const char* op, bool target, int64_t pos, double value);
 
-// grad_now[i] / output_mask[i]: a tensor shaped like a, else an empty one (what the schema returns
-// for a gradient not requested).
-at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted);
-
 // The backward's factor for mean/sum: grad_loss (one element) / (n, sum(c) or 1), in the
 // accumulate type on the device: no host sync.
 at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const at::Tensor& weight_sum);
