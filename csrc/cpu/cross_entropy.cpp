@@ -19,7 +19,7 @@
 
 #include "common/alloc.h"
 #include "common/cpu_reduce.h"
-#include "common/cpu_vec.h"
+#include "common/cpu_rows.h"
 #include "common/errors.h"
 #include "ops/cross_entropy.h"
 
@@ -28,102 +28,6 @@ namespace cpu {
 namespace {
 
 using at::Tensor;
-
-// ---------------------------------------------------------------------------------------------
-// Row primitives in the accumulate type: float goes to the vectorized table, double is scalar.
-template <typename acc>
-struct RowOps;
-
-template <>
-struct RowOps<float> {
-  static void max_wsum(const float* x, const float* w, int64_t n, bool want, float* m, float* s) {
-    vec_ops().max_wsum(x, w, n, want, m, s);
-  }
-  static float exp_sum(const float* x, float m, int64_t n, float* e) { return vec_ops().exp_sum(x, m, n, e); }
-  static void axpw(const float* e, int64_t n, float a, float b, const float* w, float* out) {
-    vec_ops().axpw(e, n, a, b, w, out);
-  }
-  static void prob_sums(const float* x, const float* q, const float* w, int64_t n, float c1, float c0, float* s1,
-                        float* s2) {
-    vec_ops().prob_sums(x, q, w, n, c1, c0, s1, s2);
-  }
-  static void prob_grad(const float* e, const float* q, const float* w, int64_t n, float a, float b1, float b0,
-                        float* out) {
-    vec_ops().prob_grad(e, q, w, n, a, b1, b0, out);
-  }
-};
-
-template <>
-struct RowOps<double> {
-  static void max_wsum(const double* x, const double* w, int64_t n, bool want, double* m, double* s) {
-    double mm = -std::numeric_limits<double>::infinity(), ss = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      mm = x[i] > mm ? x[i] : mm;
-      if (want) ss += w ? w[i] * x[i] : x[i];
-    }
-    *m = mm;
-    if (want) *s = ss;
-  }
-  static double exp_sum(const double* x, double m, int64_t n, double* e) {
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double v = std::exp(x[i] - m);
-      if (e) e[i] = v;
-      s += v;
-    }
-    return s;
-  }
-  static void axpw(const double* e, int64_t n, double a, double b, const double* w, double* out) {
-    for (int64_t i = 0; i < n; ++i) out[i] = e[i] * a - b * (w ? w[i] : 1.0);
-  }
-  static void prob_sums(const double* x, const double* q, const double* w, int64_t n, double c1, double c0,
-                        double* s1, double* s2) {
-    double a = 0, b = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double t = q[i] * c1 + c0;
-      if (w) t *= w[i];
-      a += t;
-      b += t * x[i];
-    }
-    *s1 = a;
-    *s2 = b;
-  }
-  static void prob_grad(const double* e, const double* q, const double* w, int64_t n, double a, double b1,
-                        double b0, double* out) {
-    for (int64_t i = 0; i < n; ++i) {
-      double t = q[i] * b1 + b0;
-      if (w) t *= w[i];
-      out[i] = e[i] * a - t;
-    }
-  }
-};
-
-// A row of scalar_t as acc values: the row itself when the types agree, else widened into `buf`.
-template <typename scalar_t, typename acc>
-const acc* widen_row(const scalar_t* p, int64_t n, std::vector<acc>& buf) {
-  if constexpr (std::is_same_v<scalar_t, acc>) {
-    return p;
-  } else {
-    buf.resize(static_cast<size_t>(n));
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      vec_ops().bf16_to_f32(reinterpret_cast<const uint16_t*>(p), n, buf.data());
-    } else {
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc>(p[i]);
-    }
-    return buf.data();
-  }
-}
-
-template <typename scalar_t, typename acc>
-void narrow_row(const acc* src, int64_t n, scalar_t* dst) {
-  if constexpr (std::is_same_v<scalar_t, acc>) {
-    if (src != dst) std::copy(src, src + n, dst);
-  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    vec_ops().f32_to_bf16(src, n, reinterpret_cast<uint16_t*>(dst));
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Class-index targets: validation and the mean's denominator sum_i w[t_i] over non-ignored rows.
