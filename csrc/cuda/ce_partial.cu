@@ -297,7 +297,8 @@ void launch_rows(const PartialArgs& pa, const Args& args, Kernel kernel, After a
   auto go = [&](auto target_tag, auto q_tag, auto prob_tag) {
     auto launch = [&](auto group_tag) {
       constexpr int G = decltype(group_tag)::value;
-      kernel(target_tag, q_tag, prob_tag, group_tag)<<<grid_rows(pa.R, G, device), kThreads, 0, stream>>>(args);
+      const auto k = kernel(target_tag, q_tag, prob_tag, group_tag);
+      k<<<grid_rows(pa.R, G, device), kThreads, 0, stream>>>(args);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
     if (pa.Cs <= kWarpRowMax)

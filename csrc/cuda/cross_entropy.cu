@@ -176,10 +176,10 @@ struct CudaCrossEntropy {
     auto [denom, first_bad] = class_target_pass<acc, target_t>(b.target, p.weight, ignore_index, pl.classes, stream);
     report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
                         TargetValue<target_t>{b.target.const_data_ptr<target_t>()}, stream);
-    p.denom = mean ? denom.const_data_ptr<acc>() : nullptr;
+    p.denom = mean ? denom.template const_data_ptr<acc>() : nullptr;
     p.host_scale = acc(1);
     launch_ce<scalar_t, target_t, false>(p, device, stream);
-    return finish_loss<acc>(b.row_loss, pl.reduction, denom.const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape,
+    return finish_loss<acc>(b.row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape,
                             stream);
   }
 
@@ -201,7 +201,7 @@ struct CudaCrossEntropy {
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
     Tensor loss =
-        finish_loss<acc>(row_loss, pl.reduction, denom.const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape, stream);
+        finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape, stream);
     return std::make_tuple(loss, denom);
   }
 

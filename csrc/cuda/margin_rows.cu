@@ -74,7 +74,7 @@ struct Group {
   }
   static __device__ __forceinline__ int64_t minimum(int64_t v, int64_t* scratch) {
     if constexpr (G == 32) return warp_allreduce(v, MinOp{});
-    else return block_allreduce<kThreads>(v, scratch, kNoBad, MinOp{});
+    else return block_allreduce<kThreads>(v, scratch, int64_t{kNoBad}, MinOp{});  // a value: kNoBad is host memory
   }
 };
 

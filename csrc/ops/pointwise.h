@@ -69,26 +69,13 @@ C10_HOST_DEVICE inline acc pw_clamp(acc x, acc lo, acc hi) {
 }
 
 // The lane operations of ops/pointwise_lanes.inc for one scalar lane (cpu/vec_impl.inc has the 8-float ones).
-template <typename acc>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_sel(bool c, acc x, acc y) {
-  return c ? x : y;
-}
-template <typename acc>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_exp(acc x) {
-  return std::exp(x);
-}
-template <typename acc>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log(acc x) {
-  return std::log(x);
-}
-template <typename acc>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log1p(acc z) {
-  return std::log1p(z);
-}
-template <typename acc>
-C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log1p_pos(acc z) {
-  return std::log1p(z);
-}
+// clang-format off
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_sel(bool c, acc x, acc y) { return c ? x : y; }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_exp(acc x) { return std::exp(x); }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log(acc x) { return std::log(x); }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log1p(acc z) { return std::log1p(z); }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log1p_pos(acc z) { return std::log1p(z); }
+// clang-format on
 // mg = m^g, dmg = d(m^g)/dm = g m^(g - 1); g == 0: 1 and 0 (pow(m, 0) = 1 with gradient 0, as torch's pow).
 template <typename acc>
 C10_HOST_DEVICE C10_ALWAYS_INLINE void pw_powd(acc m, acc g, acc& mg, acc& dmg) {
