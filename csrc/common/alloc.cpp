@@ -42,4 +42,8 @@ at::Tensor empty_for_write_like(const at::Tensor& like) {
   return t;
 }
 
+at::Tensor grad_buffer(const at::Tensor& like, bool wanted) {
+  return wanted ? empty_for_write_like(like) : at::empty({0}, like.options());
+}
+
 }  // namespace fastloss

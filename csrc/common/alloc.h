@@ -20,4 +20,8 @@ namespace fastloss {
 at::Tensor empty_for_write(c10::IntArrayRef sizes, const c10::TensorOptions& options);
 at::Tensor empty_for_write_like(const at::Tensor& like);  // at::empty_like(like), advised as above
 
+// A gradient output: shaped like `like` (empty_for_write_like) when wanted, else the empty tensor an op's
+// schema returns for a gradient not requested (grad_now[i] / output_mask[i] false). Every family's ops use it.
+at::Tensor grad_buffer(const at::Tensor& like, bool wanted);
+
 }  // namespace fastloss

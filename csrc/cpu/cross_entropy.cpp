@@ -19,111 +19,15 @@
 
 #include "common/alloc.h"
 #include "common/cpu_reduce.h"
-#include "common/cpu_vec.h"
+#include "common/cpu_rows.h"
 #include "common/errors.h"
-#include "ops/cross_entropy.h"
+#include "ops/cross_entropy_ops.h"
 
 namespace fastloss {
 namespace cpu {
 namespace {
 
 using at::Tensor;
-
-// ---------------------------------------------------------------------------------------------
-// Row primitives in the accumulate type: float goes to the vectorized table, double is scalar.
-template <typename acc>
-struct RowOps;
-
-template <>
-struct RowOps<float> {
-  static void max_wsum(const float* x, const float* w, int64_t n, bool want, float* m, float* s) {
-    vec_ops().max_wsum(x, w, n, want, m, s);
-  }
-  static float exp_sum(const float* x, float m, int64_t n, float* e) { return vec_ops().exp_sum(x, m, n, e); }
-  static void axpw(const float* e, int64_t n, float a, float b, const float* w, float* out) {
-    vec_ops().axpw(e, n, a, b, w, out);
-  }
-  static void prob_sums(const float* x, const float* q, const float* w, int64_t n, float c1, float c0, float* s1,
-                        float* s2) {
-    vec_ops().prob_sums(x, q, w, n, c1, c0, s1, s2);
-  }
-  static void prob_grad(const float* e, const float* q, const float* w, int64_t n, float a, float b1, float b0,
-                        float* out) {
-    vec_ops().prob_grad(e, q, w, n, a, b1, b0, out);
-  }
-};
-
-template <>
-struct RowOps<double> {
-  static void max_wsum(const double* x, const double* w, int64_t n, bool want, double* m, double* s) {
-    double mm = -std::numeric_limits<double>::infinity(), ss = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      mm = x[i] > mm ? x[i] : mm;
-      if (want) ss += w ? w[i] * x[i] : x[i];
-    }
-    *m = mm;
-    if (want) *s = ss;
-  }
-  static double exp_sum(const double* x, double m, int64_t n, double* e) {
-    double s = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double v = std::exp(x[i] - m);
-      if (e) e[i] = v;
-      s += v;
-    }
-    return s;
-  }
-  static void axpw(const double* e, int64_t n, double a, double b, const double* w, double* out) {
-    for (int64_t i = 0; i < n; ++i) out[i] = e[i] * a - b * (w ? w[i] : 1.0);
-  }
-  static void prob_sums(const double* x, const double* q, const double* w, int64_t n, double c1, double c0,
-                        double* s1, double* s2) {
-    double a = 0, b = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      double t = q[i] * c1 + c0;
-      if (w) t *= w[i];
-      a += t;
-      b += t * x[i];
-    }
-    *s1 = a;
-    *s2 = b;
-  }
-  static void prob_grad(const double* e, const double* q, const double* w, int64_t n, double a, double b1,
-                        double b0, double* out) {
-    for (int64_t i = 0; i < n; ++i) {
-      double t = q[i] * b1 + b0;
-      if (w) t *= w[i];
-      out[i] = e[i] * a - t;
-    }
-  }
-};
-
-// A row of scalar_t as acc values: the row itself when the types agree, else widened into `buf`.
-template <typename scalar_t, typename acc>
-const acc* widen_row(const scalar_t* p, int64_t n, std::vector<acc>& buf) {
-  if constexpr (std::is_same_v<scalar_t, acc>) {
-    return p;
-  } else {
-    buf.resize(static_cast<size_t>(n));
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-      vec_ops().bf16_to_f32(reinterpret_cast<const uint16_t*>(p), n, buf.data());
-    } else {
-      for (int64_t i = 0; i < n; ++i) buf[i] = static_cast<acc>(p[i]);
-    }
-    return buf.data();
-  }
-}
-
-template <typename scalar_t, typename acc>
-void narrow_row(const acc* src, int64_t n, scalar_t* dst) {
-  if constexpr (std::is_same_v<scalar_t, acc>) {
-    if (src != dst) std::copy(src, src + n, dst);
-  } else if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    vec_ops().f32_to_bf16(src, n, reinterpret_cast<uint16_t*>(dst));
-  } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // Class-index targets: validation and the mean's denominator sum_i w[t_i] over non-ignored rows.
@@ -286,90 +190,68 @@ void ce_strided(const CEArgs& a, const scalar_t* x, const void* target, const ac
   });
 }
 
-std::tuple<Tensor, Tensor, Tensor> cross_entropy_cpu(const Tensor& input, const Tensor& target,
-                                                     const c10::optional<Tensor>& weight, int64_t reduction,
-                                                     int64_t ignore_index, double label_smoothing, bool compute_grad,
-                                                     bool save_lse, c10::optional<c10::ScalarType> out_dtype) {
-  const char* op = "fastloss.cross_entropy";
-  const CrossEntropyPlan p =
-      plan_cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing, true, op);
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  // Rows contiguous in C may keep any row stride (a slice of a wider tensor is read in place).
-  const bool rows_path = p.inner == 1;
-  Tensor x = (rows_path && input.dim() == 2 && input.stride(1) == 1) ? input : input.contiguous();
-  const int64_t x_row_stride = (rows_path && input.dim() == 2) ? x.stride(0) : p.classes;
-  Tensor tgt = p.prob_target ? target.to(dtype).contiguous() : target.contiguous();
-  Tensor w = as_acc(weight, adt);
+// Where class t of row r (= n * D + s) lies in an (N, C, D) tensor; 2-D input without the 64-bit division.
+inline int64_t class_offset(int64_t r, int64_t t, int64_t C, int64_t D) {
+  if (D == 1) return r * C + t;
+  return ((r / D) * C + t) * D + r % D;
+}
 
-  Tensor row_loss = at::empty({p.rows()}, input.options().dtype(adt));
-  Tensor lse = save_lse ? at::empty({p.rows()}, input.options().dtype(adt)) : at::empty({0}, input.options().dtype(adt));
-  Tensor grad = compute_grad ? empty_for_write(input.sizes(), input.options()) : at::empty({0}, input.options());
+// The device half of CrossEntropyOps (ops/cross_entropy_ops.h).
+struct CpuCrossEntropy {
+  static void check_row_length(const char*, int64_t) {}  // 64-bit row walks: no limit
 
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_cross_entropy_cpu", [&] {
+  // Class targets are validated and the mean's denominator summed on the host before any row is touched.
+  template <typename scalar_t, typename target_t>
+  static Tensor cross_entropy(const CrossEntropyPlan& p, CeBuffers& b, int64_t ignore_index, double eps,
+                              c10::ScalarType out_dtype, const char* op) {
     using acc = acc_t<scalar_t>;
-    const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
-    const acc W = w.defined() ? fixed_order_sum<acc>(p.classes, [wp](int64_t i) { return wp[i]; })
-                              : static_cast<acc>(p.classes);
-    acc denom = 0;
-    if (p.prob_target) {
-      denom = input.numel() == 0 ? acc(0) : static_cast<acc>(p.rows());
-    } else if (tgt.scalar_type() == at::kLong) {
-      denom = class_target_denominator<acc, int64_t>(tgt, wp, ignore_index, p.classes, op);
-    } else {
-      denom = class_target_denominator<acc, uint8_t>(tgt, wp, ignore_index, p.classes, op);
-    }
+    const acc* wp = b.weight.defined() ? b.weight.const_data_ptr<acc>() : nullptr;
+    const acc W = wp ? fixed_order_sum<acc>(p.classes, [wp](int64_t i) { return wp[i]; }) : static_cast<acc>(p.classes);
+    const acc denom = p.prob_target ? (b.x.numel() == 0 ? acc(0) : static_cast<acc>(p.rows()))
+                                    : class_target_denominator<acc, target_t>(b.target, wp, ignore_index, p.classes, op);
     const acc scale = p.reduction == Reduction::Mean ? acc(1) / denom : acc(1);
-    CEArgs a{p.rows(), p.classes, p.inner, p.outer, x_row_stride, ignore_index, label_smoothing, p.prob_target};
-    const void* tp = tgt.const_data_ptr();
-    acc* lp = lse.numel() ? lse.mutable_data_ptr<acc>() : nullptr;
-    scalar_t* gp = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
-    auto run = [&](auto target_tag) {
-      using target_t = decltype(target_tag);
-      if (rows_path)
-        ce_rows<scalar_t, target_t>(a, x.const_data_ptr<scalar_t>(), tp, wp, W, scale,
-                                    row_loss.mutable_data_ptr<acc>(), lp, gp);
-      else
-        ce_strided<scalar_t, target_t>(a, x.const_data_ptr<scalar_t>(), tp, wp, W, scale,
-                                       row_loss.mutable_data_ptr<acc>(), lp, gp);
-    };
-    if (p.prob_target)
-      run(int64_t{});  // target_t unused
+    const CEArgs a{p.rows(), p.classes, p.inner, p.outer, b.x_row_stride, ignore_index, eps, p.prob_target};
+    const void* tp = b.target.const_data_ptr();
+    acc* lp = b.lse.numel() ? b.lse.mutable_data_ptr<acc>() : nullptr;
+    scalar_t* gp = b.grad.numel() ? b.grad.mutable_data_ptr<scalar_t>() : nullptr;
+    acc* rl = b.row_loss.mutable_data_ptr<acc>();
+    if (b.rows_path)
+      ce_rows<scalar_t, target_t>(a, b.x.const_data_ptr<scalar_t>(), tp, wp, W, scale, rl, lp, gp);
     else
-      dispatch_class_target(tgt.scalar_type(), run);
-    return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype.value_or(dtype), p.row_shape),
-                           grad, lse);
-  });
-}
+      ce_strided<scalar_t, target_t>(a, b.x.const_data_ptr<scalar_t>(), tp, wp, W, scale, rl, lp, gp);
+    return finish_loss<acc>(b.row_loss, p.reduction, denom, out_dtype, p.row_shape);
+  }
 
-template <typename acc>
-RowFactor<acc> row_factor(const Tensor& g) {
-  return RowFactor<acc>{g.const_data_ptr<acc>(), g.numel() == 1};
-}
-
-// d(loss)/d(target) for probability targets: g_r * scale * (1-eps) * w_c * (lse_r - x_c).
-Tensor cross_entropy_target_backward_cpu(const Tensor& grad_loss, const Tensor& input, const Tensor& lse,
-                                         const c10::optional<Tensor>& weight, int64_t reduction,
-                                         double label_smoothing) {
-  const Reduction red = to_reduction(reduction, "fastloss.cross_entropy_target_backward");
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  Tensor x = input.contiguous();
-  const ClassView v = class_view(input);
-  const int64_t C = v.classes, outer = v.outer, D = v.inner, rows = v.rows();
-  Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = as_acc(weight, adt);
-  Tensor out = empty_for_write(input.sizes(), input.options());
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_target_bwd_cpu", [&] {
+  // loss_r = -w_t x[n, t, s] for non-ignored rows; total_weight = the sum of those w_t.
+  template <typename scalar_t, typename target_t>
+  static std::tuple<Tensor, Tensor> nll_loss(const CrossEntropyPlan& p, const Tensor& x, const Tensor& tgt,
+                                             const Tensor& w, Tensor& row_loss, int64_t ignore_index,
+                                             c10::ScalarType out_dtype, const char* op) {
     using acc = acc_t<scalar_t>;
-    const acc denom = input.numel() == 0 ? acc(0) : static_cast<acc>(rows);
-    const acc k = (red == Reduction::Mean ? acc(1) / denom : acc(1)) * (acc(1) - static_cast<acc>(label_smoothing));
-    const auto f = row_factor<acc>(g);
-    const acc* lp = lse.const_data_ptr<acc>();
     const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    acc* lp = row_loss.mutable_data_ptr<acc>();
+    const int64_t C = p.classes, D = p.inner;
+    const acc denom = class_target_denominator<acc, target_t>(tgt, wp, ignore_index, C, op);
+    const target_t* tp = tgt.const_data_ptr<target_t>();
+    at::parallel_for(0, p.rows(), 4096, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t t = static_cast<int64_t>(tp[r]);
+        lp[r] = t == ignore_index ? acc(0) : -(wp ? wp[t] : acc(1)) * static_cast<acc>(xp[class_offset(r, t, C, D)]);
+      }
+    });
+    return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype, p.row_shape),
+                           at::scalar_tensor(static_cast<double>(denom), x.options().dtype(acc_dtype(x.scalar_type()))));
+  }
+
+  template <typename scalar_t>
+  static void target_backward(const Tensor& x, const acc_t<scalar_t>* lp, const acc_t<scalar_t>* wp,
+                              RowFactor<acc_t<scalar_t>> f, acc_t<scalar_t> k, const ClassView& v, Tensor& out) {
+    using acc = acc_t<scalar_t>;
+    const int64_t C = v.classes, D = v.inner;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, outer * C, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, v.outer * C, 1, [&](int64_t begin, int64_t end) {
       for (int64_t nc = begin; nc < end; ++nc) {
         const int64_t n = nc / C, c = nc % C;
         const acc wc = wp ? wp[c] : acc(1);
@@ -379,90 +261,44 @@ Tensor cross_entropy_target_backward_cpu(const Tensor& grad_loss, const Tensor& 
         }
       }
     });
+  }
+
+  // 2-D input: each row is written once by nll_backward, zeros and its target entry (no separate zero-fill
+  // pass); K-D: zero-filled here, then only the scattered target entries.
+  static Tensor nll_grad_buffer(const Tensor& input, const ClassView& v) {
+    Tensor out = empty_for_write(input.sizes(), input.options());
+    if (v.inner != 1) out.zero_();
     return out;
-  });
-}
+  }
 
-// Where class t of row r (= n * D + s) lies in an (N, C, D) tensor; 2-D input without the 64-bit division.
-inline int64_t class_offset(int64_t r, int64_t t, int64_t C, int64_t D) {
-  if (D == 1) return r * C + t;
-  return ((r / D) * C + t) * D + r % D;
-}
-
-// nll_loss forward: loss_r = -w_t x[n, t, s] for non-ignored rows; total_weight = sum of those w_t.
-std::tuple<Tensor, Tensor> nll_loss_cpu(const Tensor& input, const Tensor& target, const c10::optional<Tensor>& weight,
-                                        int64_t reduction, int64_t ignore_index,
-                                        c10::optional<c10::ScalarType> out_dtype) {
-  const char* op = "fastloss.nll_loss";
-  const CrossEntropyPlan p = plan_cross_entropy(input, target, weight, reduction, ignore_index, 0.0, false, op);
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  Tensor x = input.contiguous();
-  Tensor tgt = target.contiguous();
-  Tensor w = as_acc(weight, adt);
-  Tensor row_loss = at::empty({p.rows()}, input.options().dtype(adt));
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_cpu", [&] {
+  template <typename scalar_t, typename target_t>
+  static void nll_backward(const Tensor& tgt, const acc_t<scalar_t>* wp, RowFactor<acc_t<scalar_t>> f,
+                           const Tensor& total_weight, bool mean, const ClassView& v, int64_t ignore_index,
+                           Tensor& out) {
     using acc = acc_t<scalar_t>;
-    const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    acc* lp = row_loss.mutable_data_ptr<acc>();
-    const int64_t C = p.classes, D = p.inner;
-    auto run = [&](auto target_tag) {
-      using target_t = decltype(target_tag);
-      const acc denom = class_target_denominator<acc, target_t>(tgt, wp, ignore_index, C, op);
-      const target_t* tp = tgt.const_data_ptr<target_t>();
-      at::parallel_for(0, p.rows(), 4096, [&](int64_t begin, int64_t end) {
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t t = static_cast<int64_t>(tp[r]);
-          lp[r] = t == ignore_index ? acc(0) : -(wp ? wp[t] : acc(1)) * static_cast<acc>(xp[class_offset(r, t, C, D)]);
-        }
-      });
-      return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype.value_or(dtype), p.row_shape),
-                             at::scalar_tensor(static_cast<double>(denom), input.options().dtype(adt)));
-    };
-    return dispatch_class_target(tgt.scalar_type(), run);
-  });
-}
-
-// nll_loss backward: zeros everywhere but the target entry of each non-ignored row.
-Tensor nll_loss_backward_cpu(const Tensor& grad_loss, const Tensor& input, const Tensor& target,
-                             const c10::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
-                             const Tensor& total_weight) {
-  const Reduction red = to_reduction(reduction, "fastloss.nll_loss_backward");
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  const ClassView v = class_view(input);
-  const int64_t C = v.classes, D = v.inner, rows = target.numel();
-  Tensor tgt = target.contiguous();
-  Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = as_acc(weight, adt);
-  // 2-D input: each row written once, zeros and its target entry (no separate zero-fill pass)
-  Tensor out = empty_for_write(input.sizes(), input.options());
-  if (D != 1) out.zero_();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_bwd_cpu", [&] {
-    using acc = acc_t<scalar_t>;
-    const acc scale = red == Reduction::Mean ? acc(1) / total_weight.item<acc>() : acc(1);
-    const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
-    const auto f = row_factor<acc>(g);
+    const int64_t C = v.classes, D = v.inner, rows = tgt.numel();
+    const acc scale = mean ? acc(1) / total_weight.item<acc>() : acc(1);
     scalar_t* op = out.mutable_data_ptr<scalar_t>();
-    auto run = [&](auto target_tag) {
-      using target_t = decltype(target_tag);
-      const target_t* tp = tgt.const_data_ptr<target_t>();
-      // 2-D: split by the elements written (whole rows), so both threads share the zero fill and the first
-      // touch of the fresh buffer; K-D: only the scattered target entries (at::zeros filled the rest)
-      at::parallel_for(0, rows, D == 1 ? write_row_grain(C) : 4096, [&](int64_t begin, int64_t end) {
-        if (D == 1) std::fill(op + begin * C, op + end * C, scalar_t(0));
-        for (int64_t r = begin; r < end; ++r) {
-          const int64_t t = static_cast<int64_t>(tp[r]);
-          if (t == ignore_index || t < 0 || t >= C) continue;
-          op[class_offset(r, t, C, D)] = static_cast<scalar_t>(-(wp ? wp[t] : acc(1)) * f(r) * scale);
-        }
-      });
-    };
-    dispatch_class_target(tgt.scalar_type(), run);
-  });
-  return out;
-}
+    const target_t* tp = tgt.const_data_ptr<target_t>();
+    // 2-D: split by the elements written (whole rows), so both threads share the zero fill and the first
+    // touch of the fresh buffer; K-D: only the scattered target entries
+    at::parallel_for(0, rows, D == 1 ? write_row_grain(C) : 4096, [&](int64_t begin, int64_t end) {
+      if (D == 1) std::fill(op + begin * C, op + end * C, scalar_t(0));
+      for (int64_t r = begin; r < end; ++r) {
+        const int64_t t = static_cast<int64_t>(tp[r]);
+        if (t == ignore_index || t < 0 || t >= C) continue;
+        op[class_offset(r, t, C, D)] = static_cast<scalar_t>(-(wp ? wp[t] : acc(1)) * f(r) * scale);
+      }
+    });
+  }
+};
+
+using Ops = CrossEntropyOps<CpuCrossEntropy>;
+// The functions the registrations below name.
+constexpr auto& cross_entropy_cpu = Ops::cross_entropy;
+constexpr auto& cross_entropy_target_backward_cpu = Ops::cross_entropy_target_backward;
+constexpr auto& nll_loss_cpu = Ops::nll_loss;
+constexpr auto& nll_loss_backward_cpu = Ops::nll_loss_backward;
 
 }  // namespace
 }  // namespace cpu

@@ -217,7 +217,7 @@ std::tuple<Tensor, Tensor> ctc_loss_cpu(const Tensor& log_probs, const Tensor& t
   const CtcPlan p = plan_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity);
   Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
                           p.log_probs.options());
-  Tensor grad = grad_now ? empty_for_write_like(p.log_probs) : at::empty({0}, p.log_probs.options());
+  Tensor grad = grad_buffer(p.log_probs, grad_now);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.log_probs.scalar_type(), "fastloss_ctc_cpu", [&] {
     if (p.targets.scalar_type() == at::kInt) ctc_cpu_impl<scalar_t, int32_t>(p, loss, grad);
     else ctc_cpu_impl<scalar_t, int64_t>(p, loss, grad);

@@ -2,6 +2,8 @@
 // (cpu/per_isa.inc); vec_ops() returns the table the running CPU supports (decided once).
 #include "common/cpu_vec.h"
 
+#include <c10/macros/Macros.h>  // C10_HOST_DEVICE / C10_ALWAYS_INLINE of ops/pointwise_lanes.inc
+
 #include <cstdint>
 #include <cstdlib>
 

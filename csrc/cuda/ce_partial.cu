@@ -68,7 +68,7 @@ struct StatsArgs {
   using acc = acc_t<scalar_t>;
   const scalar_t* x;    // (R, Cs) contiguous
   const void* target;   // (R,) class indices, or null
-  const acc* q;         // (R, Cs) probability target in acc, or null
+  const void* q;        // (R, Cs) probability target in q_t (the kernels' template argument), or null
   const acc* w;         // (Cs,) or null
   acc* out;             // (R, 5)
   unsigned long long* first_bad;  // class targets: first bad row (integer atomicMin)
@@ -80,13 +80,13 @@ struct StatsArgs {
 
 // Pass-1 sums of one element at column c (z capped): probability targets S1, S2 in a1, a2; class
 // targets with label smoothing sum_c w_c z_c in a1.
-template <bool PROB, typename scalar_t>
+template <bool PROB, typename scalar_t, typename q_t>
 __device__ __forceinline__ void elem_sums(RowState<acc_t<scalar_t>>& st, acc_t<scalar_t> z, int64_t c,
-                                          const acc_t<scalar_t>* qrow, const StatsArgs<scalar_t>& a) {
+                                          const q_t* qrow, const StatsArgs<scalar_t>& a) {
   using acc = acc_t<scalar_t>;
   const acc w = a.w ? a.w[c] : acc(1);
   if (PROB) {
-    const acc t = (qrow[c] * a.c1 + a.c0) * w;
+    const acc t = (load_acc(qrow, c) * a.c1 + a.c0) * w;
     st.a1 += t;
     st.a2 += t * z;
   } else if (a.smooth) {
@@ -94,23 +94,22 @@ __device__ __forceinline__ void elem_sums(RowState<acc_t<scalar_t>>& st, acc_t<s
   }
 }
 
-// Bytes moved: the logits once (R * Cs * sizeof(scalar_t)), probability targets once (R * Cs * 4, or 8
-// for float64), the weights from L2, and R * 5 accumulate values written.
-template <typename scalar_t, typename target_t, bool PROB, int GROUP>
+// Bytes moved: the logits once (R * Cs * sizeof(scalar_t)), probability targets once (R * Cs * sizeof(q_t)),
+// the weights from L2, and R * 5 accumulate values written.
+template <typename scalar_t, typename target_t, typename q_t, bool PROB, int GROUP>
 __global__ void __launch_bounds__(kThreads) stats_kernel(const StatsArgs<scalar_t> a) {
   using acc = acc_t<scalar_t>;
   using P = Pack<scalar_t>;
   constexpr int VN = P::N;
   constexpr int GPB = kThreads / GROUP;  // rows per block at a time
-  constexpr acc kNegInf = -std::numeric_limits<acc>::infinity();
-  __shared__ RowState<acc> part[kThreads / 32];
+  __shared__ RowState<acc> part[kThreads / 32 + 1];
   const int lane = threadIdx.x % GROUP;
   // GROUP == kThreads: the row loop is uniform over the block (the barriers below); GROUP == 32: uniform
   // over the warp (the shuffles).
   for (int64_t r = int64_t(blockIdx.x) * GPB + threadIdx.x / GROUP; r < a.R; r += int64_t(gridDim.x) * GPB) {
     const scalar_t* xr = a.x + r * a.Cs;
-    const acc* qr = PROB ? a.q + r * a.Cs : nullptr;
-    RowState<acc> st{kNegInf, acc(0), acc(0), acc(0)};
+    const q_t* qr = PROB ? static_cast<const q_t*>(a.q) + r * a.Cs : nullptr;
+    RowState<acc> st = ce::empty_state<acc>();
     const int64_t head = head_elems(xr, a.Cs);
     const int64_t nvec = (a.Cs - head) / VN;
     const int64_t tail = head + nvec * VN;
@@ -148,17 +147,10 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(const StatsArgs<scalar_
       ce::online_update(st, v);
       elem_sums<PROB>(st, v[0], c, qr, a);
     }
-    ce::warp_combine(st);  // every lane of the warp holds the warp's state
-    if constexpr (GROUP > 32) {
-      const int warp = threadIdx.x / 32, wl = threadIdx.x % 32;
-      if (wl == 0) part[warp] = st;
-      __syncthreads();
-      if (warp == 0) {
-        st = wl < GROUP / 32 ? part[wl] : RowState<acc>{kNegInf, acc(0), acc(0), acc(0)};
-        ce::warp_combine(st);
-      }
-      __syncthreads();  // part[] is rewritten for the next row
-    }
+    // every thread of the group gets the row's state (block_allreduce ends with a barrier: part[] is free
+    // for the next row)
+    if constexpr (GROUP == 32) st = warp_allreduce(st, ce::Combine{});
+    else st = block_allreduce<GROUP>(st, part, ce::empty_state<acc>(), ce::Combine{});
     if (lane == 0) {
       acc zt = 0, wt = 0, c = 0;
       if constexpr (PROB) {
@@ -196,7 +188,7 @@ struct GradArgs {
   const scalar_t* x;   // (R, Cs) contiguous
   scalar_t* g;         // (R, Cs) contiguous; may equal x
   const void* target;  // (R,) class indices, or null
-  const acc* q;        // (R, Cs) probability target in acc, or null
+  const void* q;       // (R, Cs) probability target in q_t (the kernels' template argument), or null
   const acc* w;        // (Cs,) or null
   const acc* k;        // (R, 4): lse, A, B1, B0
   int64_t R, Cs, offset, ignore_index;
@@ -204,16 +196,15 @@ struct GradArgs {
   Cap<acc> cap;
 };
 
-template <bool PROB, typename scalar_t>
-__device__ __forceinline__ acc_t<scalar_t> grad_elem(acc_t<scalar_t> x, int64_t c, int64_t local,
-                                                     const acc_t<scalar_t>* qrow, const acc_t<scalar_t> (&k)[4],
-                                                     const GradArgs<scalar_t>& a) {
+template <bool PROB, typename scalar_t, typename q_t>
+__device__ __forceinline__ acc_t<scalar_t> grad_elem(acc_t<scalar_t> x, int64_t c, int64_t local, const q_t* qrow,
+                                                     const acc_t<scalar_t> (&k)[4], const GradArgs<scalar_t>& a) {
   using acc = acc_t<scalar_t>;
   const acc z = a.cap(x);
   const acc w = a.w ? a.w[c] : acc(1);
   acc g = fast_exp(z - k[0]) * k[1];
   if constexpr (PROB) {
-    g -= w * (qrow[c] * k[2] + k[3]);
+    g -= w * (load_acc(qrow, c) * k[2] + k[3]);
   } else {
     g -= k[2] * w;
     if (c == local) g -= k[3];
@@ -223,7 +214,7 @@ __device__ __forceinline__ acc_t<scalar_t> grad_elem(acc_t<scalar_t> x, int64_t 
 
 // Bytes moved: the logits read once and the gradient written once (R * Cs * sizeof(scalar_t) each; an
 // ignored row is only written), probability targets read once, weights and coefficients from L2.
-template <typename scalar_t, typename target_t, bool PROB, int GROUP>
+template <typename scalar_t, typename target_t, typename q_t, bool PROB, int GROUP>
 __global__ void __launch_bounds__(kThreads) grad_kernel(const GradArgs<scalar_t> a) {
   using acc = acc_t<scalar_t>;
   using P = Pack<scalar_t>;
@@ -233,7 +224,7 @@ __global__ void __launch_bounds__(kThreads) grad_kernel(const GradArgs<scalar_t>
   for (int64_t r = int64_t(blockIdx.x) * GPB + threadIdx.x / GROUP; r < a.R; r += int64_t(gridDim.x) * GPB) {
     const scalar_t* xr = a.x + r * a.Cs;
     scalar_t* gr = a.g + r * a.Cs;
-    const acc* qr = PROB ? a.q + r * a.Cs : nullptr;
+    const q_t* qr = PROB ? static_cast<const q_t*>(a.q) + r * a.Cs : nullptr;
     int64_t local = -1;  // the target's column in this slice; any value outside [0, Cs) matches no column
     bool ignored = false;
     if constexpr (!PROB) {
@@ -294,30 +285,61 @@ Cap<acc> make_cap(std::optional<double> softcap) {
                  : Cap<acc>{false, acc(1), acc(1)};
 }
 
+// The one launcher of both kernels: kernel(target_tag, q_tag, prob_tag, group_tag) names the instance for
+// the target kind -- probabilities read in q_t (the logits' dtype or the accumulate dtype, as PartialArgs
+// holds them) or class indices (int64 / uint8) -- and the row group (a warp for slices of up to
+// kWarpRowMax classes, else the block); it is launched over the rows with `args`. after(target_tag) runs
+// once the class-target kernel is queued.
+template <typename scalar_t, typename Args, typename Kernel, typename After>
+void launch_rows(const PartialArgs& pa, const Args& args, Kernel kernel, After after, cudaStream_t stream) {
+  using acc = acc_t<scalar_t>;
+  const int device = pa.x.get_device();
+  auto go = [&](auto target_tag, auto q_tag, auto prob_tag) {
+    auto launch = [&](auto group_tag) {
+      constexpr int G = decltype(group_tag)::value;
+      const auto k = kernel(target_tag, q_tag, prob_tag, group_tag);
+      k<<<grid_rows(pa.R, G, device), kThreads, 0, stream>>>(args);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    };
+    if (pa.Cs <= kWarpRowMax)
+      launch(std::integral_constant<int, 32>{});
+    else
+      launch(std::integral_constant<int, kThreads>{});
+  };
+  if (pa.prob) {
+    if (pa.target.scalar_type() == pa.x.scalar_type())
+      go(int64_t{}, scalar_t{}, std::true_type{});
+    else  // the accumulate dtype (ops/ce_partial.cpp partial_args)
+      go(int64_t{}, acc{}, std::true_type{});
+  } else {
+    dispatch_class_target(pa.target.scalar_type(), [&](auto tag) {
+      go(tag, acc{}, std::false_type{});
+      after(tag);
+    });
+  }
+}
+
 Tensor stats_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                   int64_t class_offset, int64_t num_classes, int64_t ignore_index, double eps,
                   std::optional<double> softcap) {
   const char* op = "fastloss.ce_partial_stats";
-  const bool prob = check_partial_args(logits, target, weight, op);
   const c10::cuda::CUDAGuard guard(logits.device());
+  const PartialArgs pa =
+      partial_stats_args(logits, target, weight, class_offset, num_classes, ignore_index, eps, softcap, op);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const auto dtype = logits.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  const Tensor x = logits.contiguous();
-  const int64_t R = x.size(0), Cs = x.size(1);
-  const Tensor tgt = prob ? target.to(adt).contiguous() : target.contiguous();
-  const Tensor w = as_acc(weight, adt);
-  Tensor out = at::empty({R, 5}, logits.options().dtype(adt));
-  if (R == 0) return out;
-  const int device = logits.get_device();
+  const auto dtype = pa.x.scalar_type();
+  Tensor out = at::empty({pa.R, 5}, logits.options().dtype(acc_dtype(dtype)));
+  if (pa.R == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_partial_stats_cuda", [&] {
     using acc = acc_t<scalar_t>;
     StatsArgs<scalar_t> a{};
-    a.x = x.const_data_ptr<scalar_t>();
-    a.w = w.defined() ? w.const_data_ptr<acc>() : nullptr;
+    a.x = pa.x.const_data_ptr<scalar_t>();
+    a.target = pa.prob ? nullptr : pa.target.const_data_ptr();
+    a.q = pa.prob ? pa.target.const_data_ptr() : nullptr;
+    a.w = pa.weight.defined() ? pa.weight.const_data_ptr<acc>() : nullptr;
     a.out = out.mutable_data_ptr<acc>();
-    a.R = R;
-    a.Cs = Cs;
+    a.R = pa.R;
+    a.Cs = pa.Cs;
     a.offset = class_offset;
     a.num_classes = num_classes;
     a.ignore_index = ignore_index;
@@ -325,106 +347,68 @@ Tensor stats_cuda(const Tensor& logits, const Tensor& target, const std::optiona
     a.c0 = static_cast<acc>(eps / static_cast<double>(num_classes));
     a.smooth = eps > 0;
     a.cap = make_cap<acc>(softcap);
-    auto launch = [&](auto target_tag, auto prob_tag) {
-      using target_t = decltype(target_tag);
-      constexpr bool PROB = decltype(prob_tag)::value;
-      if (Cs <= kWarpRowMax)
-        stats_kernel<scalar_t, target_t, PROB, 32><<<grid_rows(R, 32, device), kThreads, 0, stream>>>(a);
-      else
-        stats_kernel<scalar_t, target_t, PROB, kThreads><<<grid_rows(R, kThreads, device), kThreads, 0, stream>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (prob) {
-      a.q = tgt.const_data_ptr<acc>();
-      launch(int64_t{}, std::true_type{});
-    } else {
-      dispatch_class_target(tgt.scalar_type(), [&](auto tag) {
-        using target_t = decltype(tag);
-        Tensor first_bad = at::full({}, std::numeric_limits<int64_t>::max(), tgt.options().dtype(at::kLong));
-        a.target = tgt.const_data_ptr<target_t>();
-        a.first_bad = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
-        launch(tag, std::false_type{});
-        report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, num_classes, ignore_index),
-                            TargetValue<target_t>{tgt.const_data_ptr<target_t>()}, stream);
-      });
+    Tensor first_bad;  // class targets: the first bad row (integer atomicMin), reported from the device
+    if (!pa.prob) {
+      first_bad = at::full({}, std::numeric_limits<int64_t>::max(), pa.target.options().dtype(at::kLong));
+      a.first_bad = reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>());
     }
+    auto kernel = [](auto target_tag, auto q_tag, auto prob_tag, auto group_tag) {
+      return &stats_kernel<scalar_t, decltype(target_tag), decltype(q_tag), decltype(prob_tag)::value,
+                           decltype(group_tag)::value>;
+    };
+    auto after = [&](auto tag) {
+      using target_t = decltype(tag);
+      report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, num_classes, ignore_index),
+                          TargetValue<target_t>{pa.target.const_data_ptr<target_t>()}, stream);
+    };
+    launch_rows<scalar_t>(pa, a, kernel, after, stream);
   });
   return out;
 }
 
-// Writes the gradient into g (may be x itself: same shape, contiguous).
-void grad_into(const Tensor& x, const Tensor& target, bool prob, const std::optional<Tensor>& weight,
-               const Tensor& coef, int64_t class_offset, int64_t ignore_index, std::optional<double> softcap,
-               Tensor& g) {
-  const int64_t R = x.size(0), Cs = x.size(1);
-  if (R == 0 || Cs == 0) return;
+// Writes the gradient into g (contiguous like pa.x; may be pa.x itself).
+void grad_into(const PartialArgs& pa, Tensor& g) {
+  if (pa.R == 0 || pa.Cs == 0) return;
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const auto dtype = x.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  const Tensor tgt = prob ? target.to(adt).contiguous() : target.contiguous();
-  const Tensor w = as_acc(weight, adt);
-  const Tensor k = coef.to(adt).contiguous();
-  const int device = x.get_device();
+  const auto dtype = pa.x.scalar_type();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_partial_grad_cuda", [&] {
     using acc = acc_t<scalar_t>;
     GradArgs<scalar_t> a{};
-    a.x = x.const_data_ptr<scalar_t>();
+    a.x = pa.x.const_data_ptr<scalar_t>();
     a.g = g.mutable_data_ptr<scalar_t>();
-    a.w = w.defined() ? w.const_data_ptr<acc>() : nullptr;
-    a.k = k.const_data_ptr<acc>();
-    a.R = R;
-    a.Cs = Cs;
-    a.offset = class_offset;
-    a.ignore_index = ignore_index;
+    a.target = pa.prob ? nullptr : pa.target.const_data_ptr();
+    a.q = pa.prob ? pa.target.const_data_ptr() : nullptr;
+    a.w = pa.weight.defined() ? pa.weight.const_data_ptr<acc>() : nullptr;
+    a.k = pa.coef.const_data_ptr<acc>();
+    a.R = pa.R;
+    a.Cs = pa.Cs;
+    a.offset = pa.class_offset;
+    a.ignore_index = pa.ignore_index;
     a.vec = ((reinterpret_cast<uintptr_t>(a.x) ^ reinterpret_cast<uintptr_t>(a.g)) & 15) == 0;
-    a.cap = make_cap<acc>(softcap);
-    auto launch = [&](auto target_tag, auto prob_tag) {
-      using target_t = decltype(target_tag);
-      constexpr bool PROB = decltype(prob_tag)::value;
-      if (Cs <= kWarpRowMax)
-        grad_kernel<scalar_t, target_t, PROB, 32><<<grid_rows(R, 32, device), kThreads, 0, stream>>>(a);
-      else
-        grad_kernel<scalar_t, target_t, PROB, kThreads><<<grid_rows(R, kThreads, device), kThreads, 0, stream>>>(a);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    a.cap = make_cap<acc>(pa.softcap);
+    auto kernel = [](auto target_tag, auto q_tag, auto prob_tag, auto group_tag) {
+      return &grad_kernel<scalar_t, decltype(target_tag), decltype(q_tag), decltype(prob_tag)::value,
+                          decltype(group_tag)::value>;
     };
-    if (prob) {
-      a.q = tgt.const_data_ptr<acc>();
-      launch(int64_t{}, std::true_type{});
-    } else {
-      dispatch_class_target(tgt.scalar_type(), [&](auto tag) {
-        a.target = tgt.const_data_ptr<decltype(tag)>();
-        launch(tag, std::false_type{});
-      });
-    }
+    launch_rows<scalar_t>(pa, a, kernel, [](auto) {}, stream);
   });
 }
 
 Tensor grad_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, const Tensor& coef,
                  int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
-  const char* op = "fastloss.ce_partial_grad";
-  const bool prob = check_partial_args(logits, target, weight, op);
-  check_partial_coef(logits, coef, op);
   const c10::cuda::CUDAGuard guard(logits.device());
-  const Tensor x = logits.contiguous();
-  Tensor out = at::empty_like(x);
-  grad_into(x, target, prob, weight, coef, class_offset, ignore_index, softcap, out);
-  return out;
+  return partial_grad_out(partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap,
+                                            "fastloss.ce_partial_grad"),
+                          grad_into);
 }
 
 void grad_inplace_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                        const Tensor& coef, int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
-  const char* op = "fastloss.ce_partial_grad_";
-  const bool prob = check_partial_args(logits, target, weight, op);
-  check_partial_coef(logits, coef, op);
   const c10::cuda::CUDAGuard guard(logits.device());
-  if (logits.is_contiguous()) {
-    Tensor g = logits;
-    grad_into(logits, target, prob, weight, coef, class_offset, ignore_index, softcap, g);
-  } else {  // a strided view: computed contiguous, then written back
-    Tensor x = logits.contiguous();
-    grad_into(x, target, prob, weight, coef, class_offset, ignore_index, softcap, x);
-    logits.copy_(x);
-  }
+  partial_grad_inplace(logits,
+                       partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap,
+                                         "fastloss.ce_partial_grad_"),
+                       grad_into);
 }
 
 }  // namespace

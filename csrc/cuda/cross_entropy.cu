@@ -25,7 +25,7 @@
 #include "common/errors.h"
 #include "common/options.h"
 #include "cuda/cross_entropy_launch.cuh"
-#include "ops/cross_entropy.h"
+#include "ops/cross_entropy_ops.h"
 
 namespace fastloss {
 namespace cuda {
@@ -78,76 +78,6 @@ std::pair<Tensor, Tensor> class_target_pass(const Tensor& tgt, const acc* wp, in
   return {denom, first_bad};
 }
 
-std::tuple<Tensor, Tensor, Tensor> cross_entropy_cuda(const Tensor& input, const Tensor& target,
-                                                      const c10::optional<Tensor>& weight, int64_t reduction,
-                                                      int64_t ignore_index, double label_smoothing, bool compute_grad,
-                                                      bool save_lse, c10::optional<c10::ScalarType> out_dtype) {
-  const char* op = "fastloss.cross_entropy";
-  const CrossEntropyPlan pl =
-      plan_cross_entropy(input, target, weight, reduction, ignore_index, label_smoothing, true, op);
-  const c10::cuda::CUDAGuard guard(input.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  const bool rows_path = pl.inner == 1;
-  if (rows_path) check_row_length_32bit(op, pl.classes);
-  // A 2-D input whose rows are contiguous is read in place whatever its row stride.
-  Tensor x = (rows_path && input.dim() == 2 && input.stride(1) == 1) ? input : input.contiguous();
-  const int64_t x_row_stride = (rows_path && input.dim() == 2) ? x.stride(0) : pl.classes;
-  Tensor tgt = pl.prob_target ? target.to(dtype).contiguous() : target.contiguous();
-  Tensor w = as_acc(weight, adt);
-  auto aopt = input.options().dtype(adt);
-  Tensor row_loss = at::empty({pl.rows()}, aopt);
-  Tensor lse = at::empty({save_lse ? pl.rows() : 0}, aopt);
-  Tensor grad = compute_grad ? at::empty(input.sizes(), input.options()) : at::empty({0}, input.options());
-
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_cross_entropy_cuda", [&] {
-    using acc = acc_t<scalar_t>;
-    CEParams<scalar_t> p{};
-    p.x = x.const_data_ptr<scalar_t>();
-    p.x_row_stride = x_row_stride;
-    p.target = tgt.const_data_ptr();
-    p.weight = w.defined() ? w.const_data_ptr<acc>() : nullptr;
-    Tensor wsum;
-    if (w.defined() && label_smoothing != 0.0 && !pl.prob_target) {
-      wsum = at::empty({}, aopt);
-      launch_sum<acc>(ArrayReader<acc>{p.weight}, pl.classes, nullptr, acc(1), wsum, stream);
-      p.wsum = wsum.const_data_ptr<acc>();
-    }
-    p.grad = compute_grad ? grad.mutable_data_ptr<scalar_t>() : nullptr;
-    p.row_loss = row_loss.mutable_data_ptr<acc>();
-    p.lse = save_lse ? lse.mutable_data_ptr<acc>() : nullptr;
-    p.rows = pl.rows();
-    p.C = pl.classes;
-    p.inner = pl.inner;
-    p.ignore_index = ignore_index;
-    p.eps = static_cast<acc>(label_smoothing);
-    const bool mean = pl.reduction == Reduction::Mean;
-    const int device = input.get_device();
-    if (pl.prob_target) {
-      const acc denom = input.numel() == 0 ? acc(0) : static_cast<acc>(pl.rows());
-      p.host_scale = mean ? acc(1) / denom : acc(1);
-      launch_ce<scalar_t, int64_t, true>(p, device, stream);
-      return std::make_tuple(
-          finish_loss<acc>(row_loss, pl.reduction, nullptr, denom, out_dtype.value_or(dtype), pl.row_shape, stream),
-          grad, lse);
-    }
-    auto run = [&](auto tag) {
-      using target_t = decltype(tag);
-      auto [denom, first_bad] = class_target_pass<acc, target_t>(tgt, p.weight, ignore_index, pl.classes, stream);
-      report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
-                          TargetValue<target_t>{tgt.template const_data_ptr<target_t>()}, stream);
-      p.denom = mean ? denom.template const_data_ptr<acc>() : nullptr;
-      p.host_scale = acc(1);
-      launch_ce<scalar_t, target_t, false>(p, device, stream);
-      Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1),
-                                     out_dtype.value_or(dtype), pl.row_shape, stream);
-      return std::make_tuple(loss, grad, lse);
-    };
-    return dispatch_class_target(tgt.scalar_type(), run);
-  });
-}
-
 // ---------------------------------------------------------------------------------------------
 // d(loss)/d(q) for probability targets, elementwise: g_r k w_c (lse_r - x_e).
 template <typename scalar_t>
@@ -164,34 +94,6 @@ __global__ void ce_target_backward_kernel(const scalar_t* x, const acc_t<scalar_
 int grid_for(int64_t work, int threads, int device) {
   const int64_t blocks = (work + threads - 1) / threads;
   return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(blocks, int64_t(device_info(device).sm_count) * 32)));
-}
-
-Tensor cross_entropy_target_backward_cuda(const Tensor& grad_loss, const Tensor& input, const Tensor& lse,
-                                          const c10::optional<Tensor>& weight, int64_t reduction,
-                                          double label_smoothing) {
-  const Reduction red = to_reduction(reduction, "fastloss.cross_entropy_target_backward");
-  const c10::cuda::CUDAGuard guard(input.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  Tensor x = input.contiguous();
-  const ClassView v = class_view(input);
-  const int64_t C = v.classes, outer = v.outer, D = v.inner;
-  Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = as_acc(weight, adt);
-  Tensor out = at::empty(input.sizes(), input.options());
-  if (input.numel() == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_target_bwd_cuda", [&] {
-    using acc = acc_t<scalar_t>;
-    const acc k = (red == Reduction::Mean ? acc(1) / static_cast<acc>(outer * D) : acc(1)) *
-                  (acc(1) - static_cast<acc>(label_smoothing));
-    ce_target_backward_kernel<scalar_t><<<grid_for(input.numel(), 256, input.get_device()), 256, 0, stream>>>(
-        x.const_data_ptr<scalar_t>(), lse.const_data_ptr<acc>(), w.defined() ? w.const_data_ptr<acc>() : nullptr,
-        RowFactor<acc>{g.const_data_ptr<acc>(), g.numel() == 1}, k, input.numel(), C, D,
-        out.mutable_data_ptr<scalar_t>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
-  return out;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,72 +133,114 @@ __global__ void nll_backward_kernel(const target_t* target, const acc_t<scalar_t
   }
 }
 
-std::tuple<Tensor, Tensor> nll_loss_cuda(const Tensor& input, const Tensor& target,
-                                         const c10::optional<Tensor>& weight, int64_t reduction,
-                                         int64_t ignore_index, c10::optional<c10::ScalarType> out_dtype) {
-  const char* op = "fastloss.nll_loss";
-  const CrossEntropyPlan pl = plan_cross_entropy(input, target, weight, reduction, ignore_index, 0.0, false, op);
-  const c10::cuda::CUDAGuard guard(input.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  Tensor x = input.contiguous();
-  Tensor tgt = target.contiguous();
-  Tensor w = as_acc(weight, adt);
-  Tensor row_loss = at::empty({pl.rows()}, input.options().dtype(adt));
-  return AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_cuda", [&] {
-    using acc = acc_t<scalar_t>;
-    const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
-    auto run = [&](auto tag) {
-      using target_t = decltype(tag);
-      auto [denom, first_bad] = class_target_pass<acc, target_t>(tgt, wp, ignore_index, pl.classes, stream);
-      report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
-                          TargetValue<target_t>{tgt.template const_data_ptr<target_t>()}, stream);
-      if (pl.rows() > 0) {
-        nll_forward_kernel<scalar_t, target_t><<<grid_for(pl.rows(), 256, input.get_device()), 256, 0, stream>>>(
-            x.const_data_ptr<scalar_t>(), tgt.const_data_ptr<target_t>(), wp, pl.rows(), pl.classes,
-            std::max<int64_t>(pl.inner, 1), ignore_index, row_loss.mutable_data_ptr<acc>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-      Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1),
-                                     out_dtype.value_or(dtype), pl.row_shape, stream);
-      return std::make_tuple(loss, denom);
-    };
-    return dispatch_class_target(tgt.scalar_type(), run);
-  });
-}
+// The device half of CrossEntropyOps (ops/cross_entropy_ops.h). Each entry guards the input's device and
+// runs on its current stream; no host sync (class-target errors are reported from the device).
+struct CudaCrossEntropy {
+  static void check_row_length(const char* op, int64_t classes) { check_row_length_32bit(op, classes); }
 
-Tensor nll_loss_backward_cuda(const Tensor& grad_loss, const Tensor& input, const Tensor& target,
-                              const c10::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
-                              const Tensor& total_weight) {
-  const Reduction red = to_reduction(reduction, "fastloss.nll_loss_backward");
-  const c10::cuda::CUDAGuard guard(input.device());
-  cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
-  const auto dtype = input.scalar_type();
-  const auto adt = acc_dtype(dtype);
-  const ClassView v = class_view(input);
-  const int64_t C = v.classes, D = v.inner;
-  Tensor tgt = target.contiguous();
-  Tensor g = grad_loss.to(adt).contiguous();
-  Tensor w = as_acc(weight, adt);
-  Tensor tw = total_weight.to(adt);
-  Tensor out = at::zeros(input.sizes(), input.options());
-  const int64_t rows = tgt.numel();
-  if (input.numel() == 0 || rows == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_bwd_cuda", [&] {
+  // Class targets: a validation / denominator pass first, so the gradient leaves the row kernel already
+  // divided by the mean's denominator.
+  template <typename scalar_t, typename target_t>
+  static Tensor cross_entropy(const CrossEntropyPlan& pl, CeBuffers& b, int64_t ignore_index, double eps,
+                              c10::ScalarType out_dtype, const char* op) {
     using acc = acc_t<scalar_t>;
-    auto run = [&](auto tag) {
-      using target_t = decltype(tag);
-      nll_backward_kernel<scalar_t, target_t><<<grid_for(rows, 256, input.get_device()), 256, 0, stream>>>(
-          tgt.const_data_ptr<target_t>(), w.defined() ? w.const_data_ptr<acc>() : nullptr,
-          RowFactor<acc>{g.const_data_ptr<acc>(), g.numel() == 1}, tw.const_data_ptr<acc>(), red == Reduction::Mean,
-          rows, C, std::max<int64_t>(D, 1), ignore_index, out.mutable_data_ptr<scalar_t>());
+    const c10::cuda::CUDAGuard guard(b.x.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    CEParams<scalar_t> p{};
+    p.x = b.x.const_data_ptr<scalar_t>();
+    p.x_row_stride = b.x_row_stride;
+    p.target = b.target.const_data_ptr();
+    p.weight = b.weight.defined() ? b.weight.const_data_ptr<acc>() : nullptr;
+    Tensor wsum;
+    if (b.weight.defined() && eps != 0.0 && !pl.prob_target) {
+      wsum = at::empty({}, b.row_loss.options());
+      launch_sum<acc>(ArrayReader<acc>{p.weight}, pl.classes, nullptr, acc(1), wsum, stream);
+      p.wsum = wsum.const_data_ptr<acc>();
+    }
+    p.grad = b.grad.numel() ? b.grad.mutable_data_ptr<scalar_t>() : nullptr;
+    p.row_loss = b.row_loss.mutable_data_ptr<acc>();
+    p.lse = b.lse.numel() ? b.lse.mutable_data_ptr<acc>() : nullptr;
+    p.rows = pl.rows();
+    p.C = pl.classes;
+    p.inner = pl.inner;
+    p.ignore_index = ignore_index;
+    p.eps = static_cast<acc>(eps);
+    const bool mean = pl.reduction == Reduction::Mean;
+    const int device = b.x.get_device();
+    if (pl.prob_target) {
+      const acc denom = b.x.numel() == 0 ? acc(0) : static_cast<acc>(pl.rows());
+      p.host_scale = mean ? acc(1) / denom : acc(1);
+      launch_ce<scalar_t, int64_t, true>(p, device, stream);
+      return finish_loss<acc>(b.row_loss, pl.reduction, nullptr, denom, out_dtype, pl.row_shape, stream);
+    }
+    auto [denom, first_bad] = class_target_pass<acc, target_t>(b.target, p.weight, ignore_index, pl.classes, stream);
+    report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
+                        TargetValue<target_t>{b.target.const_data_ptr<target_t>()}, stream);
+    p.denom = mean ? denom.template const_data_ptr<acc>() : nullptr;
+    p.host_scale = acc(1);
+    launch_ce<scalar_t, target_t, false>(p, device, stream);
+    return finish_loss<acc>(b.row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape,
+                            stream);
+  }
+
+  template <typename scalar_t, typename target_t>
+  static std::tuple<Tensor, Tensor> nll_loss(const CrossEntropyPlan& pl, const Tensor& x, const Tensor& tgt,
+                                             const Tensor& w, Tensor& row_loss, int64_t ignore_index,
+                                             c10::ScalarType out_dtype, const char* op) {
+    using acc = acc_t<scalar_t>;
+    const c10::cuda::CUDAGuard guard(x.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    const acc* wp = w.defined() ? w.const_data_ptr<acc>() : nullptr;
+    auto [denom, first_bad] = class_target_pass<acc, target_t>(tgt, wp, ignore_index, pl.classes, stream);
+    report_device_error(first_bad, error_proto(op, DeviceErrorKind::ClassTarget, pl.classes, ignore_index),
+                        TargetValue<target_t>{tgt.const_data_ptr<target_t>()}, stream);
+    if (pl.rows() > 0) {
+      nll_forward_kernel<scalar_t, target_t><<<grid_for(pl.rows(), 256, x.get_device()), 256, 0, stream>>>(
+          x.const_data_ptr<scalar_t>(), tgt.const_data_ptr<target_t>(), wp, pl.rows(), pl.classes,
+          std::max<int64_t>(pl.inner, 1), ignore_index, row_loss.mutable_data_ptr<acc>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    dispatch_class_target(tgt.scalar_type(), run);
-  });
-  return out;
-}
+    }
+    Tensor loss =
+        finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape, stream);
+    return std::make_tuple(loss, denom);
+  }
+
+  template <typename scalar_t>
+  static void target_backward(const Tensor& x, const acc_t<scalar_t>* lse, const acc_t<scalar_t>* w,
+                              RowFactor<acc_t<scalar_t>> f, acc_t<scalar_t> k, const ClassView& v, Tensor& out) {
+    const c10::cuda::CUDAGuard guard(x.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    ce_target_backward_kernel<scalar_t><<<grid_for(x.numel(), 256, x.get_device()), 256, 0, stream>>>(
+        x.const_data_ptr<scalar_t>(), lse, w, f, k, x.numel(), v.classes, v.inner, out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  // The zeros come from a memset, which writes at full bandwidth; nll_backward then touches one element per row.
+  static Tensor nll_grad_buffer(const Tensor& input, const ClassView&) {
+    return at::zeros(input.sizes(), input.options());
+  }
+
+  template <typename scalar_t, typename target_t>
+  static void nll_backward(const Tensor& tgt, const acc_t<scalar_t>* w, RowFactor<acc_t<scalar_t>> f,
+                           const Tensor& total_weight, bool mean, const ClassView& v, int64_t ignore_index,
+                           Tensor& out) {
+    using acc = acc_t<scalar_t>;
+    const c10::cuda::CUDAGuard guard(out.device());
+    cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
+    const int64_t rows = tgt.numel();
+    nll_backward_kernel<scalar_t, target_t><<<grid_for(rows, 256, out.get_device()), 256, 0, stream>>>(
+        tgt.const_data_ptr<target_t>(), w, f, total_weight.const_data_ptr<acc>(), mean, rows, v.classes,
+        std::max<int64_t>(v.inner, 1), ignore_index, out.mutable_data_ptr<scalar_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
+
+using Ops = CrossEntropyOps<CudaCrossEntropy>;
+// The functions the registrations below name.
+constexpr auto& cross_entropy_cuda = Ops::cross_entropy;
+constexpr auto& cross_entropy_target_backward_cuda = Ops::cross_entropy_target_backward;
+constexpr auto& nll_loss_cuda = Ops::nll_loss;
+constexpr auto& nll_loss_backward_cuda = Ops::nll_loss_backward;
 
 }  // namespace
 

@@ -36,22 +36,20 @@ __device__ __forceinline__ void combine(RowState<acc>& x, const RowState<acc>& y
   x.a2 += y.a2;
 }
 
-template <typename acc>
-__device__ __forceinline__ RowState<acc> shfl_xor_state(const RowState<acc>& v, int o) {
-  RowState<acc> r;
-  r.m = __shfl_xor_sync(0xffffffffu, v.m, o);
-  r.s = __shfl_xor_sync(0xffffffffu, v.s, o);
-  r.a1 = __shfl_xor_sync(0xffffffffu, v.a1, o);
-  r.a2 = __shfl_xor_sync(0xffffffffu, v.a2, o);
-  return r;
-}
+// combine() as the op of warp_allreduce / block_allreduce (common/cuda/block_reduce.cuh): symmetric up
+// to commutative float ops (a + b == b + a bitwise), so the xor butterfly leaves identical bits in every lane.
+struct Combine {
+  template <typename acc>
+  __device__ __forceinline__ RowState<acc> operator()(RowState<acc> x, const RowState<acc>& y) const {
+    combine(x, y);
+    return x;
+  }
+};
 
-// combine() is symmetric up to commutative float ops (a + b == b + a bitwise), so the xor
-// butterfly leaves identical bits in every lane.
+// The state combine() leaves unchanged.
 template <typename acc>
-__device__ __forceinline__ void warp_combine(RowState<acc>& v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) combine(v, shfl_xor_state(v, o));
+__device__ __forceinline__ RowState<acc> empty_state() {
+  return RowState<acc>{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
 }
 
 
@@ -195,23 +193,10 @@ struct RowWorker {
   }
 
   // Reduce the group's states; every thread of the group ends with the total.
+  // (GROUP > 32: the whole block, lane == threadIdx.x.)
   __device__ __forceinline__ RowState<acc> reduce(RowState<acc> st, RowState<acc>* scratch) const {
-    warp_combine(st);
-    if (GROUP == 32) return st;
-    constexpr int W = GROUP / 32;
-    const int warp = lane / 32, wl = lane & 31;
-    if (wl == 0) scratch[warp] = st;
-    __syncthreads();
-    if (warp == 0) {
-      RowState<acc> t = wl < W ? scratch[wl]
-                               : RowState<acc>{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
-      warp_combine(t);
-      if (wl == 0) scratch[W] = t;
-    }
-    __syncthreads();
-    RowState<acc> r = scratch[W];
-    __syncthreads();
-    return r;
+    if constexpr (GROUP == 32) return warp_allreduce(st, Combine{});
+    else return block_allreduce<GROUP>(st, scratch, empty_state<acc>(), Combine{});
   }
 
   // Every block of the cluster ends with combine(state of rank 0, state of rank 1, ...), in rank

@@ -156,11 +156,7 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
   // step's barrier, and every thread combines them at step t + 1.
   const int warps = blockDim.x / 32, lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   auto publish_max = [&](acc m, int64_t t) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const acc q = __shfl_xor_sync(0xffffffffu, m, o);
-      m = q > m ? q : m;
-    }
+    m = warp_allreduce(m, [](acc x, acc y) { return y > x ? y : x; });
     if (lane == 0) wmax[t & 1][warp] = m;
   };
   auto row_max = [&](int64_t t) {  // the shift of row t: its maximum, 0 when not finite

@@ -42,10 +42,13 @@ __global__ void __launch_bounds__(kRowWarps * 32) rows_kernel(const M m, const R
   constexpr int NI = M::kIn;
   const int lane = threadIdx.x & 31;
   const int64_t step = int64_t(gridDim.x) * kRowWarps;
+  struct State {  // a plain struct, so warp_allreduce can shuffle it
+    acc v[M::kState];
+  };
   for (int64_t r = int64_t(blockIdx.x) * kRowWarps + threadIdx.x / 32; r < io.rows; r += step) {
     const int64_t off = r * io.D;
-    acc s[M::kState];
-    m.init(s);
+    State st;  // the row's sums
+    m.init(st.v);
     if (io.vec) {
       const int64_t nv = io.D / P::N;
       for (int64_t v = lane; v < nv; v += 32) {
@@ -57,7 +60,7 @@ __global__ void __launch_bounds__(kRowWarps * 32) rows_kernel(const M m, const R
           acc xe[NI];
 #pragma unroll
           for (int j = 0; j < NI; ++j) xe[j] = x[j][e];
-          m.add(s, xe);
+          m.add(st.v, xe);
         }
       }
     } else {
@@ -65,18 +68,16 @@ __global__ void __launch_bounds__(kRowWarps * 32) rows_kernel(const M m, const R
         acc xe[NI];
 #pragma unroll
         for (int j = 0; j < NI; ++j) xe[j] = load_acc(io.in[j], off + i);
-        m.add(s, xe);
+        m.add(st.v, xe);
       }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      acc t[M::kState];
-#pragma unroll
-      for (int q = 0; q < M::kState; ++q) t[q] = __shfl_xor_sync(0xffffffffu, s[q], o);
-      m.merge(s, t);
-    }
+    // merged over the warp: every lane ends with the row's sums (M::merge is commutative)
+    st = warp_allreduce(st, [&m](State x, const State& y) {
+      m.merge(x.v, y.v);
+      return x;
+    });
     const acc k = io.kscale * (io.kdev ? io.kdev[io.single ? 0 : r] : acc(1));
-    const auto R = m.finish(s, io.target ? io.target[r] : acc(0), k);
+    const auto R = m.finish(st.v, io.target ? io.target[r] : acc(0), k);
     if (lane == 0 && io.row_loss) io.row_loss[r] = R.loss;
     if (!io.any_grad) continue;
     if (io.vec) {

@@ -54,15 +54,6 @@ constexpr int kThreads = 256;
 constexpr int kScratch = kThreads / 32 + 1;
 constexpr int64_t kNoBad = std::numeric_limits<int64_t>::max();
 
-__device__ __forceinline__ int64_t warp_min64(int64_t v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const int64_t t = __shfl_xor_sync(0xffffffffu, v, o);
-    v = t < v ? t : v;
-  }
-  return v;
-}
-
 // G threads own a row: a warp (G = 32) or the whole 256-thread block.
 template <int G>
 struct Group {
@@ -82,23 +73,8 @@ struct Group {
     else return block_sum<kThreads>(v, scratch);
   }
   static __device__ __forceinline__ int64_t minimum(int64_t v, int64_t* scratch) {
-    v = warp_min64(v);
-    if constexpr (G == 32) {
-      return v;
-    } else {
-      const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
-      if (lane == 0) scratch[warp] = v;
-      __syncthreads();
-      if (warp == 0) {
-        int64_t t = lane < kThreads / 32 ? scratch[lane] : kNoBad;
-        t = warp_min64(t);
-        if (lane == 0) scratch[kThreads / 32] = t;
-      }
-      __syncthreads();
-      const int64_t r = scratch[kThreads / 32];
-      __syncthreads();
-      return r;
-    }
+    if constexpr (G == 32) return warp_allreduce(v, MinOp{});
+    else return block_allreduce<kThreads>(v, scratch, int64_t{kNoBad}, MinOp{});  // a value: kNoBad is host memory
   }
 };
 

@@ -88,6 +88,50 @@ void check_partial_coef(const Tensor& logits, const Tensor& coef, const char* op
   check_same_device(logits, "logits", coef, "coef", op);
 }
 
+namespace {
+
+PartialArgs partial_args(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, bool prob) {
+  PartialArgs a;
+  const auto adt = acc_dtype(logits.scalar_type());
+  a.x = logits.contiguous();
+  a.prob = prob;
+  const bool own = !prob || target.scalar_type() == logits.scalar_type() || target.scalar_type() == adt;
+  a.target = own ? target.contiguous() : target.to(adt).contiguous();
+  a.weight = as_acc(weight, adt);
+  a.R = a.x.size(0);
+  a.Cs = a.x.size(1);
+  return a;
+}
+
+}  // namespace
+
+PartialArgs partial_stats_args(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+                               int64_t class_offset, int64_t num_classes, int64_t ignore_index, double eps,
+                               std::optional<double> softcap, const char* op) {
+  PartialArgs a = partial_args(logits, target, weight, check_partial_args(logits, target, weight, op));
+  a.class_offset = class_offset;
+  a.num_classes = num_classes;
+  a.ignore_index = ignore_index;
+  a.eps = eps;
+  a.softcap = softcap;
+  return a;
+}
+
+PartialArgs partial_grad_args(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
+                              const Tensor& coef, int64_t class_offset, int64_t ignore_index,
+                              std::optional<double> softcap, const char* op) {
+  const bool prob = check_partial_args(logits, target, weight, op);
+  check_partial_coef(logits, coef, op);
+  PartialArgs a = partial_args(logits, target, weight, prob);
+  a.coef = coef.to(acc_dtype(logits.scalar_type())).contiguous();
+  a.class_offset = class_offset;
+  a.num_classes = 0;  // not used by the gradient
+  a.ignore_index = ignore_index;
+  a.eps = 0;
+  a.softcap = softcap;
+  return a;
+}
+
 Tensor merge_partial_stats(const Tensor& x, const Tensor& y) {
   const double ninf = -std::numeric_limits<double>::infinity();
   const Tensor M = at::maximum(x.select(1, 0), y.select(1, 0));

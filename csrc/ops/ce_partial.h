@@ -33,6 +33,8 @@
 
 #include <optional>
 
+#include "common/alloc.h"
+
 namespace fastloss {
 
 // Stats of two slices of the same rows, merged (both (R, 5), the accumulate dtype).
@@ -48,5 +50,43 @@ bool check_partial_args(const at::Tensor& logits, const at::Tensor& target, cons
                         const char* op);
 // coef4 of ce_partial_grad: (R, 4).
 void check_partial_coef(const at::Tensor& logits, const at::Tensor& coef, const char* op);
+
+// The arguments of the fused stats / grad kernels, checked and laid out once for both devices
+// (cpu/ce_partial.cpp, cuda/ce_partial.cu).
+struct PartialArgs {
+  at::Tensor x;       // the logits, contiguous (R, Cs)
+  at::Tensor target;  // contiguous. Class indices in their dtype; probabilities in their own dtype when
+                      // it is the logits' or the accumulate dtype (read, and widened, by the kernels: no
+                      // copy), else converted to the accumulate dtype
+  at::Tensor weight;  // (Cs,) in the accumulate dtype, or undefined
+  at::Tensor coef;    // grad: coef4 (R, 4) in the accumulate dtype, contiguous; stats: undefined
+  bool prob;          // the target holds probabilities
+  int64_t R, Cs, class_offset, num_classes, ignore_index;
+  double eps;  // label smoothing (stats)
+  std::optional<double> softcap;
+};
+
+PartialArgs partial_stats_args(const at::Tensor& logits, const at::Tensor& target,
+                               const std::optional<at::Tensor>& weight, int64_t class_offset, int64_t num_classes,
+                               int64_t ignore_index, double eps, std::optional<double> softcap, const char* op);
+PartialArgs partial_grad_args(const at::Tensor& logits, const at::Tensor& target,
+                              const std::optional<at::Tensor>& weight, const at::Tensor& coef, int64_t class_offset,
+                              int64_t ignore_index, std::optional<double> softcap, const char* op);
+
+// ce_partial_grad and ce_partial_grad_ around a device's grad_into(args, g), which writes the gradient
+// into g (contiguous, like args.x; g may be args.x itself: each element is read before it is written).
+template <typename GradInto>
+at::Tensor partial_grad_out(const PartialArgs& a, GradInto grad_into) {
+  at::Tensor g = empty_for_write_like(a.x);
+  grad_into(a, g);
+  return g;
+}
+// In place: over the logits themselves, or (a strided view) over their contiguous copy, written back.
+template <typename GradInto>
+void partial_grad_inplace(const at::Tensor& logits, const PartialArgs& a, GradInto grad_into) {
+  at::Tensor g = a.x;
+  grad_into(a, g);
+  if (!a.x.is_same(logits)) logits.copy_(a.x);
+}
 
 }  // namespace fastloss

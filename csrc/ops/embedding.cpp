@@ -41,10 +41,6 @@ RowPlan plan_rows(const char* op, std::vector<at::Tensor> inputs, const c10::opt
   return p;
 }
 
-at::Tensor row_grad_buffer(const RowPlan& p, bool wanted) {
-  return wanted ? empty_for_write_like(p.in[0]) : at::empty({0}, p.in[0].options());
-}
-
 at::Tensor row_backward_factor(const RowPlan& p, const at::Tensor& grad_loss, const char* op) {
   check_same_device(p.in[0], "input", grad_loss, "grad_loss", op);
   const auto adt = acc_dtype(p.in[0].scalar_type());

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "common/common.h"
+#include "common/elem_math.h"
 
 namespace fastloss {
 
@@ -29,16 +30,6 @@ inline PNorm to_pnorm(double p) {
   if (p == 2.0) return PNorm::Two;
   if (std::isinf(p) && p > 0) return PNorm::Inf;
   return PNorm::General;
-}
-
-template <typename acc>
-C10_HOST_DEVICE inline acc emb_abs(acc x) {
-  return x < acc(0) ? -x : x;
-}
-
-template <typename acc>
-C10_HOST_DEVICE inline acc emb_sign(acc x) {
-  return acc(x > acc(0)) - acc(x < acc(0));
 }
 
 // (max, count of elements equal to it) merge for the inf-norm, NaN winning as in torch's amax.
@@ -79,7 +70,7 @@ struct TripletMath {
     for (int j = 0; j < kState; ++j) s[j] = acc(0);
   }
   C10_HOST_DEVICE acc term(acc x) const {
-    const acc z = emb_abs(x);
+    const acc z = elem_abs(x);
     if constexpr (PN == PNorm::Zero) return z != acc(0) ? acc(1) : acc(0);
     else if constexpr (PN == PNorm::One) return z;
     else if constexpr (PN == PNorm::Two) return x * x;
@@ -89,7 +80,7 @@ struct TripletMath {
     const acc x[3] = {in[0] - in[1] + eps, in[0] - in[2] + eps, in[1] - in[2] + eps};
     const int nd = swap ? 3 : 2;
     for (int j = 0; j < nd; ++j) {
-      if constexpr (PN == PNorm::Inf) max_count_merge(s[j], s[3 + j], emb_abs(x[j]), acc(1));
+      if constexpr (PN == PNorm::Inf) max_count_merge(s[j], s[3 + j], elem_abs(x[j]), acc(1));
       else s[j] += term(x[j]);
     }
   }
@@ -115,13 +106,13 @@ struct TripletMath {
   }
   C10_HOST_DEVICE acc u(acc x, acc d) const {
     if constexpr (PN == PNorm::Zero) return acc(0);
-    else if constexpr (PN == PNorm::One) return emb_sign(x);
+    else if constexpr (PN == PNorm::One) return elem_sign(x);
     else if constexpr (PN == PNorm::Two) return x;
     else if constexpr (PN == PNorm::Inf) {
-      const acc z = emb_abs(x);
-      return z == d || z != z ? emb_sign(x) : acc(0);
+      const acc z = elem_abs(x);
+      return z == d || z != z ? elem_sign(x) : acc(0);
     } else {
-      return x == acc(0) ? acc(0) : emb_sign(x) * std::pow(emb_abs(x), p - acc(1));
+      return x == acc(0) ? acc(0) : elem_sign(x) * std::pow(elem_abs(x), p - acc(1));
     }
   }
   C10_HOST_DEVICE Row finish(const acc* s, acc /*target*/, acc k) const {
@@ -237,9 +228,6 @@ struct RowPlan {
 
 RowPlan plan_rows(const char* op, std::vector<at::Tensor> inputs, const c10::optional<at::Tensor>& target,
                   int64_t reduction, c10::optional<c10::ScalarType> out_dtype);
-
-// A gradient buffer shaped like the inputs, or an empty tensor when not requested.
-at::Tensor row_grad_buffer(const RowPlan& p, bool wanted);
 
 // The backward's per-row factor: grad_loss per row ('none') or grad_loss / rows (mean) or
 // grad_loss (sum), in the accumulate type on grad_loss's device (no host sync).

@@ -8,6 +8,7 @@
 #include <array>
 #include <tuple>
 
+#include "common/alloc.h"
 #include "common/errors.h"
 #include "ops/embedding.h"
 
@@ -31,7 +32,7 @@ struct EmbeddingOps {
     RowRun run;
     bool any = false;
     for (int j = 0; j < n; ++j) {
-      run.grads.push_back(row_grad_buffer(p, grad_now[j]));
+      run.grads.push_back(grad_buffer(p.in[0], grad_now[j]));
       any = any || grad_now[j];
     }
     TORCH_CHECK(!any || p.reduction != Reduction::None, op, ": grad_now needs reduction mean or sum");
@@ -42,7 +43,7 @@ struct EmbeddingOps {
 
   static RowRun backward_run(const RowPlan& p, const Tensor& grad_loss, const bool* mask, int n, const char* op) {
     RowRun run;
-    for (int j = 0; j < n; ++j) run.grads.push_back(row_grad_buffer(p, mask[j]));
+    for (int j = 0; j < n; ++j) run.grads.push_back(grad_buffer(p.in[0], mask[j]));
     run.kdev = row_backward_factor(p, grad_loss, op);
     run.single = p.reduction != Reduction::None;
     return run;

@@ -99,7 +99,7 @@ void raise_multilabel_target(const char* op, int64_t value, int64_t C, int64_t r
 MarginRun margin_forward_run(const MarginRowsPlan& p, bool grad_now, const char* op) {
   TORCH_CHECK(!grad_now || p.reduction != Reduction::None, op, ": grad_now needs reduction mean or sum");
   MarginRun run;
-  run.grad = grad_now ? empty_for_write_like(p.input) : at::empty({0}, p.input.options());
+  run.grad = grad_buffer(p.input, grad_now);
   run.kscale = p.reduction == Reduction::Mean && p.rows > 0 ? 1.0 / static_cast<double>(p.rows) : 1.0;
   run.row_loss = at::empty({p.rows}, p.input.options().dtype(acc_dtype(p.input.scalar_type())));
   return run;

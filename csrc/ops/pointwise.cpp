@@ -109,10 +109,6 @@ void raise_bce_domain(const char* op, bool target, int64_t pos, double value) {
   __builtin_unreachable();
 }
 
-at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted) {
-  return wanted ? empty_for_write_like(p.a) : at::empty({0}, p.a.options());
-}
-
 at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const at::Tensor& weight_sum) {
   at::Tensor k = grad_loss.to(acc_dtype(p.a.scalar_type())).reshape({1});
   if (p.reduction != Reduction::Mean) return k;

@@ -27,6 +27,7 @@
 #include <cstdint>
 
 #include "common/common.h"
+#include "common/elem_math.h"
 
 namespace fastloss {
 
@@ -54,11 +55,6 @@ struct PwOut {
   acc loss, da, db, dc;
 };
 
-template <typename acc>
-C10_HOST_DEVICE inline acc pw_sign(acc d) {
-  return acc(d > acc(0)) - acc(d < acc(0));  // sign(NaN) = 0, as torch.sign (l1's gradient at NaN is 0)
-}
-
 // max(u, 0) keeping NaN (clamp_min propagates it).
 template <typename acc>
 C10_HOST_DEVICE inline acc pw_relu(acc u) {
@@ -72,23 +68,27 @@ C10_HOST_DEVICE inline acc pw_clamp(acc x, acc lo, acc hi) {
   return y > hi ? hi : y;
 }
 
-// log(1 + exp(-|x|)) and sigmoid(x) from one exp: the stable pieces of every logit-based loss.
+// The lane operations of ops/pointwise_lanes.inc for one scalar lane (cpu/vec_impl.inc has the 8-float ones).
+// clang-format off
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_sel(bool c, acc x, acc y) { return c ? x : y; }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_exp(acc x) { return std::exp(x); }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log(acc x) { return std::log(x); }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log1p(acc z) { return std::log1p(z); }
+template <typename acc> C10_HOST_DEVICE C10_ALWAYS_INLINE acc pw_log1p_pos(acc z) { return std::log1p(z); }
+// clang-format on
+// mg = m^g, dmg = d(m^g)/dm = g m^(g - 1); g == 0: 1 and 0 (pow(m, 0) = 1 with gradient 0, as torch's pow).
 template <typename acc>
-struct PwLogit {
-  acc z;    // exp(-|x|)
-  acc l1z;  // log1p(z)
-  acc sig;  // sigmoid(x)
-};
-
-template <typename acc>
-C10_HOST_DEVICE inline PwLogit<acc> pw_logit(acc x) {
-  PwLogit<acc> r;
-  r.z = std::exp(x < acc(0) ? x : -x);
-  r.l1z = std::log1p(r.z);
-  const acc inv = acc(1) / (acc(1) + r.z);
-  r.sig = x >= acc(0) ? inv : r.z * inv;
-  return r;
+C10_HOST_DEVICE C10_ALWAYS_INLINE void pw_powd(acc m, acc g, acc& mg, acc& dmg) {
+  if (g == acc(0)) {
+    mg = acc(1);
+    dmg = acc(0);
+  } else {
+    mg = std::pow(m, g);
+    dmg = g * std::pow(m, g - acc(1));
+  }
 }
+
+#include "ops/pointwise_lanes.inc"
 
 // binary_cross_entropy's domain: a code for the first bad element (2 i + 0 for the input, + 1 for
 // the target, so the input is reported first as torch does) or -1. NaN is outside [0, 1], as in torch.
@@ -106,8 +106,8 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
     const acc d = a - b;
     acc f, fp;  // unweighted loss and its derivative by d
     if constexpr (K == PwKind::L1) {
-      f = d < acc(0) ? -d : d;
-      fp = pw_sign(d);
+      f = elem_abs(d);
+      fp = elem_sign(d);
     } else if constexpr (K == PwKind::MSE) {
       f = d * d;
       fp = acc(2) * d;
@@ -136,46 +136,20 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
     o.da = -c * gate;
     o.db = c * gate;
     o.dc = -diff * gate;
-  } else if constexpr (K == PwKind::SoftMargin) {  // torch's formulas as written: log1p(exp(-x y)), so a
-    // margin past ~88 (float32) overflows to an inf loss and a NaN gradient exactly where torch's does
-    const acc z = std::exp(-a * b);
-    const acc s = z / (acc(1) + z);
-    o.loss = std::log1p(z);
-    o.da = -b * s;
-    o.db = -a * s;
+  } else if constexpr (K == PwKind::SoftMargin) {  // ops/pointwise_lanes.inc (with the CPU's vector path)
+    pw_soft_margin_lanes<acc, acc>(a, b, o.loss, o.da, o.db);
     o.dc = acc(0);
   } else if constexpr (K == PwKind::KLDiv) {  // param: log_target
-    if (param != acc(0)) {  // exp(t) (t - x)
-      const acc e = std::exp(b);
-      o.loss = e * (b - a);
-      o.da = -e;
-      o.db = e * (b - a + acc(1));
-    } else {  // xlogy(t, t) - t x: 0 where t == 0. The target gradient is torch's log(t) + t / t - x,
-      // NaN at t == 0 and t == inf as torch's
-      o.loss = (b == acc(0) ? acc(0) : b * std::log(b)) - b * a;
-      o.da = -b;
-      o.db = std::log(b) + b / b - a;
-    }
+    pw_kl_div_lanes<acc, acc>(a, b, param != acc(0), o.loss, o.da, o.db);
     o.dc = acc(0);
-  } else if constexpr (K == PwKind::BCE) {  // c = weight. torch's formulas: log terms clamped at -100,
-    // the input gradient's denominator at 1e-12; the target gradient is -logit(x), unclamped
-    const acc lx = std::log(a), l1x = std::log1p(-a);
-    const acc f = (b - acc(1)) * (l1x < acc(-100) ? acc(-100) : l1x) - b * (lx < acc(-100) ? acc(-100) : lx);
-    const acc den = (acc(1) - a) * a, eps = static_cast<acc>(1e-12f);  // torch's EPSILON is a float
+  } else if constexpr (K == PwKind::BCE || K == PwKind::BCEWithLogits) {  // c = weight; BCEWithLogits:
+    // d = pos_weight (param != 0). The unweighted loss and gradients, then the weight
+    acc f, fa, fb;
+    if constexpr (K == PwKind::BCE) pw_bce_lanes<acc, acc>(a, b, f, fa, fb);
+    else pw_bce_logits_lanes<acc, acc>(a, b, d, param != acc(0), f, fa, fb);
     o.loss = c * f;
-    o.da = c * (a - b) / (den < eps ? eps : den);
-    o.db = c * (l1x - lx);
-    o.dc = f;
-  } else if constexpr (K == PwKind::BCEWithLogits) {  // c = weight, d = pos_weight (param != 0)
-    // (1 - t) x + L softplus(-x), L = 1 + (pw - 1) t; softplus(+-x) = log1p(exp(-|x|)) + max(+-x, 0)
-    const PwLogit<acc> g = pw_logit(a);
-    const acc sp_neg = g.l1z + (a < acc(0) ? -a : acc(0));
-    const bool has_pw = param != acc(0);
-    const acc L = has_pw ? acc(1) + (d - acc(1)) * b : acc(1);
-    const acc f = (acc(1) - b) * a + L * sp_neg;
-    o.loss = c * f;
-    o.da = c * (has_pw ? (d * b + acc(1) - b) * g.sig - d * b : g.sig - b);
-    o.db = c * (has_pw ? d * sp_neg - (g.l1z + (a > acc(0) ? a : acc(0))) : -a);
+    o.da = c * fa;
+    o.db = c * fb;
     o.dc = f;
   } else if constexpr (K == PwKind::PoissonNLL) {  // param = eps; param2 = log_input + 2 full
     const int flags = static_cast<int>(param2);
@@ -209,22 +183,8 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
     o.da = r / v;
     o.db = -o.da;
     o.dc = acc(0.5) * (iv - q * iv);
-  } else if constexpr (K == PwKind::SigmoidFocal) {  // torchvision's formula as written: param = alpha
-    // (< 0: no alpha term), param2 = gamma. ce (1 - p_t)^gamma alpha_t, p = sigmoid(x)
-    const PwLogit<acc> g = pw_logit(a);
-    const acc p = g.sig;
-    const acc ce = (acc(1) - b) * a + g.l1z + (a < acc(0) ? -a : acc(0));
-    const acc m = acc(1) - (p * b + (acc(1) - p) * (acc(1) - b));
-    const bool g0 = param2 == acc(0);  // pow(m, 0) = 1 with gradient 0, as torch's pow
-    const acc mg = g0 ? acc(1) : std::pow(m, param2);
-    const acc dmg = g0 ? acc(0) : param2 * std::pow(m, param2 - acc(1));
-    const bool has_alpha = param >= acc(0);
-    const acc at = has_alpha ? param * b + (acc(1) - param) * (acc(1) - b) : acc(1);
-    const acc dp = p * (acc(1) - p);
-    o.loss = at * (ce * mg);
-    o.da = at * ((p - b) * mg - ce * dmg * (acc(2) * b - acc(1)) * dp);
-    o.db = (has_alpha ? acc(2) * param - acc(1) : acc(0)) * ce * mg +
-           at * (-a * mg + ce * dmg * (acc(1) - acc(2) * p));
+  } else if constexpr (K == PwKind::SigmoidFocal) {  // param = alpha (< 0: no alpha term), param2 = gamma
+    pw_focal_lanes<acc, acc>(a, b, param, param2, o.loss, o.da, o.db);
     o.dc = acc(0);
   } else {  // HingeEmbedding: b = target; target != 1 adds max(margin - a, 0), target != -1 adds a
     const acc u = param - a;
@@ -328,10 +288,6 @@ at::Tensor pw_broadcast_source(const at::Tensor& t, PwBcast* b);
 void pw_bce_raise(const PwPlan& p, int64_t code);
 // The same error from its parts: the op's name, whether the target (else the input) is bad, where, what.
 [[noreturn]] void raise_bce_domain(const char* op, bool target, int64_t pos, double value);
-
-// grad_now[i] / output_mask[i]: a tensor shaped like a, else an empty one (what the schema returns
-// for a gradient not requested).
-at::Tensor pw_grad_buffer(const PwPlan& p, bool wanted);
 
 // The backward's factor for mean/sum: grad_loss (one element) / (n, sum(c) or 1), in the
 // accumulate type on the device: no host sync.

@@ -40,7 +40,7 @@ struct PointwiseOps {
   using Tensor = at::Tensor;
 
   static std::array<Tensor, 3> grad_buffers(const PwPlan& p, std::array<bool, 3> wanted) {
-    return {pw_grad_buffer(p, wanted[0]), pw_grad_buffer(p, wanted[1]), pw_grad_buffer(p, wanted[2] && p.c.defined())};
+    return {grad_buffer(p.a, wanted[0]), grad_buffer(p.a, wanted[1]), grad_buffer(p.a, wanted[2] && p.c.defined())};
   }
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor> forward(const Tensor& a, const Tensor& b,

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
+#include <cstring>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -184,32 +185,84 @@ __device__ __forceinline__ float fast_exp<float>(float x) {
   return __expf(x);  // ex2.approx: ~2 ulp, well inside float32 loss tolerance
 }
 
-template <typename acc>
-__device__ __forceinline__ acc warp_sum(acc v) {
+// ---------------------------------------------------------------------------------------------
+// The one warp / block all-reduce of every CUDA family. T: a scalar or a trivially copyable struct of
+// 32-bit-multiple size (a row state, an array of sums); op(x, y) -> the combined value, commutative
+// bitwise (op(x, y) == op(y, x): float + and max are), so the xor butterfly leaves the same bits in
+// every lane and the result depends only on the data.
+
+// v of lane (this lane ^ o), any T: one 32-bit shuffle per word (what __shfl_xor_sync does for a double).
+template <typename T>
+__device__ __forceinline__ T shfl_xor(const T& v, int o) {
+  if constexpr (std::is_arithmetic_v<T>) {
+    return __shfl_xor_sync(0xffffffffu, v, o);
+  } else {
+    static_assert(sizeof(T) % 4 == 0 && std::is_trivially_copyable_v<T>, "shfl_xor: 32-bit words of a plain struct");
+    constexpr int kWords = sizeof(T) / 4;
+    unsigned w[kWords];
+    memcpy(w, &v, sizeof(T));
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;  // xor butterfly with commutative adds: every lane holds the same bits
+    for (int i = 0; i < kWords; ++i) w[i] = __shfl_xor_sync(0xffffffffu, w[i], o);
+    T r;
+    memcpy(&r, w, sizeof(T));
+    return r;
+  }
 }
 
-// Sum of one value per thread over the whole block, in a fixed order; every thread gets the result.
-// `scratch` needs THREADS/32 + 1 slots. Ends with a barrier, so scratch can be reused right after.
-template <int THREADS, typename acc>
-__device__ __forceinline__ acc block_sum(acc v, acc* scratch) {
+// op over the 32 lanes of a (full) warp; every lane gets the result.
+template <typename T, typename Op>
+__device__ __forceinline__ T warp_allreduce(T v, Op op) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
+  return v;
+}
+
+// op over a block of THREADS threads (blockDim.x == THREADS): each warp's value, then warp 0 over the
+// THREADS/32 of them (lanes past them hold `identity`), in a fixed order; every thread gets the result.
+// `scratch` needs THREADS/32 + 1 slots. Ends with a barrier, so scratch can be reused right after; call
+// it uniformly over the block (its barriers).
+template <int THREADS, typename T, typename Op>
+__device__ __forceinline__ T block_allreduce(T v, T* scratch, const T& identity, Op op) {
   constexpr int W = THREADS / 32;
-  v = warp_sum(v);
-  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
+  v = warp_allreduce(v, op);
   if (W == 1) return v;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x / 32;
   if (lane == 0) scratch[warp] = v;
   __syncthreads();
   if (warp == 0) {
-    acc t = lane < W ? scratch[lane] : acc(0);
-    t = warp_sum(t);
+    T t = lane < W ? scratch[lane] : identity;
+    t = warp_allreduce(t, op);
     if (lane == 0) scratch[W] = t;
   }
   __syncthreads();
-  acc r = scratch[W];
+  T r = scratch[W];
   __syncthreads();
   return r;
+}
+
+struct SumOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(T x, T y) const {
+    return x + y;
+  }
+};
+
+struct MinOp {  // integers (a NaN would make it order-dependent)
+  template <typename T>
+  __device__ __forceinline__ T operator()(T x, T y) const {
+    return y < x ? y : x;
+  }
+};
+
+template <typename acc>
+__device__ __forceinline__ acc warp_sum(acc v) {
+  return warp_allreduce(v, SumOp{});
+}
+
+// Sum of one value per thread over the whole block (block_allreduce).
+template <int THREADS, typename acc>
+__device__ __forceinline__ acc block_sum(acc v, acc* scratch) {
+  return block_allreduce<THREADS>(v, scratch, acc(0), SumOp{});
 }
 
 struct DeviceInfo {
