@@ -31,7 +31,7 @@ __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "Sm
 
 def cuda_built() -> bool:
     """True when this build contains the CUDA kernels (whether or not a GPU is visible)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::cross_entropy", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::_cross_entropy_forward", "CUDA")
 
 
 _VALIDATION_MODES = ("off", "async", "strict")

@@ -77,12 +77,8 @@ def cross_entropy(
                                                          None if softcap is None else float(softcap),
                                                          float(z_loss), out_dtype)
         return (loss, lse) if return_lse else loss
-    grad_mode = torch.is_grad_enabled()
-    compute_grad = grad_mode and input.requires_grad
-    save_lse = prob and grad_mode and (target.requires_grad or (weight is not None and weight.requires_grad))
-    loss, _, _ = _ops.cross_entropy(input, target, weight, red, ignore_index, float(label_smoothing), compute_grad,
-                                    save_lse, out_dtype)
-    return loss
+    # the op's C++ autograd decides what the forward computes for backward (csrc/autograd/cross_entropy.cpp)
+    return _ops.cross_entropy(input, target, weight, red, ignore_index, float(label_smoothing), out_dtype)
 
 
 def _torch_cross_entropy_extras(input, target, weight, size_average, ignore_index, reduce, reduction,
@@ -140,6 +136,11 @@ def _row_shape(input):
 
 # ---------------------------------------------------------------------------------------- fake
 @torch.library.register_fake("fastloss::cross_entropy")
+def _ce_public_fake(input, target, weight=None, reduction=1, ignore_index=-100, label_smoothing=0.0, out_dtype=None):
+    return input.new_empty(_row_shape(input) if reduction == 0 else (), dtype=out_dtype or input.dtype)
+
+
+@torch.library.register_fake("fastloss::_cross_entropy_forward")
 def _ce_fake(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad, save_lse, out_dtype):
     rows = _row_shape(input)
     loss = input.new_empty(rows if reduction == 0 else (), dtype=out_dtype or input.dtype)
@@ -155,7 +156,7 @@ def _ce_ext_fake(input, target, weight, reduction, ignore_index, label_smoothing
     return loss, input.new_empty(rows, dtype=_acc(input.dtype))
 
 
-@torch.library.register_fake("fastloss::cross_entropy_target_backward")
+@torch.library.register_fake("fastloss::_cross_entropy_target_backward")
 def _ce_target_bwd_fake(grad_loss, input, lse, weight, reduction, label_smoothing):
     return input.new_empty(input.shape)
 

@@ -64,8 +64,7 @@ def ctc_loss(
     tl = _lengths(target_lengths, "target_lengths")
     if autocast_out_dtype(log_probs) is not None:
         log_probs = log_probs.float()  # torch's autocast policy for ctc_loss: computed and returned in float32
-    grad_now = torch.is_grad_enabled() and log_probs.requires_grad
-    loss, _ = _ops.ctc_loss(log_probs, targets, il, tl, blank, red, zero_infinity, grad_now)
+    loss = _ops.ctc_loss(log_probs, targets, il, tl, blank, red, zero_infinity)  # gradient flags: the C++ autograd's
     if not batched and red == 0:
         loss = loss.squeeze(0)
     return loss
@@ -73,6 +72,11 @@ def ctc_loss(
 
 # ------------------------------------------------------------------------------------ fake kernels
 @torch.library.register_fake("fastloss::ctc_loss")
+def _ctc_public_fake(log_probs, targets, input_lengths, target_lengths, blank=0, reduction=1, zero_infinity=False):
+    return log_probs.new_empty((log_probs.shape[1],) if reduction == 0 else ())
+
+
+@torch.library.register_fake("fastloss::_ctc_loss_forward")
 def _ctc_fake(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now):
     n = log_probs.shape[1]
     loss = log_probs.new_empty((n,) if reduction == 0 else ())

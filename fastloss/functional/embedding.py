@@ -10,7 +10,7 @@ from torch.overrides import handle_torch_function, has_torch_function_variadic
 from ._common import FastOps, autocast_out_dtype, _transforming, _TORCH, _reduction_enum, _as, _floating_common
 
 # torch.ops.fastloss's ops of this family, with the eager fast path (_common.FastOps)
-_ops = FastOps("triplet_margin", "cosine_embedding")
+_ops = FastOps("triplet_margin_loss", "cosine_embedding_loss")
 
 
 def _check_same_ndim(anchor, positive, negative):
@@ -30,10 +30,8 @@ def _triplet(anchor, positive, negative, margin, p, eps, swap, red, autocast=Tru
     a, pos, neg = _as(anchor, dtype), _as(positive, dtype), _as(negative, dtype)
     if not (a.shape == pos.shape == neg.shape):
         a, pos, neg = torch.broadcast_tensors(a, pos, neg)
-    grad_mode = torch.is_grad_enabled() and red != 0
-    grad_now = [grad_mode and t.requires_grad for t in (a, pos, neg)]
-    return _ops.triplet_margin(a, pos, neg, float(margin), float(p), float(eps), bool(swap), red, grad_now,
-                               autocast_out_dtype(a) if autocast else None)[0]
+    return _ops.triplet_margin_loss(a, pos, neg, float(margin), float(p), float(eps), bool(swap), red,
+                                    autocast_out_dtype(a) if autocast else None)
 
 
 def triplet_margin_loss(
@@ -150,9 +148,7 @@ def cosine_embedding_loss(
     if target.dtype != dtype:
         # only 1, -1 or anything else matter: keep exactly those in the input's dtype
         target = (target == 1).to(dtype) - (target == -1).to(dtype)
-    grad_mode = torch.is_grad_enabled() and red != 0
-    grad_now = [grad_mode and x1.requires_grad, grad_mode and x2.requires_grad]
-    return _ops.cosine_embedding(x1, x2, target, float(margin), red, grad_now, autocast_out_dtype(x1))[0]
+    return _ops.cosine_embedding_loss(x1, x2, target, float(margin), red, autocast_out_dtype(x1))
 
 
 # ------------------------------------------------------------------------------------ fake kernels
@@ -164,21 +160,32 @@ def _grad(x, wanted):
     return x.new_empty(x.shape if wanted else (0,))
 
 
-@torch.library.register_fake("fastloss::triplet_margin")
+@torch.library.register_fake("fastloss::triplet_margin_loss")
+def _triplet_public_fake(anchor, positive, negative, margin=1.0, p=2.0, eps=1e-6, swap=False, reduction=1,
+                         out_dtype=None):
+    return _loss(anchor, reduction, out_dtype)
+
+
+@torch.library.register_fake("fastloss::cosine_embedding_loss")
+def _cosine_public_fake(input1, input2, target, margin=0.0, reduction=1, out_dtype=None):
+    return _loss(input1, reduction, out_dtype)
+
+
+@torch.library.register_fake("fastloss::_triplet_margin_forward")
 def _triplet_fake(anchor, positive, negative, margin, p, eps, swap, reduction, grad_now, out_dtype):
     return (_loss(anchor, reduction, out_dtype), *(_grad(anchor, g) for g in grad_now))
 
 
-@torch.library.register_fake("fastloss::triplet_margin_backward")
+@torch.library.register_fake("fastloss::_triplet_margin_backward")
 def _triplet_bwd_fake(grad_loss, anchor, positive, negative, margin, p, eps, swap, reduction, output_mask):
     return tuple(_grad(anchor, g) for g in output_mask)
 
 
-@torch.library.register_fake("fastloss::cosine_embedding")
+@torch.library.register_fake("fastloss::_cosine_embedding_forward")
 def _cosine_fake(input1, input2, target, margin, reduction, grad_now, out_dtype):
     return (_loss(input1, reduction, out_dtype), *(_grad(input1, g) for g in grad_now))
 
 
-@torch.library.register_fake("fastloss::cosine_embedding_backward")
+@torch.library.register_fake("fastloss::_cosine_embedding_backward")
 def _cosine_bwd_fake(grad_loss, input1, input2, target, margin, reduction, output_mask):
     return tuple(_grad(input1, g) for g in output_mask)

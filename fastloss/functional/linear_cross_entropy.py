@@ -112,10 +112,9 @@ def linear_cross_entropy(
     row_cap, acc_weight_grad = 0, True
     if options is not None:
         row_cap, acc_weight_grad = _lce_options(options, x, in_features, num_classes, dtype, probabilities)
-    loss, lse, *_ = torch.ops.fastloss.linear_cross_entropy(
+    loss, lse = torch.ops.fastloss.linear_cross_entropy(  # its C++ autograd decides the gradients
         x, w, b, target, weight, red, ignore_index, float(label_smoothing),
-        None if softcap is None else float(softcap), float(z_loss), int(memory_budget or 0), row_cap, acc_weight_grad,
-        [False, False, False])  # the gradient flags are decided by the op's autograd (C++)
+        None if softcap is None else float(softcap), float(z_loss), int(memory_budget or 0), row_cap, acc_weight_grad)
     if not batched:
         lse = lse.squeeze(0)
         if red == 0:
@@ -188,6 +187,14 @@ def _row_shape(input, linear_weight):
 
 
 @torch.library.register_fake("fastloss::linear_cross_entropy")
+def _lce_public_fake(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing,
+                     softcap, z_loss, budget, row_cap, acc_weight_grad):
+    rows = _row_shape(input, linear_weight)
+    acc = _acc(input.dtype)
+    return input.new_empty(rows if reduction == 0 else (), dtype=acc), input.new_empty(rows, dtype=acc)
+
+
+@torch.library.register_fake("fastloss::_linear_cross_entropy_forward")
 def _lce_fake(input, linear_weight, linear_bias, target, weight, reduction, ignore_index, label_smoothing, softcap,
               z_loss, budget, row_cap, acc_weight_grad, grad_now):
     rows = _row_shape(input, linear_weight)
@@ -201,7 +208,7 @@ def _lce_fake(input, linear_weight, linear_bias, target, weight, reduction, igno
     return loss, lse, gx, gw, gb
 
 
-@torch.library.register_fake("fastloss::linear_cross_entropy_backward")
+@torch.library.register_fake("fastloss::_linear_cross_entropy_backward")
 def _lce_bwd_fake(grad_loss, input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                   label_smoothing, softcap, z_loss, budget, row_cap, acc_weight_grad, output_mask):
     gx = input.new_empty(input.shape) if output_mask[0] else _empty(input)

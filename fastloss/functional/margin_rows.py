@@ -51,9 +51,7 @@ def multi_margin_loss(
         if wdt != xdt:
             raise _weight_dtype_error("multi_margin_loss", xdt, wdt)
         _refuse_grad("multi_margin_loss", weight, "weight")
-    grad_now = red != 0 and torch.is_grad_enabled() and input.requires_grad
-    return _ops.multi_margin_loss(input, target, int(p), float(margin), weight, red, grad_now,
-                                  autocast_out_dtype(input))[0]
+    return _ops.multi_margin_loss(input, target, int(p), float(margin), weight, red, autocast_out_dtype(input))
 
 
 def multilabel_margin_loss(
@@ -74,8 +72,7 @@ def multilabel_margin_loss(
     if _transforming():  # torch.func: torch's loss (see _TORCH)
         return _TORCH["multilabel_margin_loss"](input, target, size_average, reduce, reduction)
     red = _reduction_enum(size_average, reduce, reduction)
-    grad_now = red != 0 and torch.is_grad_enabled() and input.requires_grad
-    return _ops.multilabel_margin_loss(input, target, red, grad_now, autocast_out_dtype(input))[0]
+    return _ops.multilabel_margin_loss(input, target, red, autocast_out_dtype(input))
 
 
 # ------------------------------------------------------------------------------------ fake kernels
@@ -93,20 +90,30 @@ def _grad(x, wanted):
 
 
 @torch.library.register_fake("fastloss::multi_margin_loss")
+def _multi_margin_public_fake(self, target, p=1, margin=1.0, weight=None, reduction=1, out_dtype=None):
+    return _loss(self, reduction, target.dim() > 0, out_dtype)
+
+
+@torch.library.register_fake("fastloss::multilabel_margin_loss")
+def _multilabel_margin_public_fake(self, target, reduction=1, out_dtype=None):
+    return _loss(self, reduction, target.dim() == 2, out_dtype)
+
+
+@torch.library.register_fake("fastloss::_multi_margin_loss_forward")
 def _multi_margin_fake(input, target, p, margin, weight, reduction, grad_now, out_dtype):
     return _loss(input, reduction, target.dim() > 0, out_dtype), _grad(input, grad_now)
 
 
-@torch.library.register_fake("fastloss::multi_margin_loss_backward")
+@torch.library.register_fake("fastloss::_multi_margin_loss_backward")
 def _multi_margin_bwd_fake(grad_loss, input, target, p, margin, weight, reduction):
     return _grad(input, True)
 
 
-@torch.library.register_fake("fastloss::multilabel_margin_loss")
+@torch.library.register_fake("fastloss::_multilabel_margin_loss_forward")
 def _multilabel_margin_fake(input, target, reduction, grad_now, out_dtype):
     return _loss(input, reduction, target.dim() == 2, out_dtype), _grad(input, grad_now)
 
 
-@torch.library.register_fake("fastloss::multilabel_margin_loss_backward")
+@torch.library.register_fake("fastloss::_multilabel_margin_loss_backward")
 def _multilabel_margin_bwd_fake(grad_loss, input, target, reduction):
     return _grad(input, True)
