@@ -48,7 +48,7 @@ def cross_entropy(
                                      process_group=process_group)
     extras = softcap is not None or z_loss != 0.0 or return_lse
     if process_group is not None:  # vocab-parallel
-        from . import _vocab_parallel
+        from .. import _vocab_parallel
         return _vocab_parallel.cross_entropy(input, target, weight, size_average, ignore_index, reduce, reduction,
                                              label_smoothing, softcap=softcap, z_loss=z_loss, return_lse=return_lse,
                                              process_group=process_group)

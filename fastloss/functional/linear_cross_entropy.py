@@ -49,7 +49,7 @@ def linear_cross_entropy(
                                      softcap=softcap, z_loss=z_loss, return_lse=return_lse,
                                      memory_budget=memory_budget, process_group=process_group)
     if process_group is not None:  # vocab-parallel: linear_weight / linear_bias hold this rank's rows
-        from . import _vocab_parallel
+        from .. import _vocab_parallel
         return _vocab_parallel.linear_cross_entropy(input, linear_weight, target, linear_bias=linear_bias,
                                                     weight=weight, reduction=reduction, ignore_index=ignore_index,
                                                     label_smoothing=label_smoothing, softcap=softcap, z_loss=z_loss,
