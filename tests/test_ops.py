@@ -869,3 +869,19 @@ def test_profiler_shows_each_loss_by_name():
             call().sum().backward()
         names = {e.name for e in prof.events()}
         assert "fastloss::" + _COMPOSED.get(name, name) in names, (name, sorted(n for n in names if "fastloss" in n))
+
+
+@pytest.mark.compile
+def test_export_shows_each_pointwise_loss_by_name():
+    """torch.export keeps the public op of each pointwise loss (not the shared engine op)."""
+    class Model(torch.nn.Module):
+        def forward(self, x, y):
+            return (fastloss.functional.smooth_l1_loss(x, y, beta=0.5)
+                    + fastloss.functional.binary_cross_entropy_with_logits(x, y.sigmoid()))
+
+    x, y = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5)
+    ep = torch.export.export(Model(), (x, y))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"fastloss.smooth_l1_loss.default", "fastloss.binary_cross_entropy_with_logits.default"} <= targets, targets
+    assert not any("_pointwise_forward" in s for s in targets), targets
+    torch.testing.assert_close(ep.module()(x, y), Model()(x, y))
