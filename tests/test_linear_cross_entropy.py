@@ -466,8 +466,8 @@ def test_opcheck_ops():
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
     # the autograd registration: through the public op with inputs requiring grad
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-    torch.library.opcheck(ops._linear_cross_entropy_forward.default, (xg, wg, b, t, wt, 2, -100, 0.1, 2.0, 1e-2, 0, 0, True,
-                                                             [False, False, False]),
+    torch.library.opcheck(ops._linear_cross_entropy_forward.default,
+                          (xg, wg, b, t, wt, 2, -100, 0.1, 2.0, 1e-2, 0, 0, True, [False, False, False]),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

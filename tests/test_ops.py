@@ -49,8 +49,8 @@ def _op_cases(device):
     return [
         (ops._cross_entropy_forward.default, (x, t, None, 1, -100, 0.0, True, False, None)),
         (ops._cross_entropy_forward.default, (x, t, w, 0, -100, 0.2, True, False, None)),
-        (ops._cross_entropy_forward.default, (x.bfloat16().detach().requires_grad_(), t, None, 2, -100, 0.1, True, False,
-                                     torch.float32)),
+        (ops._cross_entropy_forward.default, (x.bfloat16().detach().requires_grad_(), t, None, 2, -100, 0.1, True,
+                                              False, torch.float32)),
         (ops._cross_entropy_forward.default, (xk, tk, None, 1, -100, 0.0, True, False, None)),
         (ops._cross_entropy_forward.default, (x, q, w, 1, -100, 0.1, True, True, None)),
         (ops.nll_loss.default, (x, t, w, 1, -100, None)),
@@ -216,7 +216,8 @@ def _ctc_op_cases(device):
         (ops._ctc_loss_forward.default, (lp, concat, il, tl, 0, 0, False, True)),
         (ops._ctc_loss_forward.default, (lp64, torch.tensor([[1, 1], [2, 0]], device=device), torch.tensor([6, 1]),
                                 torch.tensor([2, 2]), 3, 2, True, True)),  # sample 1 cannot align: 0
-        (ops._ctc_loss_forward.default, (lpb, padded, il, torch.tensor([3, 0, 1], dtype=torch.int32), 0, 2, False, True)),
+        (ops._ctc_loss_forward.default, (lpb, padded, il, torch.tensor([3, 0, 1], dtype=torch.int32), 0, 2, False,
+                                         True)),
         (ops._ctc_loss_forward.default, (lp.detach(), padded, il, tl, 0, 1, False, False)),
     ]
 
@@ -470,7 +471,8 @@ def test_op_aux_outputs_are_untracked():
     """The op's outputs besides the loss (gradients written by the forward, lse, total_weight) leave the
     autograd Function untracked: no grad_fn, no requires_grad, as a non-differentiable output would."""
     x = torch.randn(4, 5, requires_grad=True)
-    loss, grad, lse = torch.ops.fastloss._cross_entropy_forward(x, torch.arange(4), None, 1, -100, 0.0, True, True, None)
+    loss, grad, lse = torch.ops.fastloss._cross_entropy_forward(x, torch.arange(4), None, 1, -100, 0.0, True, True,
+                                                                 None)
     assert loss.grad_fn is not None
     for aux in (grad, lse):
         assert aux.grad_fn is None and not aux.requires_grad

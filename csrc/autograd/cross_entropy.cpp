@@ -157,8 +157,8 @@ Tensor cross_entropy_public(const Tensor& input, const Tensor& target, const std
   if (Autograd && records_graph(input, target, weight)) {
     const bool grad_mode = at::GradMode::is_enabled();
     const bool prob = target.is_floating_point() && input.dim() >= 1 && input.sizes() == target.sizes();
-    const bool save_lse = prob && grad_mode &&
-                          (target.requires_grad() || (weight.has_value() && weight->defined() && weight->requires_grad()));
+    const bool weight_grad = weight.has_value() && weight->defined() && weight->requires_grad();
+    const bool save_lse = prob && grad_mode && (target.requires_grad() || weight_grad);
     return std::get<0>(cross_entropy_autograd(input, target, weight, reduction, ignore_index, label_smoothing,
                                               grad_mode && input.requires_grad(), save_lse, out_dtype));
   }

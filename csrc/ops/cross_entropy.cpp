@@ -75,7 +75,8 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
   m.def(
       "cross_entropy(Tensor input, Tensor target, Tensor? weight=None, int reduction=1, int ignore_index=-100, "
       "float label_smoothing=0.0, ScalarType? out_dtype=None) -> Tensor");
-  // Internal (called by the autograd only). Forward: one pass over the logits computes the loss and, when compute_grad, d(loss)/d(input)
+  // Internal (called by the autograd only). Forward: one pass over the logits computes the loss and,
+  // when compute_grad, d(loss)/d(input)
   // already divided by the mean's denominator; backward only multiplies it by grad_output.
   // lse (log-sum-exp per row) is returned when save_lse, for the gradient of probability targets.
   m.def(

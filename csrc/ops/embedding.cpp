@@ -73,8 +73,8 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
   // a second pass over the same row, while it is still in cache, writes the gradients already
   // divided by the mean's denominator, so backward only scales them by grad_output.
   m.def(
-      "_triplet_margin_forward(Tensor anchor, Tensor positive, Tensor negative, float margin, float p, float eps, bool swap, "
-      "int reduction, bool[3] grad_now, ScalarType? out_dtype) "
+      "_triplet_margin_forward(Tensor anchor, Tensor positive, Tensor negative, float margin, float p, float eps, "
+      "bool swap, int reduction, bool[3] grad_now, ScalarType? out_dtype) "
       "-> (Tensor loss, Tensor grad_anchor, Tensor grad_positive, Tensor grad_negative)");
   m.def(
       "_triplet_margin_backward(Tensor grad_loss, Tensor anchor, Tensor positive, Tensor negative, float margin, "
@@ -82,8 +82,8 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
       "-> (Tensor grad_anchor, Tensor grad_positive, Tensor grad_negative)");
   // target: one value per row (1, -1, or anything else for a zero loss).
   m.def(
-      "_cosine_embedding_forward(Tensor input1, Tensor input2, Tensor target, float margin, int reduction, bool[2] grad_now, "
-      "ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input1, Tensor grad_input2)");
+      "_cosine_embedding_forward(Tensor input1, Tensor input2, Tensor target, float margin, int reduction, "
+      "bool[2] grad_now, ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input1, Tensor grad_input2)");
   m.def(
       "_cosine_embedding_backward(Tensor grad_loss, Tensor input1, Tensor input2, Tensor target, float margin, "
       "int reduction, bool[2] output_mask) -> (Tensor grad_input1, Tensor grad_input2)");

@@ -594,10 +594,10 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
       "bool acc_weight_grad) -> (Tensor loss, Tensor lse)");
   // Internal (called by the autograd only):
   m.def(
-      "_linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, Tensor? weight, "
-      "int reduction, int ignore_index, float label_smoothing, float? softcap, float z_loss, int budget, int row_cap, "
-      "bool acc_weight_grad, bool[3] grad_now) -> (Tensor loss, Tensor lse, Tensor grad_input, Tensor grad_weight, "
-      "Tensor grad_bias)");
+      "_linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, "
+      "Tensor? weight, int reduction, int ignore_index, float label_smoothing, float? softcap, float z_loss, "
+      "int budget, int row_cap, bool acc_weight_grad, bool[3] grad_now) -> (Tensor loss, Tensor lse, "
+      "Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
   m.def(
       "_linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, Tensor? linear_bias, "
       "Tensor target, Tensor? weight, int reduction, int ignore_index, float label_smoothing, float? softcap, "

@@ -144,8 +144,8 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
       "Tensor? weight, int reduction) -> Tensor grad_input");
   // target: the input's shape, int64; each row's class list ends at its first -1.
   m.def(
-      "_multilabel_margin_loss_forward(Tensor input, Tensor target, int reduction, bool grad_now, ScalarType? out_dtype) "
-      "-> (Tensor loss, Tensor grad_input)");
+      "_multilabel_margin_loss_forward(Tensor input, Tensor target, int reduction, bool grad_now, "
+      "ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input)");
   m.def(
       "_multilabel_margin_loss_backward(Tensor grad_loss, Tensor input, Tensor target, int reduction) "
       "-> Tensor grad_input");

@@ -1,8 +1,8 @@
 """Drop-in replacements for torch.nn.functional losses: same names, same signatures, same results.
 
 Each function validates its arguments exactly where torch does (reduction strings, legacy
-size_average/reduce, dtype rules), then calls its loss's op in the `fastloss` namespace (torch.ops.fastloss.<name>). One module per csrc
-family holds its wrappers and fake kernels: pointwise, cross_entropy, embedding, margin_rows, ctc,
+size_average/reduce, dtype rules), then calls its loss's op in the `fastloss` namespace (torch.ops.fastloss.<name>).
+One module per csrc family holds its wrappers and fake kernels: pointwise, cross_entropy, embedding, margin_rows, ctc,
 linear_cross_entropy; _common the shared rules, _internal the fake kernels of the internal shared ops.
 """
 import torch

@@ -362,8 +362,8 @@ def binary_cross_entropy_with_logits(
     _refuse_grad(name, pos_weight, "pos_weight")
     weight = _expand_to(name, _as(weight, dtype), input.shape) if weight is not None else None
     pos_weight = _expand_to(name, _as(pos_weight, dtype), input.shape) if pos_weight is not None else None
-    return _pointwise(_ops.binary_cross_entropy_with_logits, (_as(input, dtype), _as(target, dtype), weight, pos_weight),
-                      red)
+    return _pointwise(_ops.binary_cross_entropy_with_logits,
+                      (_as(input, dtype), _as(target, dtype), weight, pos_weight), red)
 
 
 _HALF_TYPES = frozenset((torch.float16, torch.bfloat16))
@@ -470,12 +470,14 @@ def multilabel_soft_margin_loss(
     if reduction == "none" or shape != input.shape:
         # one loss per row, or a weight/target that adds leading dimensions (torch still sums over
         # input.dim() - 1): the fused per-element loss, then torch's sum and mean as torch composes them
-        loss = _pointwise(_ops.binary_cross_entropy_with_logits, (x, t, w, None), 0, autocast=False).sum(dim=class_dim) / C
+        loss = _pointwise(_ops.binary_cross_entropy_with_logits, (x, t, w, None), 0, autocast=False)
+        loss = loss.sum(dim=class_dim) / C
         return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
     if reduction == "sum" and dtype in (torch.float16, torch.bfloat16):
         # the total of all N*C terms leaves the kernel in float32 and is divided by C there: stored in
         # float16 first it overflows where torch's per-row sums (each divided by C) do not
-        loss = _pointwise(_ops.binary_cross_entropy_with_logits, (x, t, w, None), 2, autocast=False, out_dtype=torch.float32)
+        loss = _pointwise(_ops.binary_cross_entropy_with_logits, (x, t, w, None), 2, autocast=False,
+                          out_dtype=torch.float32)
         return (loss / C).to(dtype)
     loss = _pointwise(_ops.binary_cross_entropy_with_logits, (x, t, w, None), _Reduction.get_enum(reduction),
                       autocast=False)
