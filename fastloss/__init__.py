@@ -7,14 +7,7 @@
 import torch
 
 from . import _C  # noqa: F401  (registers every op and kernel)
-from ._registrations import grad_scale as _grad_scale_registration  # noqa: F401
-from ._registrations import cross_entropy as _cross_entropy_registration  # noqa: F401
-from ._registrations import pointwise as _pointwise_registration  # noqa: F401
-from ._registrations import embedding as _embedding_registration  # noqa: F401
-from ._registrations import ctc as _ctc_registration  # noqa: F401
-from ._registrations import margin_rows as _margin_rows_registration  # noqa: F401
-from ._registrations import ce_partial as _ce_partial_registration  # noqa: F401
-from ._registrations import linear_cross_entropy as _linear_ce_registration  # noqa: F401
+# fastloss.functional's family modules register the fake kernels at import
 from . import functional  # noqa: E402
 from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
                       MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
@@ -38,7 +31,7 @@ __all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "Sm
 
 def cuda_built() -> bool:
     """True when this build contains the CUDA kernels (whether or not a GPU is visible)."""
-    return torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::cross_entropy", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key("fastloss::_cross_entropy_forward", "CUDA")
 
 
 _VALIDATION_MODES = ("off", "async", "strict")

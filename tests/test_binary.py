@@ -29,7 +29,7 @@ REDUCTIONS = ["none", "mean", "sum"]
 # elementwise ops in the reference and the comparisons are slow
 BIG = (32001,)
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), BIG, (2, 3, 4, 5)]
-BCE, BCE_LOGITS, FOCAL = 8, 9, 12  # fastloss::pointwise_loss kinds (csrc/ops/pointwise.h)
+BCE, BCE_LOGITS, FOCAL = 8, 9, 12  # fastloss::_pointwise_forward kinds (csrc/ops/pointwise.h)
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 LEGACY = [(True, None), (False, None), (None, True), (None, False), (True, False), (False, True), (True, True),
           (False, False)]
@@ -885,7 +885,7 @@ def _op_cases(device):
     so opcheck's eager run needs grad_output exactly 1: opcheck's is the loss's sign, and every loss here
     is positive. 'none' cases run without fused gradients (pointwise_loss_backward computes them)."""
     ops = torch.ops.fastloss
-    pl, plb = ops.pointwise_loss.default, ops.pointwise_loss_backward.default
+    pl, plb = ops._pointwise_forward.default, ops._pointwise_backward.default
     p = (torch.rand(5, 7, device=device) * 0.9 + 0.05).requires_grad_()
     t = make_target((5, 7), f32, device).requires_grad_()
     w = torch.rand(5, 7, device=device) + 0.5
@@ -1047,7 +1047,7 @@ def test_no_torch_loss_is_called(monkeypatch):
                                                               "soft_margin"))
                          or n in ("aten::exp", "aten::log", "aten::log1p", "aten::pow", "aten::clamp",
                                   "aten::clamp_min", "aten::maximum", "aten::rsub"),
-                         "fastloss::pointwise_loss")
+                         "fastloss::binary_cross_entropy")
 
 
 # ------------------------------------------------------------------------------------ modules

@@ -465,19 +465,19 @@ def test_opcheck_ops():
         (ops.linear_ce_stats.default, (x, w, None, p, None, 0, 9, -100, 0.0, None, small)),
         (ops.linear_ce_grad.default, (x, w, b, t, wt, coef, 0, -100, 2.0, 1 << 20, [True, True, True])),
         (ops.linear_ce_grad.default, (x, w, None, p, None, coef, 0, -100, None, small, [True, False, False])),
-        (ops.linear_cross_entropy.default, (x, w, b, t, wt, 1, -100, 0.1, 2.0, 1e-2, 0, 0, True,
+        (ops._linear_cross_entropy_forward.default, (x, w, b, t, wt, 1, -100, 0.1, 2.0, 1e-2, 0, 0, True,
                                             [True, True, True])),
-        (ops.linear_cross_entropy.default, (x, w, None, p, None, 0, -100, 0.0, None, 0.0, small, 3, True,
+        (ops._linear_cross_entropy_forward.default, (x, w, None, p, None, 0, -100, 0.0, None, 0.0, small, 3, True,
                                             [False, False, False])),
-        (ops.linear_cross_entropy_backward.default, (torch.rand(7), x, w, b, t, wt, 0, -100, 0.1, 2.0, 1e-2, 0, 0,
+        (ops._linear_cross_entropy_backward.default, (torch.rand(7), x, w, b, t, wt, 0, -100, 0.1, 2.0, 1e-2, 0, 0,
                                                      True, [True, True, True])),
     ]
     for op, args in cases:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor"))
     # the autograd registration: through the public op with inputs requiring grad
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-    torch.library.opcheck(ops.linear_cross_entropy.default, (xg, wg, b, t, wt, 2, -100, 0.1, 2.0, 1e-2, 0, 0, True,
-                                                             [False, False, False]),
+    torch.library.opcheck(ops._linear_cross_entropy_forward.default,
+                          (xg, wg, b, t, wt, 2, -100, 0.1, 2.0, 1e-2, 0, 0, True, [False, False, False]),
                           test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
 
 

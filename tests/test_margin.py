@@ -19,7 +19,7 @@ from test_regression import gfloor, layouts, make, poison_torch_losses, torch_re
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
-SOFT_MARGIN = 6  # fastloss::pointwise_loss kind (csrc/ops/pointwise.h)
+SOFT_MARGIN = 6  # fastloss::_pointwise_forward kind (csrc/ops/pointwise.h)
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 
 
@@ -447,13 +447,13 @@ def _op_cases(device):
     xb = torch.randn(33, device=device, dtype=torch.bfloat16)
     g = torch.rand(5, 7, device=device)
     return [
-        (ops.pointwise_loss.default, (x, t, None, SOFT_MARGIN, 0.0, 1, [True, False, False], None)),
-        (ops.pointwise_loss.default, (x64, t64, None, SOFT_MARGIN, 0.0, 2, [True, False, False], None)),
-        (ops.pointwise_loss.default, (x, t, None, SOFT_MARGIN, 0.0, 0, [False, False, False], None)),
-        (ops.pointwise_loss.default, (xb, xb.flip(0).sign(), None, SOFT_MARGIN, 0.0, 1, [False, False, False],
+        (ops._pointwise_forward.default, (x, t, None, SOFT_MARGIN, 0.0, 1, [True, False, False], None)),
+        (ops._pointwise_forward.default, (x64, t64, None, SOFT_MARGIN, 0.0, 2, [True, False, False], None)),
+        (ops._pointwise_forward.default, (x, t, None, SOFT_MARGIN, 0.0, 0, [False, False, False], None)),
+        (ops._pointwise_forward.default, (xb, xb.flip(0).sign(), None, SOFT_MARGIN, 0.0, 1, [False, False, False],
                                       torch.float32)),
-        (ops.pointwise_loss_backward.default, (g, x.detach(), t, None, SOFT_MARGIN, 0.0, 0, g, [True, False, False])),
-        (ops.pointwise_loss_backward.default, (g[0, 0], x.detach(), t, None, SOFT_MARGIN, 0.0, 1,
+        (ops._pointwise_backward.default, (g, x.detach(), t, None, SOFT_MARGIN, 0.0, 0, g, [True, False, False])),
+        (ops._pointwise_backward.default, (g[0, 0], x.detach(), t, None, SOFT_MARGIN, 0.0, 1,
                                                torch.tensor(0.5, device=device), [True, False, False])),
     ]
 
@@ -515,4 +515,4 @@ def test_no_torch_loss_is_called(monkeypatch):
         torch.testing.assert_close(a, b)
     assert x.grad is not None and torch.isfinite(x.grad).all()
     assert_profile_clean(prof, lambda n: "soft_margin" in n or n in ("aten::exp", "aten::log1p"),
-                         "fastloss::pointwise_loss")
+                         "fastloss::soft_margin_loss")

@@ -605,19 +605,19 @@ def _op_cases(device):
     g6 = torch.rand(6, device=device)
     xd, x64d = x.detach(), x64.detach()
     return [
-        (ops.multi_margin_loss.default, (x, t, 1, 1.0, None, 1, True, None)),
-        (ops.multi_margin_loss.default, (x, t, 2, 0.5, w, 2, True, None)),
-        (ops.multi_margin_loss.default, (x, t, 1, -0.5, w, 0, False, None)),
-        (ops.multi_margin_loss.default, (xb, t, 2, 1.0, w, 1, True, torch.float32)),
-        (ops.multi_margin_loss.default, (v, t[0], 1, 1.0, None, 0, False, None)),
-        (ops.multi_margin_loss_backward.default, (g6, xd, t, 2, 0.7, w, 0)),
-        (ops.multi_margin_loss_backward.default, (torch.rand((), device=device), xd, t, 1, 1.0, None, 1)),
-        (ops.multilabel_margin_loss.default, (x, tl, 1, True, None)),
-        (ops.multilabel_margin_loss.default, (x64, tl64, 0, False, None)),
-        (ops.multilabel_margin_loss.default, (xb, tl, 2, True, torch.float32)),
-        (ops.multilabel_margin_loss.default, (v, tl[0], 0, False, None)),
-        (ops.multilabel_margin_loss_backward.default, (g6, xd, tl, 0)),
-        (ops.multilabel_margin_loss_backward.default, (torch.rand((), device=device, dtype=f64), x64d, tl64, 2)),
+        (ops._multi_margin_loss_forward.default, (x, t, 1, 1.0, None, 1, True, None)),
+        (ops._multi_margin_loss_forward.default, (x, t, 2, 0.5, w, 2, True, None)),
+        (ops._multi_margin_loss_forward.default, (x, t, 1, -0.5, w, 0, False, None)),
+        (ops._multi_margin_loss_forward.default, (xb, t, 2, 1.0, w, 1, True, torch.float32)),
+        (ops._multi_margin_loss_forward.default, (v, t[0], 1, 1.0, None, 0, False, None)),
+        (ops._multi_margin_loss_backward.default, (g6, xd, t, 2, 0.7, w, 0)),
+        (ops._multi_margin_loss_backward.default, (torch.rand((), device=device), xd, t, 1, 1.0, None, 1)),
+        (ops._multilabel_margin_loss_forward.default, (x, tl, 1, True, None)),
+        (ops._multilabel_margin_loss_forward.default, (x64, tl64, 0, False, None)),
+        (ops._multilabel_margin_loss_forward.default, (xb, tl, 2, True, torch.float32)),
+        (ops._multilabel_margin_loss_forward.default, (v, tl[0], 0, False, None)),
+        (ops._multilabel_margin_loss_backward.default, (g6, xd, tl, 0)),
+        (ops._multilabel_margin_loss_backward.default, (torch.rand((), device=device, dtype=f64), x64d, tl64, 2)),
     ]
 
 

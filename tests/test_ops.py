@@ -47,12 +47,12 @@ def _op_cases(device):
     w = torch.rand(11, device=device)
     ops = torch.ops.fastloss
     return [
-        (ops.cross_entropy.default, (x, t, None, 1, -100, 0.0, True, False, None)),
-        (ops.cross_entropy.default, (x, t, w, 0, -100, 0.2, True, False, None)),
-        (ops.cross_entropy.default, (x.bfloat16().detach().requires_grad_(), t, None, 2, -100, 0.1, True, False,
-                                     torch.float32)),
-        (ops.cross_entropy.default, (xk, tk, None, 1, -100, 0.0, True, False, None)),
-        (ops.cross_entropy.default, (x, q, w, 1, -100, 0.1, True, True, None)),
+        (ops._cross_entropy_forward.default, (x, t, None, 1, -100, 0.0, True, False, None)),
+        (ops._cross_entropy_forward.default, (x, t, w, 0, -100, 0.2, True, False, None)),
+        (ops._cross_entropy_forward.default, (x.bfloat16().detach().requires_grad_(), t, None, 2, -100, 0.1, True,
+                                              False, torch.float32)),
+        (ops._cross_entropy_forward.default, (xk, tk, None, 1, -100, 0.0, True, False, None)),
+        (ops._cross_entropy_forward.default, (x, q, w, 1, -100, 0.1, True, True, None)),
         (ops.nll_loss.default, (x, t, w, 1, -100, None)),
         (ops.nll_loss.default, (xk, tk, None, 0, -100, None)),
         (ops.scale_grad.default, (torch.randn(6, 11, device=device), torch.rand(6, device=device), 11, 1)),
@@ -176,20 +176,20 @@ def _pointwise_and_row_op_cases(device):
     g = torch.rand(5, 7, device=device)
     xd, yd, wd, ad, pd, nd = (v.detach() for v in (x, y, w, a, p, n))  # the backward ops are not differentiable
     return [
-        (ops.pointwise_loss.default, (x, y, None, 1, 0.0, 1, [True, True, False], None)),
-        (ops.pointwise_loss.default, (x, y, w, 3, 0.5, 2, [True, False, True], None)),
-        (ops.pointwise_loss.default, (x, y, None, 2, 0.7, 0, [False, False, False], None)),
-        (ops.pointwise_loss.default, (xb, xb.flip(0), None, 0, 0.0, 1, [False, False, False], torch.float32)),
-        (ops.pointwise_loss.default, (x, y, torch.sign(w.detach()), 4, 0.2, 1, [True, True, True], None)),
-        (ops.pointwise_loss_backward.default, (g[0, 0], xd, yd, wd, 0, 0.0, 1, torch.tensor(0.5, device=device),
+        (ops._pointwise_forward.default, (x, y, None, 1, 0.0, 1, [True, True, False], None)),
+        (ops._pointwise_forward.default, (x, y, w, 3, 0.5, 2, [True, False, True], None)),
+        (ops._pointwise_forward.default, (x, y, None, 2, 0.7, 0, [False, False, False], None)),
+        (ops._pointwise_forward.default, (xb, xb.flip(0), None, 0, 0.0, 1, [False, False, False], torch.float32)),
+        (ops._pointwise_forward.default, (x, y, torch.sign(w.detach()), 4, 0.2, 1, [True, True, True], None)),
+        (ops._pointwise_backward.default, (g[0, 0], xd, yd, wd, 0, 0.0, 1, torch.tensor(0.5, device=device),
                                                [True, True, True])),
-        (ops.pointwise_loss_backward.default, (g, xd, yd, None, 5, 1.0, 0, g, [True, False, False])),
-        (ops.triplet_margin.default, (a, p, n, 1.0, 2.0, 1e-6, False, 1, [True, True, True], None)),
-        (ops.triplet_margin.default, (a, p, n, 0.5, 3.0, 1e-6, True, 0, [False, False, False], None)),
-        (ops.triplet_margin_backward.default, (torch.rand(6, device=device, dtype=torch.float64), ad, pd, nd, 1.0,
+        (ops._pointwise_backward.default, (g, xd, yd, None, 5, 1.0, 0, g, [True, False, False])),
+        (ops._triplet_margin_forward.default, (a, p, n, 1.0, 2.0, 1e-6, False, 1, [True, True, True], None)),
+        (ops._triplet_margin_forward.default, (a, p, n, 0.5, 3.0, 1e-6, True, 0, [False, False, False], None)),
+        (ops._triplet_margin_backward.default, (torch.rand(6, device=device, dtype=torch.float64), ad, pd, nd, 1.0,
                                                float("inf"), 1e-6, True, 0, [True, False, True])),
-        (ops.cosine_embedding.default, (a, p, t, 0.1, 2, [True, True], None)),
-        (ops.cosine_embedding_backward.default, (torch.rand(6, device=device, dtype=torch.float64), ad, pd, t, 0.1,
+        (ops._cosine_embedding_forward.default, (a, p, t, 0.1, 2, [True, True], None)),
+        (ops._cosine_embedding_backward.default, (torch.rand(6, device=device, dtype=torch.float64), ad, pd, t, 0.1,
                                                  0, [True, True])),
     ]
 
@@ -212,12 +212,13 @@ def _ctc_op_cases(device):
     concat = torch.tensor([1, 2, 2, 3, 4, 1], dtype=torch.int32)
     il, tl = torch.tensor([7, 6, 4]), torch.tensor([3, 2, 1])
     return [
-        (ops.ctc_loss.default, (lp, padded, il, tl, 0, 1, False, True)),
-        (ops.ctc_loss.default, (lp, concat, il, tl, 0, 0, False, True)),
-        (ops.ctc_loss.default, (lp64, torch.tensor([[1, 1], [2, 0]], device=device), torch.tensor([6, 1]),
+        (ops._ctc_loss_forward.default, (lp, padded, il, tl, 0, 1, False, True)),
+        (ops._ctc_loss_forward.default, (lp, concat, il, tl, 0, 0, False, True)),
+        (ops._ctc_loss_forward.default, (lp64, torch.tensor([[1, 1], [2, 0]], device=device), torch.tensor([6, 1]),
                                 torch.tensor([2, 2]), 3, 2, True, True)),  # sample 1 cannot align: 0
-        (ops.ctc_loss.default, (lpb, padded, il, torch.tensor([3, 0, 1], dtype=torch.int32), 0, 2, False, True)),
-        (ops.ctc_loss.default, (lp.detach(), padded, il, tl, 0, 1, False, False)),
+        (ops._ctc_loss_forward.default, (lpb, padded, il, torch.tensor([3, 0, 1], dtype=torch.int32), 0, 2, False,
+                                         True)),
+        (ops._ctc_loss_forward.default, (lp.detach(), padded, il, tl, 0, 1, False, False)),
     ]
 
 
@@ -276,7 +277,7 @@ def test_pointwise_broadcast_third_tensor(device, dtype, case, kind):
     src = (torch.rand(src_shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
     c = view(src, shape)
     assert c.shape == shape and (case >= len(BCAST_CASES) - 2 or not c.is_contiguous())
-    op = torch.ops.fastloss.pointwise_loss
+    op = torch.ops.fastloss._pointwise_forward
     # (kind, param, reduction, c, d, param2): c and d each broadcast
     calls = {"bce_logits": [(9, 1.0, 2, c, c, 0.0), (9, 1.0, 0, None, c, 0.0), (9, 0.0, 1, c, None, 0.0)],
              "gaussian": [(11, 1e-6, 1, c, None, 1.0), (11, 1e-6, 0, c, None, 0.0)],
@@ -292,7 +293,7 @@ def test_pointwise_broadcast_third_tensor(device, dtype, case, kind):
             assert a.shape == b.shape
             assert torch.equal(a, b) or (a.isnan() == b.isnan()).all() and torch.equal(a.nan_to_num(), b.nan_to_num())
         if red != 0:
-            back = torch.ops.fastloss.pointwise_loss_backward
+            back = torch.ops.fastloss._pointwise_backward
             gl = torch.tensor(0.75, device=device, dtype=dtype)
             mask = [True, True, cc is not None]
             for a, b in zip(back(gl, x, t, cc, k, param, red, got[0], mask, dd, param2),
@@ -314,7 +315,7 @@ def test_pointwise_broadcast_grad_output(device, dtype, grad_in_acc):
     t = torch.rand(shape, generator=g, dtype=torch.float64).to(device, dtype)
     var = (torch.rand(shape, generator=g, dtype=torch.float64) + 0.5).to(device, dtype)
     gdt = torch.float32 if grad_in_acc else dtype
-    back = torch.ops.fastloss.pointwise_loss_backward
+    back = torch.ops.fastloss._pointwise_backward
     none_loss = torch.empty(0, device=device, dtype=dtype)  # only weighted-mean l1/mse read it
     for src_shape in [(), (300, 1), (37,), (1, 37)]:
         gl = torch.rand(src_shape, generator=g, dtype=torch.float64).to(device, gdt).expand(shape)
@@ -339,8 +340,8 @@ def test_pointwise_broadcast_is_not_materialized():
         fastloss.functional.l1_loss(x, t, reduction="none").mean().backward()
         fastloss.functional.multilabel_soft_margin_loss(x, t, reduction="none").sum().backward()
     events = prof.events()
-    assert sum(e.name == "fastloss::pointwise_loss" for e in events) == 5
-    assert sum(e.name == "fastloss::pointwise_loss_backward" for e in events) == 3
+    assert sum(e.name == "fastloss::_pointwise_forward" for e in events) == 5
+    assert sum(e.name == "fastloss::_pointwise_backward" for e in events) == 3
     copies = [(e.name, e.input_shapes) for e in events if e.name in ("aten::copy_", "aten::clone", "aten::contiguous")
               and any(list(s) == [64, 33] for s in e.input_shapes)]  # (gaussian's var check copies a scalar)
     assert not copies, copies
@@ -470,7 +471,8 @@ def test_op_aux_outputs_are_untracked():
     """The op's outputs besides the loss (gradients written by the forward, lse, total_weight) leave the
     autograd Function untracked: no grad_fn, no requires_grad, as a non-differentiable output would."""
     x = torch.randn(4, 5, requires_grad=True)
-    loss, grad, lse = torch.ops.fastloss.cross_entropy(x, torch.arange(4), None, 1, -100, 0.0, True, True, None)
+    loss, grad, lse = torch.ops.fastloss._cross_entropy_forward(x, torch.arange(4), None, 1, -100, 0.0, True, True,
+                                                                 None)
     assert loss.grad_fn is not None
     for aux in (grad, lse):
         assert aux.grad_fn is None and not aux.requires_grad
@@ -662,15 +664,15 @@ def test_fast_call_matches_torch_ops():
     float, bool, bool[3], ScalarType? given as dtype, int or None, trailing defaults), gradients included;
     none of them reaches the fallback."""
     from fastloss import _C
-    ce, ce_calls = _counting_handle("cross_entropy")
-    pw, pw_calls = _counting_handle("pointwise_loss")
+    ce, ce_calls = _counting_handle("_cross_entropy_forward")
+    pw, pw_calls = _counting_handle("_pointwise_forward")
     x = torch.randn(6, 5, requires_grad=True)
     t = torch.randint(0, 5, (6,))
     w = torch.rand(5) + 0.5
     b = torch.randn(6, 5)
     for args in [(x, t, None, 1, -100, 0.0, True, False, None), (x, t, w, 2, 3, 0.25, True, False, torch.float64),
                  (x.detach(), t, w, 0, -100, 0.5, False, False, None)]:
-        got, want = _C._fast_call(ce, *args), torch.ops.fastloss.cross_entropy(*args)
+        got, want = _C._fast_call(ce, *args), torch.ops.fastloss._cross_entropy_forward(*args)
         assert isinstance(got, tuple) and len(got) == 3
         assert got[0].dtype == want[0].dtype and torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
         if args[0].requires_grad:
@@ -679,7 +681,7 @@ def test_fast_call_matches_torch_ops():
             assert torch.equal(g_got, g_want)
     for args in [(x, b, None, 1, 0.0, 1, [True, False, False], None),  # d and param2 from the schema's defaults
                  (x, b, w.expand(6, 5), 3, 0.7, 2, (True, False, True), 6, None, 0.0)]:  # ScalarType as its number
-        got, want = _C._fast_call(pw, *args), torch.ops.fastloss.pointwise_loss(*args)
+        got, want = _C._fast_call(pw, *args), torch.ops.fastloss._pointwise_forward(*args)
         assert all(torch.equal(g, h) for g, h in zip(got, want))
     assert ce_calls == [] and pw_calls == []
 
@@ -694,7 +696,7 @@ def test_fast_call_falls_back_to_torch_ops(case):
     class Sub(torch.Tensor):
         pass
 
-    h, calls = _counting_handle("cross_entropy")
+    h, calls = _counting_handle("_cross_entropy_forward")
     x = torch.randn(6, 5)
     t = torch.randint(0, 5, (6,))
     args = [x, t, None, 1, -100, 0.0, False, False, None]
@@ -713,10 +715,11 @@ def test_fast_call_falls_back_to_torch_ops(case):
             _C._fast_call(h, *args)
     else:
         got = _C._fast_call(h, *args)
-        assert torch.equal(got[0], torch.ops.fastloss.cross_entropy(x, t, None, 1, -100, 0.0, False, False, None)[0])
+        assert torch.equal(got[0], torch.ops.fastloss._cross_entropy_forward(x, t, None, 1, -100, 0.0, False, False,
+                                                                                  None)[0])
     assert len(calls) == 1 and all(a is b for a, b in zip(calls[0], args))
     # a bool[3] of the wrong length: refused by torch.ops, reached through the fallback
-    h2, calls2 = _counting_handle("pointwise_loss")
+    h2, calls2 = _counting_handle("_pointwise_forward")
     with pytest.raises(RuntimeError):
         _C._fast_call(h2, x, x, None, 1, 0.0, 1, [True, False], None)
     assert len(calls2) == 1
@@ -725,13 +728,13 @@ def test_fast_call_falls_back_to_torch_ops(case):
 def test_fast_call_errors_and_handles():
     """Kernel errors keep torch.ops' Python exception types and messages; a bad handle is refused."""
     from fastloss import _C
-    h, calls = _counting_handle("cross_entropy")
+    h, calls = _counting_handle("_cross_entropy_forward")
     x = torch.randn(4, 5)
     bad = torch.tensor([0, 1, 7, 2])
     with pytest.raises(IndexError) as fast:
         _C._fast_call(h, x, bad, None, 1, -100, 0.0, False, False, None)
     with pytest.raises(IndexError) as slow:
-        torch.ops.fastloss.cross_entropy(x, bad, None, 1, -100, 0.0, False, False, None)
+        torch.ops.fastloss._cross_entropy_forward(x, bad, None, 1, -100, 0.0, False, False, None)
     assert str(fast.value).splitlines()[0] == str(slow.value).splitlines()[0] and calls == []
     with pytest.raises(ValueError, match="unknown handle"):
         _C._fast_call(10**6, x)
@@ -758,7 +761,8 @@ def test_fast_call_seen_by_dispatch_modes_and_profiler():
     with Record() as rec:
         loss = CE(x, t)
         fastloss.functional.mse_loss(x, torch.zeros(4, 5))
-    assert "fastloss.cross_entropy.default" in rec.ops and "fastloss.pointwise_loss.default" in rec.ops
+    # a dispatch mode sits below autograd: it sees the internal op the public op's autograd calls
+    assert "fastloss._cross_entropy_forward.default" in rec.ops and "fastloss._pointwise_forward.default" in rec.ops
     loss.backward()
     with torch.autograd.profiler.profile() as prof:
         CE(x, t)
@@ -767,3 +771,119 @@ def test_fast_call_seen_by_dispatch_modes_and_profiler():
     with FakeTensorMode():
         fake = CE(torch.empty(4, 5), torch.zeros(4, dtype=torch.long), reduction="none")
     assert fake.shape == (4,)
+
+
+# ------------------------------------------------------------------------------------ named public ops
+# Every loss has its own public op, fastloss::<functional name>, with torch-like typed arguments and no
+# gradient flags; those (grad_now, compute_grad, save_lse, output_mask) and the pointwise engine's
+# kind / param packing live only on internal ops (names starting with "_"), which the C++ autograd calls.
+_COMPOSED = {  # losses with no op of their own: composed over another loss's op (the same kernels)
+    "multilabel_soft_margin_loss": "binary_cross_entropy_with_logits",
+    "triplet_margin_with_distance_loss": "triplet_margin_loss",
+}
+_FLAGS = {"grad_now", "compute_grad", "save_lse", "output_mask", "kind", "param", "param2"}
+
+
+def _public_op_cases(device):
+    """name -> (fastloss::<name>, arguments) with differentiable inputs that require grad (float64)."""
+    ops, f64 = torch.ops.fastloss, torch.float64
+    g = torch.Generator().manual_seed(5)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=f64).to(device)  # noqa: E731
+    x, y, z = (rnd(4, 5).requires_grad_() for _ in range(3))
+    prob = torch.rand(4, 5, generator=g, dtype=f64).to(device)
+    w, sign = prob + 0.5, torch.where(prob > 0.5, 1.0, -1.0).to(f64)
+    xp = (prob * 0.8 + 0.1).requires_grad_()  # in (0, 1): binary_cross_entropy's input
+    var = (prob + 0.1).requires_grad_()
+    t = torch.tensor([0, 3, 1, 4], device=device)
+    lp = rnd(6, 2, 5).log_softmax(-1).detach().requires_grad_()
+    cases = {
+        "cross_entropy": (ops.cross_entropy.default, (x, t, w[0], 1, -100, 0.1, None)),
+        "nll_loss": (ops.nll_loss.default, (x, t, None, 2, -100, None)),
+        "l1_loss": (ops.l1_loss.default, (x, y, w, 1, None)),
+        "mse_loss": (ops.mse_loss.default, (x, y, None, 2, None)),
+        "smooth_l1_loss": (ops.smooth_l1_loss.default, (x, y, 0, 0.5, None)),
+        "huber_loss": (ops.huber_loss.default, (x, y, w, 1, 0.7, None)),
+        "margin_ranking_loss": (ops.margin_ranking_loss.default, (x, y, sign, 0.2, 1, None)),
+        "hinge_embedding_loss": (ops.hinge_embedding_loss.default, (x, sign, 1.0, 2, None)),
+        "soft_margin_loss": (ops.soft_margin_loss.default, (x, sign, 1, None)),
+        "kl_div": (ops.kl_div.default, (x, prob, 2, False, None)),
+        "binary_cross_entropy": (ops.binary_cross_entropy.default, (xp, prob, w, 1, None)),
+        "binary_cross_entropy_with_logits": (ops.binary_cross_entropy_with_logits.default, (x, prob, w, w, 1, None)),
+        "poisson_nll_loss": (ops.poisson_nll_loss.default, (x, prob, True, True, 1e-8, 1, None)),
+        "gaussian_nll_loss": (ops.gaussian_nll_loss.default, (x, y, var, True, 1e-6, 2, None)),
+        "sigmoid_focal_loss": (ops.sigmoid_focal_loss.default, (x, (prob > 0.5).to(f64), 0.25, 2.0, 1, None)),
+        "triplet_margin_loss": (ops.triplet_margin_loss.default, (x, y, z, 1.0, 2.0, 1e-6, True, 1, None)),
+        "cosine_embedding_loss": (ops.cosine_embedding_loss.default, (x, y, sign[:, 0], 0.1, 0, None)),
+        "ctc_loss": (ops.ctc_loss.default, (lp, torch.tensor([[1, 2], [3, 0]], device=device), torch.tensor([6, 5]),
+                                            torch.tensor([2, 1]), 0, 1, False)),
+        "multi_margin_loss": (ops.multi_margin_loss.default, (x, t, 2, 0.5, w[0], 1, None)),
+        "multilabel_margin_loss": (ops.multilabel_margin_loss.default,
+                                   (x, torch.tensor([[1, 2, -1, 0, 0]] * 4, device=device), 1, None)),
+    }
+    if "linear_cross_entropy" in fastloss.functional.__all__:
+        cases["linear_cross_entropy"] = (ops.linear_cross_entropy.default,
+                                         (x, rnd(7, 5).requires_grad_(), rnd(7), t, None, 1, -100, 0.1, None, 0.0, 0, 0,
+                                          True))
+    return cases
+
+
+_PUBLIC = sorted(n for n in fastloss.functional.__all__ if n not in _COMPOSED)
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("name", _PUBLIC)
+def test_opcheck_public_ops(device, name):
+    op, args = _public_op_cases(device)[name]
+    torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("name", _PUBLIC)
+def test_every_loss_has_its_named_op(name):
+    """fastloss::<name> for every loss with a kernel: CPU (and CUDA where built) and autograd kernels, and
+    no gradient flag in its schema; the flags are on internal ops only."""
+    qual = "fastloss::" + name
+    keys = ["CPU", "AutogradCPU"] + (["CUDA", "AutogradCUDA"] if fastloss.cuda_built() else [])
+    for key in keys:
+        assert torch._C._dispatch_has_computed_kernel_for_dispatch_key(qual, key), (qual, key)
+    args = {a.name for a in getattr(torch.ops.fastloss, name).default._schema.arguments}
+    assert not args & _FLAGS, (qual, args & _FLAGS)
+    assert _public_op_cases("cpu").keys() >= set(_PUBLIC)
+
+
+def test_gradient_flags_only_on_internal_ops():
+    """Every op of the namespace whose schema takes a gradient flag is internal (its name starts with "_")."""
+    flagged = set()
+    for schema in torch._C._jit_get_all_schemas():
+        if schema.name.startswith("fastloss::") and {a.name for a in schema.arguments} & _FLAGS:
+            flagged.add(schema.name)
+    assert "fastloss::_pointwise_forward" in flagged and "fastloss::_cross_entropy_forward" in flagged  # not void
+    # linear_ce_grad: a step of linear_cross_entropy and vocab-parallel cross_entropy (their Python / C++
+    # autograd call it), never a loss's entry point
+    assert all(n.split("::")[1].startswith("_") for n in flagged - {"fastloss::linear_ce_grad"}), sorted(flagged)
+
+
+def test_profiler_shows_each_loss_by_name():
+    """fastloss.functional.<name>, forward and backward: the profiler records fastloss::<name> (the loss's
+    own op, not a shared engine's)."""
+    x = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    for name, call in _every_loss(x).items():
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            call().sum().backward()
+        names = {e.name for e in prof.events()}
+        assert "fastloss::" + _COMPOSED.get(name, name) in names, (name, sorted(n for n in names if "fastloss" in n))
+
+
+@pytest.mark.compile
+def test_export_shows_each_pointwise_loss_by_name():
+    """torch.export keeps the public op of each pointwise loss (not the shared engine op)."""
+    class Model(torch.nn.Module):
+        def forward(self, x, y):
+            return (fastloss.functional.smooth_l1_loss(x, y, beta=0.5)
+                    + fastloss.functional.binary_cross_entropy_with_logits(x, y.sigmoid()))
+
+    x, y = torch.randn(4, 5, requires_grad=True), torch.randn(4, 5)
+    ep = torch.export.export(Model(), (x, y))
+    targets = {str(n.target) for n in ep.graph.nodes if n.op == "call_function"}
+    assert {"fastloss.smooth_l1_loss.default", "fastloss.binary_cross_entropy_with_logits.default"} <= targets, targets
+    assert not any("_pointwise_forward" in s for s in targets), targets
+    torch.testing.assert_close(ep.module()(x, y), Model()(x, y))

@@ -20,7 +20,7 @@ from test_binary import (BIG, LEGACY, REDUCTIONS, check, check_autocast, check_b
 from test_regression import coarsest, torch_ref
 
 fl = fastloss.functional
-POISSON, GAUSSIAN = 10, 11  # fastloss::pointwise_loss kinds (csrc/ops/pointwise.h)
+POISSON, GAUSSIAN = 10, 11  # fastloss::_pointwise_forward kinds (csrc/ops/pointwise.h)
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 
 
@@ -469,7 +469,7 @@ def _op_cases(device):
     1: their losses are positive (poisson: targets with t - t log t + Stirling > 0; gaussian: var >= 1 or
     full). 'none' cases run without fused gradients."""
     ops = torch.ops.fastloss
-    pl, plb = ops.pointwise_loss.default, ops.pointwise_loss_backward.default
+    pl, plb = ops._pointwise_forward.default, ops._pointwise_backward.default
     x = (torch.randn(5, 7, device=device) * 0.5).requires_grad_()
     r = (torch.rand(5, 7, device=device) * 2 + 0.2).requires_grad_()  # positive rates
     t = (torch.rand(5, 7, device=device) * 0.8 + 0.2).requires_grad_()  # in (0.2, 1]: loss > 0
@@ -599,7 +599,7 @@ def test_no_torch_loss_is_called(monkeypatch):
     assert_profile_clean(prof, lambda n: "poisson" in n or "gaussian" in n
                          or n in ("aten::exp", "aten::log", "aten::pow", "aten::clamp", "aten::clamp_",
                                   "aten::masked_fill", "aten::masked_fill_", "aten::mean", "aten::xlogy"),
-                         "fastloss::pointwise_loss")
+                         "fastloss::poisson_nll_loss")
 
 
 # ------------------------------------------------------------------------------------ modules

@@ -20,7 +20,7 @@ from test_regression import coarsest, gfloor, layouts, make, poison_torch_losses
 
 REDUCTIONS = ["none", "mean", "sum", "batchmean"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
-KL_DIV = 7  # fastloss::pointwise_loss kind (csrc/ops/pointwise.h)
+KL_DIV = 7  # fastloss::_pointwise_forward kind (csrc/ops/pointwise.h)
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
 MEAN_WARNING = ("reduction: 'mean' divides the total loss by both the batch size and the support size."
                 "'batchmean' divides only by the batch size, and aligns with the KL div math definition."
@@ -495,18 +495,18 @@ def _op_cases(device):
     g = torch.rand(5, 7, device=device)
     xd, td, ltd = xr.detach(), tr.detach(), lt.detach()
     return [
-        (ops.pointwise_loss.default, (x, t, None, KL_DIV, 0.0, 1, [True, True, False], None)),
-        (ops.pointwise_loss.default, (x, lt, None, KL_DIV, 1.0, 2, [True, True, False], None)),
-        (ops.pointwise_loss.default, (x64, t64, None, KL_DIV, 0.0, 2, [False, True, False], None)),
-        (ops.pointwise_loss.default, (xr, tr, None, KL_DIV, 0.0, 2, [False, False, False], None)),
-        (ops.pointwise_loss.default, (xr, lt, None, KL_DIV, 1.0, 1, [False, False, False], None)),
-        (ops.pointwise_loss.default, (xr, lt, None, KL_DIV, 1.0, 0, [False, False, False], None)),
-        (ops.pointwise_loss.default, (xr, tr, None, KL_DIV, 0.0, 0, [False, False, False], None)),
-        (ops.pointwise_loss.default, (xb, xb.flip(0).exp(), None, KL_DIV, 0.0, 1, [False, False, False],
+        (ops._pointwise_forward.default, (x, t, None, KL_DIV, 0.0, 1, [True, True, False], None)),
+        (ops._pointwise_forward.default, (x, lt, None, KL_DIV, 1.0, 2, [True, True, False], None)),
+        (ops._pointwise_forward.default, (x64, t64, None, KL_DIV, 0.0, 2, [False, True, False], None)),
+        (ops._pointwise_forward.default, (xr, tr, None, KL_DIV, 0.0, 2, [False, False, False], None)),
+        (ops._pointwise_forward.default, (xr, lt, None, KL_DIV, 1.0, 1, [False, False, False], None)),
+        (ops._pointwise_forward.default, (xr, lt, None, KL_DIV, 1.0, 0, [False, False, False], None)),
+        (ops._pointwise_forward.default, (xr, tr, None, KL_DIV, 0.0, 0, [False, False, False], None)),
+        (ops._pointwise_forward.default, (xb, xb.flip(0).exp(), None, KL_DIV, 0.0, 1, [False, False, False],
                                       torch.float32)),
-        (ops.pointwise_loss_backward.default, (g, xd, td, None, KL_DIV, 0.0, 0, g, [True, True, False])),
-        (ops.pointwise_loss_backward.default, (g, xd, ltd, None, KL_DIV, 1.0, 0, g, [False, True, False])),
-        (ops.pointwise_loss_backward.default, (g[0, 0], xd, ltd, None, KL_DIV, 1.0, 1,
+        (ops._pointwise_backward.default, (g, xd, td, None, KL_DIV, 0.0, 0, g, [True, True, False])),
+        (ops._pointwise_backward.default, (g, xd, ltd, None, KL_DIV, 1.0, 0, g, [False, True, False])),
+        (ops._pointwise_backward.default, (g[0, 0], xd, ltd, None, KL_DIV, 1.0, 1,
                                                torch.tensor(0.5, device=device), [True, True, False])),
     ]
 
@@ -576,4 +576,4 @@ def test_no_torch_loss_is_called(monkeypatch):
         torch.testing.assert_close(a, b)
     assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in (x, t, lt))
     assert_profile_clean(prof, lambda n: "kl_div" in n or "xlogy" in n or n in ("aten::exp", "aten::log"),
-                         "fastloss::pointwise_loss")
+                         "fastloss::kl_div")

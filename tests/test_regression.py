@@ -718,7 +718,7 @@ def test_cpu_two_input_path_matches_general_path(name, reduction, dtype):
                 loss.backward()
             else:  # the backward op directly: autograd would cast a float32 grad to the loss's dtype
                 kind = {"l1_loss": 0, "mse_loss": 1, "huber_loss": 3}[name]
-                outs.append(torch.ops.fastloss.pointwise_loss_backward(grad, xi, yi, w, kind, 1.0, 0, loss.detach(),
+                outs.append(torch.ops.fastloss._pointwise_backward(grad, xi, yi, w, kind, 1.0, 0, loss.detach(),
                                                                        [True, True, False]))
                 continue
             outs.append((loss.detach(), xi.grad, yi.grad))

@@ -26,8 +26,8 @@ using NllSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const st
                                           std::optional<c10::ScalarType>);
 using NllBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const std::optional<Tensor>&, int64_t, int64_t,
                          const Tensor&);
-FASTLOSS_OP(ce_op, "fastloss::cross_entropy", CeSig)
-FASTLOSS_OP(ce_target_bwd_op, "fastloss::cross_entropy_target_backward", CeTargetBwdSig)
+FASTLOSS_OP(ce_op, "fastloss::_cross_entropy_forward", CeSig)
+FASTLOSS_OP(ce_target_bwd_op, "fastloss::_cross_entropy_target_backward", CeTargetBwdSig)
 FASTLOSS_OP(nll_op, "fastloss::nll_loss", NllSig)
 FASTLOSS_OP(nll_bwd_op, "fastloss::nll_loss_backward", NllBwdSig)
 
@@ -148,10 +148,31 @@ std::tuple<Tensor, Tensor> nll_loss_autograd(const Tensor& input, const Tensor& 
   return apply_with_aux<NllLossFn, 1>(input, target, weight, reduction, ignore_index, out_dtype);
 }
 
+// fastloss::cross_entropy, the public op: the gradient flags decided here. compute_grad: the input will need
+// its gradient; save_lse: probability targets whose target or weight will need one.
+template <bool Autograd>
+Tensor cross_entropy_public(const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
+                            int64_t reduction, int64_t ignore_index, double label_smoothing,
+                            std::optional<c10::ScalarType> out_dtype) {
+  if (Autograd && records_graph(input, target, weight)) {
+    const bool grad_mode = at::GradMode::is_enabled();
+    const bool prob = target.is_floating_point() && input.dim() >= 1 && input.sizes() == target.sizes();
+    const bool weight_grad = weight.has_value() && weight->defined() && weight->requires_grad();
+    const bool save_lse = prob && grad_mode && (target.requires_grad() || weight_grad);
+    return std::get<0>(cross_entropy_autograd(input, target, weight, reduction, ignore_index, label_smoothing,
+                                              grad_mode && input.requires_grad(), save_lse, out_dtype));
+  }
+  return std::get<0>(call_below_autograd(ce_op(), input, target, weight, reduction, ignore_index, label_smoothing,
+                                         false, false, out_dtype));
+}
+
 }  // namespace
 
+TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) { m.impl("cross_entropy", &cross_entropy_public<false>); }
+
 TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
-  m.impl("cross_entropy", &cross_entropy_autograd);
+  m.impl("cross_entropy", &cross_entropy_public<true>);
+  m.impl("_cross_entropy_forward", &cross_entropy_autograd);
   m.impl("nll_loss", &nll_loss_autograd);
 }
 

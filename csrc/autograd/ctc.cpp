@@ -16,7 +16,7 @@ using torch::autograd::variable_list;
 
 using CtcSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t,
                                           bool, bool);
-FASTLOSS_OP(ctc_op, "fastloss::ctc_loss", CtcSig)
+FASTLOSS_OP(ctc_op, "fastloss::_ctc_loss_forward", CtcSig)
 
 class CtcFn : public torch::autograd::Function<CtcFn> {
  public:
@@ -71,8 +71,25 @@ std::tuple<Tensor, Tensor> ctc_autograd(const Tensor& log_probs, const Tensor& t
                                   zero_infinity, grad_now);
 }
 
+// fastloss::ctc_loss, the public op: grad_now (the gradient in the forward) when log_probs will need it.
+template <bool Autograd>
+Tensor ctc_public(const Tensor& log_probs, const Tensor& targets, const Tensor& input_lengths,
+                  const Tensor& target_lengths, int64_t blank, int64_t reduction, bool zero_infinity) {
+  const bool grad_now = Autograd && at::GradMode::is_enabled() && log_probs.requires_grad();
+  if (Autograd)
+    return std::get<0>(ctc_autograd(log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                                    zero_infinity, grad_now));
+  return std::get<0>(call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank,
+                                         reduction, zero_infinity, false));
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastloss, Autograd, m) { m.impl("ctc_loss", &ctc_autograd); }
+TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) { m.impl("ctc_loss", &ctc_public<false>); }
+
+TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
+  m.impl("ctc_loss", &ctc_public<true>);
+  m.impl("_ctc_loss_forward", &ctc_autograd);
+}
 
 }  // namespace fastloss

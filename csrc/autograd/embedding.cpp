@@ -24,10 +24,10 @@ using CosineSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor
                                                      std::array<bool, 2>, OptDtype);
 using CosineBwdSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, const Tensor&, double,
                                                 int64_t, std::array<bool, 2>);
-FASTLOSS_OP(triplet_op, "fastloss::triplet_margin", TripletSig)
-FASTLOSS_OP(triplet_bwd_op, "fastloss::triplet_margin_backward", TripletBwdSig)
-FASTLOSS_OP(cosine_op, "fastloss::cosine_embedding", CosineSig)
-FASTLOSS_OP(cosine_bwd_op, "fastloss::cosine_embedding_backward", CosineBwdSig)
+FASTLOSS_OP(triplet_op, "fastloss::_triplet_margin_forward", TripletSig)
+FASTLOSS_OP(triplet_bwd_op, "fastloss::_triplet_margin_backward", TripletBwdSig)
+FASTLOSS_OP(cosine_op, "fastloss::_cosine_embedding_forward", CosineSig)
+FASTLOSS_OP(cosine_bwd_op, "fastloss::_cosine_embedding_backward", CosineBwdSig)
 
 class TripletFn : public torch::autograd::Function<TripletFn> {
  public:
@@ -123,11 +123,45 @@ std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tenso
   return apply_with_aux<CosineFn, 2>(x1, x2, target, margin, reduction, grad_now, out_dtype);
 }
 
+// The public ops: grad_now (gradients in the forward, mean/sum only) for the inputs that will need them.
+inline bool fused_grad(const Tensor& t, int64_t reduction) {
+  return reduction != 0 && at::GradMode::is_enabled() && t.requires_grad();
+}
+
+template <bool Autograd>
+Tensor triplet_public(const Tensor& a, const Tensor& pos, const Tensor& neg, double margin, double p, double eps,
+                      bool swap, int64_t reduction, OptDtype out_dtype) {
+  if (Autograd)
+    return std::get<0>(triplet_autograd(a, pos, neg, margin, p, eps, swap, reduction,
+                                        {fused_grad(a, reduction), fused_grad(pos, reduction),
+                                         fused_grad(neg, reduction)},
+                                        out_dtype));
+  return std::get<0>(call_below_autograd(triplet_op(), a, pos, neg, margin, p, eps, swap, reduction,
+                                         std::array<bool, 3>{false, false, false}, out_dtype));
+}
+
+template <bool Autograd>
+Tensor cosine_public(const Tensor& x1, const Tensor& x2, const Tensor& target, double margin, int64_t reduction,
+                     OptDtype out_dtype) {
+  if (Autograd)
+    return std::get<0>(cosine_autograd(x1, x2, target, margin, reduction,
+                                       {fused_grad(x1, reduction), fused_grad(x2, reduction)}, out_dtype));
+  return std::get<0>(call_below_autograd(cosine_op(), x1, x2, target, margin, reduction,
+                                         std::array<bool, 2>{false, false}, out_dtype));
+}
+
 }  // namespace
 
+TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) {
+  m.impl("triplet_margin_loss", &triplet_public<false>);
+  m.impl("cosine_embedding_loss", &cosine_public<false>);
+}
+
 TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
-  m.impl("triplet_margin", &triplet_autograd);
-  m.impl("cosine_embedding", &cosine_autograd);
+  m.impl("triplet_margin_loss", &triplet_public<true>);
+  m.impl("cosine_embedding_loss", &cosine_public<true>);
+  m.impl("_triplet_margin_forward", &triplet_autograd);
+  m.impl("_cosine_embedding_forward", &cosine_autograd);
 }
 
 }  // namespace fastloss

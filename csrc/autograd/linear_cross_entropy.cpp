@@ -27,8 +27,8 @@ using LceBwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor
                                                      const std::optional<Tensor>&, int64_t, int64_t, double,
                                                      std::optional<double>, double, int64_t, int64_t, bool,
                                                      std::array<bool, 3>);
-FASTLOSS_OP(lce_op, "fastloss::linear_cross_entropy", LceSig)
-FASTLOSS_OP(lce_bwd_op, "fastloss::linear_cross_entropy_backward", LceBwdSig)
+FASTLOSS_OP(lce_op, "fastloss::_linear_cross_entropy_forward", LceSig)
+FASTLOSS_OP(lce_bwd_op, "fastloss::_linear_cross_entropy_backward", LceBwdSig)
 
 std::optional<Tensor> opt(const Tensor& t) { return t.defined() ? std::optional<Tensor>(t) : std::nullopt; }
 std::optional<Tensor> opt(const std::optional<Tensor>& t) { return t && t->defined() ? t : std::nullopt; }
@@ -113,8 +113,31 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_autograd
                                                  softcap, z_loss, budget, row_cap, acc_weight_grad);
 }
 
+// fastloss::linear_cross_entropy, the public op: (loss, lse). Below autograd no gradient is computed.
+template <bool Autograd>
+std::tuple<Tensor, Tensor> linear_cross_entropy_public(
+    const Tensor& input, const Tensor& linear_weight, const std::optional<Tensor>& linear_bias, const Tensor& target,
+    const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index, double label_smoothing,
+    std::optional<double> softcap, double z_loss, int64_t budget, int64_t row_cap, bool acc_weight_grad) {
+  const std::array<bool, 3> none{false, false, false};
+  auto r = Autograd ? linear_cross_entropy_autograd(input, linear_weight, linear_bias, target, weight, reduction,
+                                                    ignore_index, label_smoothing, softcap, z_loss, budget, row_cap,
+                                                    acc_weight_grad, none)
+                    : call_below_autograd(lce_op(), input, linear_weight, linear_bias, target, weight, reduction,
+                                          ignore_index, label_smoothing, softcap, z_loss, budget, row_cap,
+                                          acc_weight_grad, none);
+  return {std::get<0>(r), std::get<1>(r)};
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastloss, Autograd, m) { m.impl("linear_cross_entropy", &linear_cross_entropy_autograd); }
+TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) {
+  m.impl("linear_cross_entropy", &linear_cross_entropy_public<false>);
+}
+
+TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
+  m.impl("linear_cross_entropy", &linear_cross_entropy_public<true>);
+  m.impl("_linear_cross_entropy_forward", &linear_cross_entropy_autograd);
+}
 
 }  // namespace fastloss

@@ -23,10 +23,10 @@ using MmSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, 
 using MmBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const OptTensor&, int64_t);
 using MlSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, bool, OptDtype);
 using MlBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t);
-FASTLOSS_OP(mm_op, "fastloss::multi_margin_loss", MmSig)
-FASTLOSS_OP(mm_bwd_op, "fastloss::multi_margin_loss_backward", MmBwdSig)
-FASTLOSS_OP(ml_op, "fastloss::multilabel_margin_loss", MlSig)
-FASTLOSS_OP(ml_bwd_op, "fastloss::multilabel_margin_loss_backward", MlBwdSig)
+FASTLOSS_OP(mm_op, "fastloss::_multi_margin_loss_forward", MmSig)
+FASTLOSS_OP(mm_bwd_op, "fastloss::_multi_margin_loss_backward", MmBwdSig)
+FASTLOSS_OP(ml_op, "fastloss::_multilabel_margin_loss_forward", MlSig)
+FASTLOSS_OP(ml_bwd_op, "fastloss::_multilabel_margin_loss_backward", MlBwdSig)
 
 class MultiMarginFn : public torch::autograd::Function<MultiMarginFn> {
  public:
@@ -113,11 +113,35 @@ std::tuple<Tensor, Tensor> multilabel_margin_autograd(const Tensor& input, const
   return apply_with_aux<MultilabelMarginFn, 1>(input, target, reduction, grad_now, out_dtype);
 }
 
+// The public ops: grad_now (the gradient in the forward, mean/sum only) when the input will need it.
+template <bool Autograd>
+Tensor multi_margin_public(const Tensor& input, const Tensor& target, int64_t p, double margin,
+                           const OptTensor& weight, int64_t reduction, OptDtype out_dtype) {
+  const bool grad_now = Autograd && reduction != 0 && at::GradMode::is_enabled() && input.requires_grad();
+  if (Autograd)
+    return std::get<0>(multi_margin_autograd(input, target, p, margin, weight, reduction, grad_now, out_dtype));
+  return std::get<0>(call_below_autograd(mm_op(), input, target, p, margin, weight, reduction, false, out_dtype));
+}
+
+template <bool Autograd>
+Tensor multilabel_margin_public(const Tensor& input, const Tensor& target, int64_t reduction, OptDtype out_dtype) {
+  const bool grad_now = Autograd && reduction != 0 && at::GradMode::is_enabled() && input.requires_grad();
+  if (Autograd) return std::get<0>(multilabel_margin_autograd(input, target, reduction, grad_now, out_dtype));
+  return std::get<0>(call_below_autograd(ml_op(), input, target, reduction, false, out_dtype));
+}
+
 }  // namespace
 
+TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) {
+  m.impl("multi_margin_loss", &multi_margin_public<false>);
+  m.impl("multilabel_margin_loss", &multilabel_margin_public<false>);
+}
+
 TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
-  m.impl("multi_margin_loss", &multi_margin_autograd);
-  m.impl("multilabel_margin_loss", &multilabel_margin_autograd);
+  m.impl("multi_margin_loss", &multi_margin_public<true>);
+  m.impl("multilabel_margin_loss", &multilabel_margin_public<true>);
+  m.impl("_multi_margin_loss_forward", &multi_margin_autograd);
+  m.impl("_multilabel_margin_loss_forward", &multilabel_margin_autograd);
 }
 
 }  // namespace fastloss

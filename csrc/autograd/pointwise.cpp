@@ -1,4 +1,8 @@
-// Autograd of the pointwise family (ops/pointwise.h: l1 ... sigmoid_focal).
+// The public ops of the pointwise family (fastloss::l1_loss ... fastloss::sigmoid_focal_loss, schemas in
+// ops/pointwise.cpp) and their autograd (ops/pointwise.h: l1 ... sigmoid_focal).
+// Each public op maps its typed arguments onto the one engine op, fastloss::_pointwise_forward (kind, the
+// tensors a, b, c, d and param, param2), here -- PwNamed<K>, one line per loss -- and decides grad_now
+// itself: the internal op's flags are never a caller's.
 // With mean/sum the forward already wrote the gradients asked for in grad_now (one pass reads the
 // inputs and writes the gradient); backward scales them by grad_output, in place when it can
 // (autograd/autograd_common.cpp). Anything else (reduction 'none', a weight's gradient, l1/mse with
@@ -25,8 +29,8 @@ using PwBwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&
                                                     const std::optional<Tensor>&, int64_t, double, int64_t,
                                                     const Tensor&, std::array<bool, 3>, const std::optional<Tensor>&,
                                                     double);
-FASTLOSS_OP(pw_op, "fastloss::pointwise_loss", PwSig)
-FASTLOSS_OP(pw_bwd_op, "fastloss::pointwise_loss_backward", PwBwdSig)
+FASTLOSS_OP(pw_op, "fastloss::_pointwise_forward", PwSig)
+FASTLOSS_OP(pw_bwd_op, "fastloss::_pointwise_backward", PwBwdSig)
 
 class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
  public:
@@ -81,6 +85,7 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
   }
 };
 
+// The engine op's own Autograd kernel (the flags as given), for the tests that drive it directly.
 std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_autograd(const Tensor& a, const Tensor& b,
                                                               const std::optional<Tensor>& c, int64_t kind,
                                                               double param, int64_t reduction,
@@ -92,8 +97,166 @@ std::tuple<Tensor, Tensor, Tensor, Tensor> pointwise_autograd(const Tensor& a, c
   return apply_with_aux<PointwiseFn, 3>(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
 }
 
+// The engine's arguments of one public call.
+struct PwArgs {
+  const Tensor& a;
+  const Tensor& b;
+  std::optional<Tensor> c, d;
+  double param = 0.0, param2 = 0.0;
+};
+
+// kinds whose gradient has no useful bound (1/x, exp(x), pos_weight ...): not fused in float16 -- the fused
+// gradient is stored before grad_output scales it, and float16 could overflow there (BCE's 1 / (x (1 - x))
+// at x ~ 1e-5) where torch's one expression stays finite
+bool pw_unbounded_grad(PwKind k) {
+  return k == PwKind::BCE || k == PwKind::BCEWithLogits || k == PwKind::PoissonNLL || k == PwKind::GaussianNLL ||
+         k == PwKind::SigmoidFocal;
+}
+
+// One call of a public op. Autograd (the Autograd key): with mean/sum the forward also writes the gradients
+// that will be needed (backward then only scales them), except for l1/mse with a weight under 'mean', whose
+// denominator sum(weight) is known only at the end of the pass. Below autograd (CompositeExplicitAutograd:
+// CPU, CUDA, inference mode, ...) or when no graph is recorded: the loss alone.
+template <bool Autograd>
+Tensor pw_call(PwKind k, const PwArgs& x, int64_t reduction, std::optional<c10::ScalarType> out_dtype) {
+  const int64_t kind = static_cast<int64_t>(k);
+  if (Autograd && records_graph(x.a, x.b, x.c, x.d)) {
+    const bool has_c = x.c.has_value() && x.c->defined();
+    const bool fused = reduction != 0 && !(has_c && (k == PwKind::L1 || k == PwKind::MSE) && reduction == 1) &&
+                       !(x.a.scalar_type() == at::kHalf && pw_unbounded_grad(k)) && at::GradMode::is_enabled();
+    const std::array<bool, 3> grad_now{fused && x.a.requires_grad(), fused && x.b.requires_grad(),
+                                       fused && has_c && x.c->requires_grad()};
+    return std::get<0>(apply_with_aux<PointwiseFn, 3>(x.a, x.b, x.c, kind, x.param, reduction, grad_now, out_dtype,
+                                                      x.d, x.param2));
+  }
+  return std::get<0>(call_below_autograd(pw_op(), x.a, x.b, x.c, kind, x.param, reduction,
+                                         std::array<bool, 3>{false, false, false}, out_dtype, x.d, x.param2));
+}
+
+using OptT = const std::optional<Tensor>&;
+using OptDt = std::optional<c10::ScalarType>;
+
+// The table: each loss's typed arguments as the engine's (see the kind table in ops/pointwise.h).
+// run<true> is the op's Autograd kernel, run<false> its CompositeExplicitAutograd one.
+template <PwKind K>
+struct PwNamed;
+
+template <PwKind K>  // l1_loss, mse_loss: (self, target, weight, reduction)
+struct PwWeighted {
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, OptT w, int64_t red, OptDt dt) {
+    return pw_call<AG>(K, {a, b, w}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::L1> : PwWeighted<PwKind::L1> {
+  static constexpr const char* name = "l1_loss";
+};
+template <>
+struct PwNamed<PwKind::MSE> : PwWeighted<PwKind::MSE> {
+  static constexpr const char* name = "mse_loss";
+};
+template <>
+struct PwNamed<PwKind::SmoothL1> {
+  static constexpr const char* name = "smooth_l1_loss";
+  template <bool AG>  // beta == 0 is exactly l1_loss (torch's rule)
+  static Tensor run(const Tensor& a, const Tensor& b, int64_t red, double beta, OptDt dt) {
+    return pw_call<AG>(beta == 0.0 ? PwKind::L1 : PwKind::SmoothL1, {a, b, {}, {}, beta}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::Huber> {
+  static constexpr const char* name = "huber_loss";
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, OptT w, int64_t red, double delta, OptDt dt) {
+    return pw_call<AG>(PwKind::Huber, {a, b, w, {}, delta}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::MarginRanking> {
+  static constexpr const char* name = "margin_ranking_loss";
+  template <bool AG>
+  static Tensor run(const Tensor& x1, const Tensor& x2, const Tensor& y, double margin, int64_t red, OptDt dt) {
+    return pw_call<AG>(PwKind::MarginRanking, {x1, x2, y, {}, margin}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::HingeEmbedding> {
+  static constexpr const char* name = "hinge_embedding_loss";
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, double margin, int64_t red, OptDt dt) {
+    return pw_call<AG>(PwKind::HingeEmbedding, {a, b, {}, {}, margin}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::SoftMargin> {
+  static constexpr const char* name = "soft_margin_loss";
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, int64_t red, OptDt dt) {
+    return pw_call<AG>(PwKind::SoftMargin, {a, b}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::KLDiv> {
+  static constexpr const char* name = "kl_div";
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, int64_t red, bool log_target, OptDt dt) {
+    return pw_call<AG>(PwKind::KLDiv, {a, b, {}, {}, log_target ? 1.0 : 0.0}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::BCE> : PwWeighted<PwKind::BCE> {
+  static constexpr const char* name = "binary_cross_entropy";
+};
+template <>
+struct PwNamed<PwKind::BCEWithLogits> {
+  static constexpr const char* name = "binary_cross_entropy_with_logits";
+  template <bool AG>  // the engine's param says whether d (pos_weight) is given
+  static Tensor run(const Tensor& a, const Tensor& b, OptT w, OptT pos_weight, int64_t red, OptDt dt) {
+    const bool has_pw = pos_weight.has_value() && pos_weight->defined();
+    return pw_call<AG>(PwKind::BCEWithLogits, {a, b, w, pos_weight, has_pw ? 1.0 : 0.0}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::PoissonNLL> {
+  static constexpr const char* name = "poisson_nll_loss";
+  template <bool AG>  // param2: log_input + 2 full
+  static Tensor run(const Tensor& a, const Tensor& b, bool log_input, bool full, double eps, int64_t red, OptDt dt) {
+    return pw_call<AG>(PwKind::PoissonNLL, {a, b, {}, {}, eps, double(int(log_input) + 2 * int(full))}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::GaussianNLL> {
+  static constexpr const char* name = "gaussian_nll_loss";
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, const Tensor& var, bool full, double eps, int64_t red,
+                    OptDt dt) {
+    return pw_call<AG>(PwKind::GaussianNLL, {a, b, var, {}, eps, full ? 1.0 : 0.0}, red, dt);
+  }
+};
+template <>
+struct PwNamed<PwKind::SigmoidFocal> {
+  static constexpr const char* name = "sigmoid_focal_loss";
+  template <bool AG>
+  static Tensor run(const Tensor& a, const Tensor& b, double alpha, double gamma, int64_t red, OptDt dt) {
+    return pw_call<AG>(PwKind::SigmoidFocal, {a, b, {}, {}, alpha, gamma}, red, dt);
+  }
+};
+
+// Registers run<AG> of every kind's public op (MSE ... SigmoidFocal; L1 first).
+template <bool AG, int64_t... K>
+void register_pw_named(torch::Library& m, std::integer_sequence<int64_t, K...>) {
+  (m.impl(PwNamed<static_cast<PwKind>(K)>::name, TORCH_FN(&PwNamed<static_cast<PwKind>(K)>::template run<AG>)), ...);
+}
+
 }  // namespace
 
-TORCH_LIBRARY_IMPL(fastloss, Autograd, m) { m.impl("pointwise_loss", &pointwise_autograd); }
+TORCH_LIBRARY_IMPL(fastloss, Autograd, m) {
+  register_pw_named<true>(m, std::make_integer_sequence<int64_t, kPwKinds>{});
+  m.impl("_pointwise_forward", &pointwise_autograd);
+}
+TORCH_LIBRARY_IMPL(fastloss, CompositeExplicitAutograd, m) {
+  register_pw_named<false>(m, std::make_integer_sequence<int64_t, kPwKinds>{});
+}
 
 }  // namespace fastloss

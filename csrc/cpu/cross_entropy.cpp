@@ -304,8 +304,8 @@ constexpr auto& nll_loss_backward_cpu = Ops::nll_loss_backward;
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
-  m.impl("cross_entropy", &cpu::cross_entropy_cpu);
-  m.impl("cross_entropy_target_backward", &cpu::cross_entropy_target_backward_cpu);
+  m.impl("_cross_entropy_forward", &cpu::cross_entropy_cpu);
+  m.impl("_cross_entropy_target_backward", &cpu::cross_entropy_target_backward_cpu);
   m.impl("nll_loss", &cpu::nll_loss_cpu);
   m.impl("nll_loss_backward", &cpu::nll_loss_backward_cpu);
 }

@@ -228,6 +228,6 @@ std::tuple<Tensor, Tensor> ctc_loss_cpu(const Tensor& log_probs, const Tensor& t
 }  // namespace
 }  // namespace cpu
 
-TORCH_LIBRARY_IMPL(fastloss, CPU, m) { m.impl("ctc_loss", &cpu::ctc_loss_cpu); }
+TORCH_LIBRARY_IMPL(fastloss, CPU, m) { m.impl("_ctc_loss_forward", &cpu::ctc_loss_cpu); }
 
 }  // namespace fastloss

@@ -77,10 +77,10 @@ using Ops = EmbeddingOps<CpuRows>;
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
-  m.impl("triplet_margin", &cpu::Ops::triplet);
-  m.impl("triplet_margin_backward", &cpu::Ops::triplet_backward);
-  m.impl("cosine_embedding", &cpu::Ops::cosine);
-  m.impl("cosine_embedding_backward", &cpu::Ops::cosine_backward);
+  m.impl("_triplet_margin_forward", &cpu::Ops::triplet);
+  m.impl("_triplet_margin_backward", &cpu::Ops::triplet_backward);
+  m.impl("_cosine_embedding_forward", &cpu::Ops::cosine);
+  m.impl("_cosine_embedding_backward", &cpu::Ops::cosine_backward);
 }
 
 }  // namespace fastloss

@@ -75,10 +75,10 @@ using Ops = MarginRowsOps<CpuMarginRows>;
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
-  m.impl("multi_margin_loss", &cpu::Ops::multi_margin);
-  m.impl("multi_margin_loss_backward", &cpu::Ops::multi_margin_backward);
-  m.impl("multilabel_margin_loss", &cpu::Ops::multilabel);
-  m.impl("multilabel_margin_loss_backward", &cpu::Ops::multilabel_backward);
+  m.impl("_multi_margin_loss_forward", &cpu::Ops::multi_margin);
+  m.impl("_multi_margin_loss_backward", &cpu::Ops::multi_margin_backward);
+  m.impl("_multilabel_margin_loss_forward", &cpu::Ops::multilabel);
+  m.impl("_multilabel_margin_loss_backward", &cpu::Ops::multilabel_backward);
 }
 
 }  // namespace fastloss

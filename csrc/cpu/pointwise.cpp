@@ -235,8 +235,8 @@ using Ops = PointwiseOps<CpuPointwise>;
 }  // namespace cpu
 
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
-  m.impl("pointwise_loss", &cpu::Ops::forward);
-  m.impl("pointwise_loss_backward", &cpu::Ops::backward);
+  m.impl("_pointwise_forward", &cpu::Ops::forward);
+  m.impl("_pointwise_backward", &cpu::Ops::backward);
 }
 
 }  // namespace fastloss

@@ -248,8 +248,8 @@ constexpr auto& nll_loss_backward_cuda = Ops::nll_loss_backward;
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
   // PollFirst: each op first raises the errors earlier calls' kernels recorded (common/device_errors.h)
-  m.impl("cross_entropy", &cuda::PollFirst<&cuda::cross_entropy_cuda>::call);
-  m.impl("cross_entropy_target_backward", &cuda::PollFirst<&cuda::cross_entropy_target_backward_cuda>::call);
+  m.impl("_cross_entropy_forward", &cuda::PollFirst<&cuda::cross_entropy_cuda>::call);
+  m.impl("_cross_entropy_target_backward", &cuda::PollFirst<&cuda::cross_entropy_target_backward_cuda>::call);
   m.impl("nll_loss", &cuda::PollFirst<&cuda::nll_loss_cuda>::call);
   m.impl("nll_loss_backward", &cuda::PollFirst<&cuda::nll_loss_backward_cuda>::call);
 }

@@ -432,6 +432,6 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
 }  // namespace
 }  // namespace cuda
 
-TORCH_LIBRARY_IMPL(fastloss, CUDA, m) { m.impl("ctc_loss", &cuda::PollFirst<&cuda::ctc_loss_cuda>::call); }
+TORCH_LIBRARY_IMPL(fastloss, CUDA, m) { m.impl("_ctc_loss_forward", &cuda::PollFirst<&cuda::ctc_loss_cuda>::call); }
 
 }  // namespace fastloss

@@ -163,10 +163,10 @@ using Ops = EmbeddingOps<CudaRows>;
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("triplet_margin", &cuda::PollFirst<&cuda::Ops::triplet>::call);
-  m.impl("triplet_margin_backward", &cuda::PollFirst<&cuda::Ops::triplet_backward>::call);
-  m.impl("cosine_embedding", &cuda::PollFirst<&cuda::Ops::cosine>::call);
-  m.impl("cosine_embedding_backward", &cuda::PollFirst<&cuda::Ops::cosine_backward>::call);
+  m.impl("_triplet_margin_forward", &cuda::PollFirst<&cuda::Ops::triplet>::call);
+  m.impl("_triplet_margin_backward", &cuda::PollFirst<&cuda::Ops::triplet_backward>::call);
+  m.impl("_cosine_embedding_forward", &cuda::PollFirst<&cuda::Ops::cosine>::call);
+  m.impl("_cosine_embedding_backward", &cuda::PollFirst<&cuda::Ops::cosine_backward>::call);
 }
 
 }  // namespace fastloss

@@ -434,10 +434,10 @@ using Ops = MarginRowsOps<CudaMarginRows>;
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("multi_margin_loss", &cuda::PollFirst<&cuda::Ops::multi_margin>::call);
-  m.impl("multi_margin_loss_backward", &cuda::PollFirst<&cuda::Ops::multi_margin_backward>::call);
-  m.impl("multilabel_margin_loss", &cuda::PollFirst<&cuda::Ops::multilabel>::call);
-  m.impl("multilabel_margin_loss_backward", &cuda::PollFirst<&cuda::Ops::multilabel_backward>::call);
+  m.impl("_multi_margin_loss_forward", &cuda::PollFirst<&cuda::Ops::multi_margin>::call);
+  m.impl("_multi_margin_loss_backward", &cuda::PollFirst<&cuda::Ops::multi_margin_backward>::call);
+  m.impl("_multilabel_margin_loss_forward", &cuda::PollFirst<&cuda::Ops::multilabel>::call);
+  m.impl("_multilabel_margin_loss_backward", &cuda::PollFirst<&cuda::Ops::multilabel_backward>::call);
 }
 
 }  // namespace fastloss

@@ -236,8 +236,8 @@ using Ops = PointwiseOps<CudaPointwise>;
 }  // namespace cuda
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
-  m.impl("pointwise_loss", &cuda::PollFirst<&cuda::Ops::forward>::call);
-  m.impl("pointwise_loss_backward", &cuda::PollFirst<&cuda::Ops::backward>::call);
+  m.impl("_pointwise_forward", &cuda::PollFirst<&cuda::Ops::forward>::call);
+  m.impl("_pointwise_backward", &cuda::PollFirst<&cuda::Ops::backward>::call);
 }
 
 }  // namespace fastloss

@@ -70,16 +70,22 @@ std::vector<int64_t> loss_shape(const CrossEntropyPlan& p) {
 }
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
-  // Forward: one pass over the logits computes the loss and, when compute_grad, d(loss)/d(input)
+  // The public op (no gradient flags: its C++ autograd, autograd/cross_entropy.cpp, decides them and calls the
+  // internal op below):
+  m.def(
+      "cross_entropy(Tensor input, Tensor target, Tensor? weight=None, int reduction=1, int ignore_index=-100, "
+      "float label_smoothing=0.0, ScalarType? out_dtype=None) -> Tensor");
+  // Internal (called by the autograd only). Forward: one pass over the logits computes the loss and,
+  // when compute_grad, d(loss)/d(input)
   // already divided by the mean's denominator; backward only multiplies it by grad_output.
   // lse (log-sum-exp per row) is returned when save_lse, for the gradient of probability targets.
   m.def(
-      "cross_entropy(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
+      "_cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, int reduction, int ignore_index, "
       "float label_smoothing, bool compute_grad, bool save_lse, ScalarType? out_dtype) "
       "-> (Tensor loss, Tensor grad_input, Tensor lse)");
   // d(loss)/d(target) for probability targets: grad_loss * (1-eps) w_c (lse - x_c) [/ rows for mean].
   m.def(
-      "cross_entropy_target_backward(Tensor grad_loss, Tensor input, Tensor lse, Tensor? weight, int reduction, "
+      "_cross_entropy_target_backward(Tensor grad_loss, Tensor input, Tensor lse, Tensor? weight, int reduction, "
       "float label_smoothing) -> Tensor");
   // nll_loss reads only the target entries of its input, so its gradient is left to backward.
   m.def(

@@ -116,11 +116,16 @@ CtcPlan plan_ctc(const at::Tensor& log_probs, const at::Tensor& targets, const a
 }  // namespace fastloss
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
-  // log_probs (T, N, C); targets padded (N, S) or concatenated 1-D; lengths: one integer per sample,
+  // The public op (no gradient flags: its C++ autograd, autograd/ctc.cpp, decides them and calls the
+  // internal op below):
+  m.def(
+      "ctc_loss(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, int blank=0, "
+      "int reduction=1, bool zero_infinity=False) -> Tensor");
+  // Internal. log_probs (T, N, C); targets padded (N, S) or concatenated 1-D; lengths: one integer per sample,
   // on any device (read on the host). Returns the loss (reduced, or per sample for reduction 0) and,
   // with grad_now, d(loss)/d(log_probs) for grad_output = 1 (per sample for 'none'), which backward
   // scales by grad_output (fastloss::scale_grad_); without grad_now an empty grad.
   m.def(
-      "ctc_loss(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, int blank, "
+      "_ctc_loss_forward(Tensor log_probs, Tensor targets, Tensor input_lengths, Tensor target_lengths, int blank, "
       "int reduction, bool zero_infinity, bool grad_now) -> (Tensor loss, Tensor grad)");
 }

@@ -57,22 +57,30 @@ at::Tensor row_backward_factor(const RowPlan& p, const at::Tensor& grad_loss, co
 }  // namespace fastloss
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
-  // Forward: one pass over each row computes its distances and loss; with grad_now (mean/sum only)
+  // The public op (no gradient flags: its C++ autograd, autograd/embedding.cpp, decides them and calls the
+  // internal op below):
+  m.def(
+      "triplet_margin_loss(Tensor anchor, Tensor positive, Tensor negative, float margin=1.0, float p=2.0, "
+      "float eps=1e-06, bool swap=False, int reduction=1, ScalarType? out_dtype=None) -> Tensor");
+  m.def(
+      "cosine_embedding_loss(Tensor input1, Tensor input2, Tensor target, float margin=0.0, int reduction=1, "
+      "ScalarType? out_dtype=None) -> Tensor");
+  // Internal. Forward: one pass over each row computes its distances and loss; with grad_now (mean/sum only)
   // a second pass over the same row, while it is still in cache, writes the gradients already
   // divided by the mean's denominator, so backward only scales them by grad_output.
   m.def(
-      "triplet_margin(Tensor anchor, Tensor positive, Tensor negative, float margin, float p, float eps, bool swap, "
-      "int reduction, bool[3] grad_now, ScalarType? out_dtype) "
+      "_triplet_margin_forward(Tensor anchor, Tensor positive, Tensor negative, float margin, float p, float eps, "
+      "bool swap, int reduction, bool[3] grad_now, ScalarType? out_dtype) "
       "-> (Tensor loss, Tensor grad_anchor, Tensor grad_positive, Tensor grad_negative)");
   m.def(
-      "triplet_margin_backward(Tensor grad_loss, Tensor anchor, Tensor positive, Tensor negative, float margin, "
+      "_triplet_margin_backward(Tensor grad_loss, Tensor anchor, Tensor positive, Tensor negative, float margin, "
       "float p, float eps, bool swap, int reduction, bool[3] output_mask) "
       "-> (Tensor grad_anchor, Tensor grad_positive, Tensor grad_negative)");
   // target: one value per row (1, -1, or anything else for a zero loss).
   m.def(
-      "cosine_embedding(Tensor input1, Tensor input2, Tensor target, float margin, int reduction, bool[2] grad_now, "
-      "ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input1, Tensor grad_input2)");
+      "_cosine_embedding_forward(Tensor input1, Tensor input2, Tensor target, float margin, int reduction, "
+      "bool[2] grad_now, ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input1, Tensor grad_input2)");
   m.def(
-      "cosine_embedding_backward(Tensor grad_loss, Tensor input1, Tensor input2, Tensor target, float margin, "
+      "_cosine_embedding_backward(Tensor grad_loss, Tensor input1, Tensor input2, Tensor target, float margin, "
       "int reduction, bool[2] output_mask) -> (Tensor grad_input1, Tensor grad_input2)");
 }

@@ -595,13 +595,19 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
       "linear_ce_grad(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, Tensor? weight, "
       "Tensor coef, int class_offset, int ignore_index, float? softcap, int budget, bool[3] output_mask, "
       "bool acc_weight_grad=True) -> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  // The public op: (loss, lse); its C++ autograd (autograd/linear_cross_entropy.cpp) decides the gradients.
   m.def(
       "linear_cross_entropy(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, Tensor? weight, "
       "int reduction, int ignore_index, float label_smoothing, float? softcap, float z_loss, int budget, int row_cap, "
-      "bool acc_weight_grad, bool[3] grad_now) -> (Tensor loss, Tensor lse, Tensor grad_input, Tensor grad_weight, "
-      "Tensor grad_bias)");
+      "bool acc_weight_grad) -> (Tensor loss, Tensor lse)");
+  // Internal (called by the autograd only):
   m.def(
-      "linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, Tensor? linear_bias, "
+      "_linear_cross_entropy_forward(Tensor input, Tensor linear_weight, Tensor? linear_bias, Tensor target, "
+      "Tensor? weight, int reduction, int ignore_index, float label_smoothing, float? softcap, float z_loss, "
+      "int budget, int row_cap, bool acc_weight_grad, bool[3] grad_now) -> (Tensor loss, Tensor lse, "
+      "Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
+  m.def(
+      "_linear_cross_entropy_backward(Tensor grad_loss, Tensor input, Tensor linear_weight, Tensor? linear_bias, "
       "Tensor target, Tensor? weight, int reduction, int ignore_index, float label_smoothing, float? softcap, "
       "float z_loss, int budget, int row_cap, bool acc_weight_grad, bool[3] output_mask) "
       "-> (Tensor grad_input, Tensor grad_weight, Tensor grad_bias)");
@@ -613,16 +619,16 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
 TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
   m.impl("linear_ce_stats", &linear_ce_stats);
   m.impl("linear_ce_grad", &linear_ce_grad);
-  m.impl("linear_cross_entropy", &linear_cross_entropy);
-  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward);
+  m.impl("_linear_cross_entropy_forward", &linear_cross_entropy);
+  m.impl("_linear_cross_entropy_backward", &linear_cross_entropy_backward);
   m.impl("_linear_ce_plan", &linear_ce_plan_op);
 }
 
 TORCH_LIBRARY_IMPL(fastloss, CUDA, m) {
   m.impl("linear_ce_stats", &linear_ce_stats);
   m.impl("linear_ce_grad", &linear_ce_grad);
-  m.impl("linear_cross_entropy", &linear_cross_entropy);
-  m.impl("linear_cross_entropy_backward", &linear_cross_entropy_backward);
+  m.impl("_linear_cross_entropy_forward", &linear_cross_entropy);
+  m.impl("_linear_cross_entropy_backward", &linear_cross_entropy_backward);
   m.impl("_linear_ce_plan", &linear_ce_plan_op);
 }
 

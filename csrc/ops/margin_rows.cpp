@@ -127,20 +127,26 @@ MarginRun margin_backward_run(const MarginRowsPlan& p, const at::Tensor& grad_lo
 }  // namespace fastloss
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
-  // One pass over each row: the loss and, with grad_now (mean/sum only), d(loss)/d(input) already
+  // The public op (no gradient flags: its C++ autograd, autograd/margin_rows.cpp, decides them and calls the
+  // internal op below):
+  m.def(
+      "multi_margin_loss(Tensor self, Tensor target, int p=1, float margin=1.0, Tensor? weight=None, "
+      "int reduction=1, ScalarType? out_dtype=None) -> Tensor");
+  m.def("multilabel_margin_loss(Tensor self, Tensor target, int reduction=1, ScalarType? out_dtype=None) -> Tensor");
+  // Internal. One pass over each row: the loss and, with grad_now (mean/sum only), d(loss)/d(input) already
   // divided by the mean's denominator, so backward only scales it by grad_output. weight: per class,
   // any floating dtype (read in the accumulate type). Targets: int64 class indices of shape () / (N,).
   m.def(
-      "multi_margin_loss(Tensor input, Tensor target, int p, float margin, Tensor? weight, int reduction, "
+      "_multi_margin_loss_forward(Tensor input, Tensor target, int p, float margin, Tensor? weight, int reduction, "
       "bool grad_now, ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input)");
   m.def(
-      "multi_margin_loss_backward(Tensor grad_loss, Tensor input, Tensor target, int p, float margin, "
+      "_multi_margin_loss_backward(Tensor grad_loss, Tensor input, Tensor target, int p, float margin, "
       "Tensor? weight, int reduction) -> Tensor grad_input");
   // target: the input's shape, int64; each row's class list ends at its first -1.
   m.def(
-      "multilabel_margin_loss(Tensor input, Tensor target, int reduction, bool grad_now, ScalarType? out_dtype) "
-      "-> (Tensor loss, Tensor grad_input)");
+      "_multilabel_margin_loss_forward(Tensor input, Tensor target, int reduction, bool grad_now, "
+      "ScalarType? out_dtype) -> (Tensor loss, Tensor grad_input)");
   m.def(
-      "multilabel_margin_loss_backward(Tensor grad_loss, Tensor input, Tensor target, int reduction) "
+      "_multilabel_margin_loss_backward(Tensor grad_loss, Tensor input, Tensor target, int reduction) "
       "-> Tensor grad_input");
 }

@@ -10,7 +10,7 @@
 namespace fastloss {
 
 PwKind to_pw_kind(int64_t kind) {
-  TORCH_CHECK_VALUE(kind >= 0 && kind < kPwKinds, "fastloss.pointwise_loss: unknown kind ", num(kind));
+  TORCH_CHECK_VALUE(kind >= 0 && kind < kPwKinds, "fastloss._pointwise_forward: unknown kind ", num(kind));
   return static_cast<PwKind>(kind);
 }
 
@@ -116,9 +116,44 @@ at::Tensor pw_single_factor(const PwPlan& p, const at::Tensor& grad_loss, const 
   return k / static_cast<double>(p.n);  // n == 0: inf, never read
 }
 
+// Argument names and defaults as torch's (aten's schemas where they exist; torchvision's for sigmoid_focal_loss,
+// whose alpha < 0 means no alpha term).
+const char* const kPwNamedSchemas[] = {
+    "l1_loss(Tensor self, Tensor target, Tensor? weight=None, int reduction=1, ScalarType? out_dtype=None) -> Tensor",
+    "mse_loss(Tensor self, Tensor target, Tensor? weight=None, int reduction=1, ScalarType? out_dtype=None) -> Tensor",
+    "smooth_l1_loss(Tensor self, Tensor target, int reduction=1, float beta=1.0, ScalarType? out_dtype=None) -> Tensor",
+    "huber_loss(Tensor self, Tensor target, Tensor? weight=None, int reduction=1, float delta=1.0, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "margin_ranking_loss(Tensor input1, Tensor input2, Tensor target, float margin=0.0, int reduction=1, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "hinge_embedding_loss(Tensor self, Tensor target, float margin=1.0, int reduction=1, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "soft_margin_loss(Tensor self, Tensor target, int reduction=1, ScalarType? out_dtype=None) -> Tensor",
+    "kl_div(Tensor self, Tensor target, int reduction=1, bool log_target=False, ScalarType? out_dtype=None) -> Tensor",
+    "binary_cross_entropy(Tensor self, Tensor target, Tensor? weight=None, int reduction=1, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "binary_cross_entropy_with_logits(Tensor self, Tensor target, Tensor? weight=None, Tensor? pos_weight=None, "
+    "int reduction=1, ScalarType? out_dtype=None) -> Tensor",
+    "poisson_nll_loss(Tensor input, Tensor target, bool log_input=True, bool full=False, float eps=1e-08, "
+    "int reduction=1, ScalarType? out_dtype=None) -> Tensor",
+    "gaussian_nll_loss(Tensor input, Tensor target, Tensor var, bool full=False, float eps=1e-06, int reduction=1, "
+    "ScalarType? out_dtype=None) -> Tensor",
+    "sigmoid_focal_loss(Tensor inputs, Tensor targets, float alpha=0.25, float gamma=2.0, int reduction=0, "
+    "ScalarType? out_dtype=None) -> Tensor",
+};
+
 }  // namespace fastloss
 
 TORCH_LIBRARY_FRAGMENT(fastloss, m) {
+  using fastloss::kPwNamedSchemas;
+  // The public ops, one per loss, with torch's typed arguments (aten's schema where it has one, e.g.
+  // smooth_l1_loss(self, target, reduction, beta)); what the profiler, torch.export and dynamo's graphs
+  // show. Each maps its arguments onto the one engine below (autograd/pointwise.cpp, PwNamed<K>).
+  // Inputs arrive broadcast to one shape (fastloss.functional does it, as torch's Python does); reduction
+  // is ATen's enum; out_dtype: the loss's dtype (float32 for half/bfloat16 under autocast), None = the
+  // input's. The gradient flags are decided by the C++ autograd, never by the caller.
+  for (const char* schema : kPwNamedSchemas) m.def(schema);
+  // The engine, internal (called only by the autograd above):
   // d (pos_weight, never differentiated) and param2: see ops/pointwise.h. binary_cross_entropy's
   // forward also checks that input and target lie in [0, 1] (on CUDA reported without a host sync).
   // Forward: one pass reads a, b (and c) once and writes the loss (per element for 'none', else the
@@ -127,14 +162,14 @@ TORCH_LIBRARY_FRAGMENT(fastloss, m) {
   // for l1/mse with a weight, whose denominator sum(weight) is not known before the pass ends);
   // backward then only scales it by grad_output. Unrequested gradients come back as empty tensors.
   m.def(
-      "pointwise_loss(Tensor a, Tensor b, Tensor? c, int kind, float param, int reduction, bool[3] grad_now, "
+      "_pointwise_forward(Tensor a, Tensor b, Tensor? c, int kind, float param, int reduction, bool[3] grad_now, "
       "ScalarType? out_dtype, Tensor? d=None, float param2=0.0) -> (Tensor loss, Tensor grad_a, Tensor grad_b, "
       "Tensor grad_c)");
   // Backward from scratch (reduction 'none', or gradients the forward did not write): reads a, b (c)
   // and grad_loss once, writes each requested gradient once. `loss` is the forward's result, used
   // only by the weight gradient of weighted-mean l1/mse: grad_loss * (l_i - loss) / sum(weight).
   m.def(
-      "pointwise_loss_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor? c, int kind, float param, "
+      "_pointwise_backward(Tensor grad_loss, Tensor a, Tensor b, Tensor? c, int kind, float param, "
       "int reduction, Tensor loss, bool[3] output_mask, Tensor? d=None, float param2=0.0) -> (Tensor grad_a, "
       "Tensor grad_b, Tensor grad_c)");
 }

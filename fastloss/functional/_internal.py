@@ -1,6 +1,17 @@
-"""Fake kernels of the partial (class-slice) cross-entropy steps (schemas and semantics in
-csrc/ops/ce_partial.{h,cpp})."""
+"""Fake kernels of the internal ops that are no loss family of their own: the shared gradient scaling
+(csrc/ops/grad_scale.cpp) and the class-slice cross-entropy steps of linear_cross_entropy and vocab-parallel
+cross_entropy (csrc/ops/ce_partial.{h,cpp})."""
 import torch
+
+
+@torch.library.register_fake("fastloss::scale_grad")
+def _scale_grad_fake(grad, grad_loss, classes, inner):
+    return torch.empty_like(grad)
+
+
+@torch.library.register_fake("fastloss::scale_grad_")
+def _scale_grad_inplace_fake(grad, grad_loss, classes, inner):
+    return None
 
 
 def _acc(dtype):
