@@ -34,7 +34,8 @@ _ops = FastOps("cross_entropy", "nll_loss", "pointwise_loss", "triplet_margin", 
 # tests/test_ops.py::test_torch_func_transforms_run_torch. The originals are taken at import, before any
 # fastloss.patch() (patch.py uses this table to undo itself).
 _transforming = torch._C._are_functorch_transforms_active
-_TORCH = {name: getattr(torch.nn.functional, name) for name in __all__ if hasattr(torch.nn.functional, name)}
+from ._losses import torch_functions as _torch_functions  # noqa: E402 - the table of losses
+_TORCH = _torch_functions()
 
 
 _TYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
