@@ -74,7 +74,8 @@ def _loss(name, family, module, differentiable, torch_name=..., **kw):
 # Every loss, in the README's order. differentiable: cross_entropy's target and weight only with
 # probability targets (class indices: input only), as torch.
 LOSSES: tuple[Loss, ...] = (
-    _loss("cross_entropy", "cross_entropy", "CrossEntropyLoss", ("input", "target", "weight"), bench="CrossEntropyCase"),
+    _loss("cross_entropy", "cross_entropy", "CrossEntropyLoss", ("input", "target", "weight"),
+          bench="CrossEntropyCase"),
     _loss("nll_loss", "cross_entropy", "NLLLoss", ("input",), bench="NllCase"),
     _loss("l1_loss", "pointwise", "L1Loss", ("input", "target", "weight"), bench="RegressionCase"),
     _loss("mse_loss", "pointwise", "MSELoss", ("input", "target", "weight"), bench="RegressionCase"),
