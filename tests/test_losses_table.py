@@ -129,6 +129,7 @@ def test_bench_cases_from_the_table():
     for loss in with_case:
         cls = bench.LOSS_FAMILY[loss.name]
         assert cls.__name__ == loss.bench and cls.__module__ == f"fastloss.bench.{loss.family}"
+        assert cls.family == loss.family  # the class too (tools/gpu_check_report.py reads it there)
         case = bench.make_case(loss.name, None, torch.float32, "cpu")
         assert type(case) is cls and case.family == loss.family and case.name().startswith(loss.name + " ")
     for case in bench.default_cases("cpu") + bench.default_cases("cuda"):

@@ -53,11 +53,11 @@ from .. import _losses
 from ._case import DTYPE_NAMES, DTYPES, LossCase, ShapedCase, fmt_count, fmt_shape, parse_shape  # noqa: F401
 from ._timing import (compare, copy_bandwidth, fwd_bwd, fwd_only, peak_extra_memory, sync, time_once,  # noqa: F401
                       timeit)
-from . import cross_entropy, pointwise, embedding, ctc, margin_rows  # noqa: E402
+from . import cross_entropy, ctc, embedding, margin_rows, pointwise
 from .cross_entropy import CrossEntropyCase, NllCase  # noqa: F401
 from .pointwise import (RegressionCase, SmoothL1Case, HuberCase, SoftMarginCase, KLDivCase,  # noqa: F401
-                        MarginRankingCase, HingeEmbeddingCase, BinaryCase, BCECase, BCEWithLogitsCase, PoissonCase,
-                        GaussianCase, MultiLabelSoftMarginCase)
+                        SignTargetCase, MarginRankingCase, HingeEmbeddingCase, BinaryCase, BCECase,
+                        BCEWithLogitsCase, PoissonCase, GaussianCase, MultiLabelSoftMarginCase)
 from .embedding import EmbeddingCase, TripletCase, CosineCase  # noqa: F401
 from .ctc import CtcCase  # noqa: F401
 from .margin_rows import MarginRowsCase, MultiMarginCase, MultiLabelMarginCase  # noqa: F401
@@ -80,7 +80,7 @@ def _register():
         if row.bench is None:
             continue
         cls = getattr(_FAMILY_MODULES[row.family], row.bench)
-        cls.register(row.name)
+        cls.register(row.name, row.family)
         by_loss[row.name] = cls
     return by_loss
 

@@ -45,6 +45,7 @@ class LossCase:
     modules are registered (fastloss/bench/__init__.py)."""
 
     losses = ()
+    family = None  # the csrc family of its losses (register(): from the table)
     compile_fullgraph = True  # torch_compiled: fullgraph=True (False where torch's op cannot be captured whole)
     # the default size (as from_dims takes it) on each device type: DEFAULT_DIMS["cuda"], ["cpu"]
     DEFAULT_DIMS = None
@@ -58,13 +59,20 @@ class LossCase:
     _by_loss = {}  # loss name -> its case class (register())
 
     @classmethod
-    def register(cls, loss):
-        """Make `cls` the case class of `loss` (from the loss's row in the table) and add it to the
-        `losses` of cls and every case class above it."""
+    def register(cls, loss, family):
+        """Make `cls` the case class of `loss` (from the loss's row in the table), add the loss to the
+        `losses` of cls and every case class above it, and set `family` on cls and the classes above it
+        in its family's module."""
         LossCase._by_loss[loss] = cls
         for c in cls.__mro__:
-            if issubclass(c, LossCase) and loss not in c.__dict__.get("losses", ()):
+            if not issubclass(c, LossCase):
+                continue
+            if loss not in c.__dict__.get("losses", ()):
                 c.losses = c.__dict__.get("losses", ()) + (loss,)
+            if c.__module__ == cls.__module__:
+                if c.__dict__.get("family", family) != family:
+                    raise ValueError(f"{c.__name__} serves losses of two families: {c.family}, {family}")
+                c.family = family
 
     def __new__(cls, loss=None, *args, **kwargs):
         """The case class of `loss` when it is a subclass of cls (a family's base class builds any of
@@ -77,11 +85,6 @@ class LossCase:
             raise ValueError(f"{type(self).__name__}: unknown loss {loss!r} (one of {', '.join(self.losses)})")
         self.loss, self.dtype, self.device, self.reduction = loss, dtype, torch.device(device), reduction
         self.none_backward = "grad"  # see NONE_BACKWARDS; "grad" is what benchmarks/ has always timed
-
-    @property
-    def family(self):
-        """The loss's csrc family, from the table."""
-        return _losses.by_name(self.loss).family
 
     # how the command line builds a case: --shape (or the default size) as dims
     @classmethod
