@@ -30,6 +30,7 @@ def test_table_shape():
     # every loss belongs to exactly one family, and the families partition the table
     assert sorted(n for f in _losses.FAMILIES for n in (loss.name for loss in _losses.family(f))) == sorted(names)
     assert all(_losses.family(f) for f in _losses.FAMILIES)
+    assert _losses.FAMILIES == tuple(dict.fromkeys(loss.family for loss in _losses.LOSSES))  # in table order
     assert _losses.by_name("smooth_l1_loss").family == "pointwise"
     with pytest.raises(KeyError):
         _losses.by_name("no_such_loss")
