@@ -11,7 +11,8 @@ hinge_embedding_loss (margin 1) on N elements. Every input requires grad except 
 medians, the ratio to torch eager, and on CUDA the bandwidth counting the minimal bytes and its
 fraction of the device's measured copy bandwidth, and the peak extra memory of forward+backward.
 
-Minimal bytes (EmbeddingCase.min_bytes; elem = bytes per element):
+Minimal bytes (EmbeddingCase.min_bytes, SignTargetCase.min_bytes for margin_ranking and hinge: pointwise
+losses in csrc; elem = bytes per element):
   triplet (anchor, positive, negative: N x D):  fwd+bwd 3 reads + 3 gradient writes = 6 N D elem; fwd 3 N D elem
   cosine (input1, input2: N x D, target: N):    fwd+bwd 4 N D elem + N elem;          fwd 2 N D elem + N elem
   margin_ranking (input1, input2, target: N):   fwd+bwd 3 reads + 2 writes = 5 N elem; fwd 3 N elem
@@ -20,9 +21,8 @@ Minimal bytes (EmbeddingCase.min_bytes; elem = bytes per element):
 Liger-Kernel has no counterpart of these losses, so no peer column. Timing lives here, never in a test.
 The markdown printed is what benchmarks/RESULTS.md pastes.
 """
-from fastloss.bench import DTYPES, EmbeddingCase, side_by_side_main
+from fastloss.bench import DTYPES, LOSS_FAMILY, side_by_side_main
 
-LOSSES = EmbeddingCase.losses
 M = 2**20
 TRIPLET, TRIPLET_D = "triplet_margin_loss", "triplet_margin_with_distance_loss"
 COSINE, RANKING, HINGE = "cosine_embedding_loss", "margin_ranking_loss", "hinge_embedding_loss"
@@ -69,7 +69,7 @@ NOTES = [
 
 def build(spec, device):
     loss, shape, dtype, reduction = spec[:4]
-    return EmbeddingCase(loss, shape, DTYPES[dtype], device, reduction=reduction, swap=spec[4])
+    return LOSS_FAMILY[loss].from_dims(loss, shape, DTYPES[dtype], device, reduction=reduction, swap=spec[4])
 
 
 def main(argv=None):

@@ -9,24 +9,15 @@ import torch
 from . import _C  # noqa: F401  (registers every op and kernel)
 # fastloss.functional's family modules register the fake kernels at import
 from . import functional  # noqa: E402
-from .modules import (CrossEntropyLoss, NLLLoss, L1Loss, MSELoss, SmoothL1Loss, HuberLoss,  # noqa: E402
-                      MarginRankingLoss, HingeEmbeddingLoss, TripletMarginLoss, TripletMarginWithDistanceLoss,
-                      CosineEmbeddingLoss, CTCLoss, SoftMarginLoss, KLDivLoss, BCELoss, BCEWithLogitsLoss,
-                      PoissonNLLLoss, GaussianNLLLoss, MultiLabelSoftMarginLoss, FocalLoss, MultiMarginLoss,
-                      MultiLabelMarginLoss)
-if "LinearCrossEntropyLoss" in modules.__all__:  # torch >= 2.14 has it
-    from .modules import LinearCrossEntropyLoss  # noqa: E402,F401
+from . import modules  # noqa: E402
+from .modules import *  # noqa: E402,F401,F403 - every module class of the table (_losses.py) this torch has
 from .patch import patch, unpatch, is_patched  # noqa: E402
 
 __version__ = "0.1.0"
 
-__all__ = ["functional", "CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss",
-           "MarginRankingLoss", "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss",
-           "CosineEmbeddingLoss", "CTCLoss", "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss",
-           "PoissonNLLLoss", "GaussianNLLLoss", "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss",
-           "MultiLabelMarginLoss", "patch", "unpatch", "is_patched",
-           "cuda_built", "set_target_validation", "check_errors", "set_linear_ce_memory_budget"] + (["LinearCrossEntropyLoss"] if "LinearCrossEntropyLoss" in
-                                                     modules.__all__ else [])
+# the losses' entries come from the table (fastloss/_losses.py) through modules.__all__
+__all__ = ["functional", *modules.__all__, "patch", "unpatch", "is_patched", "cuda_built", "set_target_validation",
+           "check_errors", "set_linear_ce_memory_budget"]
 
 
 def cuda_built() -> bool:

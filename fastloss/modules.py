@@ -3,14 +3,12 @@ constructor, same attributes, same state_dict, isinstance checks keep working) a
 forward only."""
 from torch import Tensor, nn
 
+from . import _losses
 from . import functional as F
 
-__all__ = ["CrossEntropyLoss", "NLLLoss", "L1Loss", "MSELoss", "SmoothL1Loss", "HuberLoss", "MarginRankingLoss",
-           "HingeEmbeddingLoss", "TripletMarginLoss", "TripletMarginWithDistanceLoss", "CosineEmbeddingLoss", "CTCLoss",
-           "SoftMarginLoss", "KLDivLoss", "BCELoss", "BCEWithLogitsLoss", "PoissonNLLLoss", "GaussianNLLLoss",
-           "MultiLabelSoftMarginLoss", "FocalLoss", "MultiMarginLoss", "MultiLabelMarginLoss"]
-if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14: defined at the end
-    __all__.append("LinearCrossEntropyLoss")
+# every module of the table (fastloss/_losses.py) that this torch has (LinearCrossEntropyLoss: torch >= 2.14,
+# defined at the end only there)
+__all__ = _losses.module_names()
 
 
 def _and_torch_doc(doc, torch_cls):

@@ -7,19 +7,20 @@ import threading
 import torch
 from torch import nn
 
+from . import _losses
 from . import functional as _fl_functional
 from . import modules as _fl_modules
 
 __all__ = ["patch", "unpatch", "is_patched", "PATCHED_FUNCTIONS", "PATCHED_MODULES"]
 
-# torch.nn.functional names with a fastloss implementation (same signature); fastloss's own extras
-# (sigmoid_focal_loss, FocalLoss) have no torch name to patch.
-PATCHED_FUNCTIONS = tuple(n for n in _fl_functional.__all__ if hasattr(torch.nn.functional, n))
-# torch.nn loss classes with a fastloss subclass that overrides forward only.
-PATCHED_MODULES = tuple(n for n in _fl_modules.__all__ if hasattr(nn, n))
+# From the table (fastloss/_losses.py): the torch.nn.functional names with a fastloss implementation
+# (same signature) and the torch.nn loss classes with a fastloss subclass that overrides forward only;
+# fastloss's own extras (sigmoid_focal_loss, FocalLoss) have no torch name to patch.
+PATCHED_FUNCTIONS = _losses.patched_functions()
+PATCHED_MODULES = _losses.patched_modules()
 
-# The torch originals, captured when fastloss.functional is imported (before any patch).
-_TORCH_FUNCTIONS = {name: _fl_functional._TORCH[name] for name in PATCHED_FUNCTIONS}
+# The torch originals, captured when fastloss is imported (before any patch).
+_TORCH_FUNCTIONS = {name: _losses.by_name(name).torch_function for name in PATCHED_FUNCTIONS}
 _TORCH_MODULES = {name: getattr(nn, name) for name in PATCHED_MODULES}
 _FASTLOSS_FOR = {_TORCH_MODULES[name]: getattr(_fl_modules, name) for name in PATCHED_MODULES}
 # Namespaces where code finds the loss classes: nn.X, nn.modules.X, nn.modules.loss.X, and

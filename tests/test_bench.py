@@ -53,7 +53,7 @@ def test_list_none_backward_grad_and_only(capsys, no_timing):
 
 
 def check_record(rec, loss):
-    assert rec["loss"] == loss and rec["family"] == "regression"
+    assert rec["loss"] == loss and rec["family"] == "pointwise"
     assert rec["shape"] == "4K" and rec["elements"] == 4096
     assert rec["dtype"] == "fp32" and rec["reduction"] == "none" and rec["backward"] == "sum()"
     assert rec["case"] == f"{loss} fp32 4K none.sum"

@@ -5,8 +5,7 @@ size_average/reduce, dtype rules), then calls its loss's op in the `fastloss` na
 One module per csrc family holds its wrappers and fake kernels: pointwise, cross_entropy, embedding, margin_rows, ctc,
 linear_cross_entropy; _common the shared rules, _internal the fake kernels of the internal shared ops.
 """
-import torch
-
+from .. import _losses
 from ._common import _TORCH, _transforming  # noqa: F401  (the torch.func fallback; patch.py reads _TORCH)
 from . import _internal  # noqa: F401  (fake kernels of the shared internal ops)
 from .cross_entropy import cross_entropy, nll_loss
@@ -18,14 +17,5 @@ from .embedding import triplet_margin_loss, triplet_margin_with_distance_loss, c
 from .ctc import ctc_loss
 from .margin_rows import multi_margin_loss, multilabel_margin_loss
 
-__all__ = ["cross_entropy", "nll_loss", "l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "margin_ranking_loss",
-           "hinge_embedding_loss", "triplet_margin_loss", "triplet_margin_with_distance_loss", "cosine_embedding_loss",
-           "ctc_loss", "soft_margin_loss", "kl_div", "binary_cross_entropy", "binary_cross_entropy_with_logits",
-           "poisson_nll_loss", "gaussian_nll_loss", "multilabel_soft_margin_loss", "sigmoid_focal_loss",
-           "multi_margin_loss", "multilabel_margin_loss"]
-if hasattr(torch.nn.functional, "linear_cross_entropy"):  # torch >= 2.14
-    __all__.append("linear_cross_entropy")
-
-# torch's own losses, taken now (before any fastloss.patch()); sigmoid_focal_loss set its composed form
-_TORCH.update({name: getattr(torch.nn.functional, name) for name in __all__
-               if hasattr(torch.nn.functional, name) and name not in _TORCH})
+# the losses of the table (fastloss/_losses.py) this torch has (linear_cross_entropy: torch >= 2.14)
+__all__ = _losses.functional_names()

@@ -6,17 +6,17 @@ import functools
 import torch
 from torch.nn import _reduction as _Reduction
 
-from .. import _C
+from .. import _C, _losses
 
 # Under a torch.func transform (grad, vjp, jacrev, vmap, ...) every loss is torch's own: torch.func refuses
 # C++ autograd Functions (fastloss's autograd) under grad-type transforms, and under vmap a fastloss op,
 # which has no batching rule, would run once per batch entry. torch's losses compose with every
 # transform, nesting and higher orders included. Documented in the README; counted by
-# tests/test_ops.py::test_torch_func_transforms_run_torch. _TORCH: torch's function by name, filled by
-# fastloss/functional/__init__.py at import, before any fastloss.patch() (patch.py uses this table to undo
-# itself); a loss torch.nn lacks (sigmoid_focal_loss) sets its own composed form.
+# tests/test_ops.py::test_torch_func_transforms_run_torch. _TORCH: torch's function by name, from the table of
+# losses (fastloss/_losses.py), taken before any fastloss.patch(); a loss torch.nn lacks (sigmoid_focal_loss)
+# maps to the table's reference, its formula in torch ops.
 _transforming = torch._C._are_functorch_transforms_active
-_TORCH = {}
+_TORCH = _losses.torch_functions()
 
 _TYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
 

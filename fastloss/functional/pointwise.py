@@ -504,26 +504,11 @@ def sigmoid_focal_loss(
                          f"'mean', 'sum'")
     if targets.size() != inputs.size():
         raise ValueError(f"Target size ({targets.size()}) must be the same as input size ({inputs.size()})")
-    if _transforming():  # torch.func: the formula in torch ops (see _TORCH)
+    if _transforming():  # torch.func: the formula in torch ops (the table's reference)
         return _TORCH["sigmoid_focal_loss"](inputs, targets, alpha, gamma, reduction)
     dtype = _floating_common("sigmoid_focal_loss", inputs, targets)
     return _pointwise(_ops.sigmoid_focal_loss, (_as(inputs, dtype), _as(targets, dtype)), float(alpha), float(gamma),
                       _Reduction.get_enum(reduction))
-
-
-def _sigmoid_focal_loss_composed(inputs, targets, alpha, gamma, reduction):
-    """sigmoid_focal_loss's formula in torch ops (torch.nn has no focal loss to defer to): what runs under a
-    torch.func transform. The arguments are already checked."""
-    p = torch.sigmoid(inputs)
-    loss = _TORCH["binary_cross_entropy_with_logits"](inputs, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = loss * (1 - p_t) ** gamma
-    if alpha >= 0:
-        loss = (alpha * targets + (1 - alpha) * (1 - targets)) * loss
-    return loss if reduction == "none" else loss.mean() if reduction == "mean" else loss.sum()
-
-
-_TORCH["sigmoid_focal_loss"] = _sigmoid_focal_loss_composed
 
 
 # ------------------------------------------------------------------------------------ fake kernels
