@@ -1,9 +1,14 @@
-"""Shared test fixtures: devices (CPU always, CUDA when a GPU is visible), dtypes, tolerances."""
+"""Shared test fixtures and helpers: devices (CPU always, CUDA when a GPU is visible), dtypes, tolerances,
+input makers, comparisons against torch's float64 reference, the sample inputs of every loss (SAMPLES, for
+tests/test_all_losses.py). Test files import helpers from here only, never from one another."""
 import contextlib
 import os
+import re
+import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import fastloss
 
@@ -11,6 +16,8 @@ HAS_CUDA = torch.cuda.is_available() and fastloss.cuda_built()
 
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
+REDUCTIONS = ["none", "mean", "sum"]
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `large` (tests/test_large.py: tensors past 2^31 elements, 8-10 GiB) run only with
@@ -213,3 +220,271 @@ def opcheck_test(op_cases, n_cases):
         op, args = cases[case]
         torch.library.opcheck(op, args)
     return test_opcheck
+
+
+# ============================================================ inputs and float64 references (pointwise tests)
+def make(shape, dtype, device, layout="contig", scale=2.0, positive=False):
+    """Random values in the requested memory layout: 'transpose' (2-D), 'slice' (1-D: every other
+    element; 2-D: columns 1..C of a wider tensor), 'permute' (K-D, reversed dims), 'expand' (stride 0
+    along the first dim, a broadcast view of the full size)."""
+    def base(s):
+        t = torch.rand(s, device=device) + 0.2 if positive else torch.randn(s, device=device) * scale
+        return t.to(dtype)
+
+    return laid_out(base, shape, layout)
+
+
+def layouts(shape):
+    if 0 in shape:
+        return ["contig"]
+    if len(shape) == 2:
+        return ["contig", "transpose", "slice", "expand"]
+    if len(shape) == 1:
+        return ["contig", "slice"]
+    if len(shape) > 2:
+        return ["contig", "permute"]
+    return ["contig"]
+
+
+def torch_ref(fn, tensors, grad_out):
+    """fn (torch code) on float64 copies of the tensors (integer ones too: same values), with
+    requires_grad as the originals; returns the loss and the gradients of those that require grad."""
+    up = [None if a is None else a.detach().double().requires_grad_(a.requires_grad) for a in tensors]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loss = fn(*up)
+    diff = [a for a in up if a is not None and a.requires_grad]
+    grads = list(torch.autograd.grad(loss, diff, grad_out.double())) if diff and grad_out is not None else []
+    return loss, grads
+
+
+def diff_of(*tensors):
+    return [a for a in tensors if a is not None and a.requires_grad]
+
+
+def gfloor(dtype, n):
+    """assert_close_ref floor for gradients of a loss over n elements: a mean's gradients are O(1/n),
+    so the default floor (0.1) would hide errors in them; float16 gradients below 6.1e-5 are
+    subnormal (spacing 6e-8), which the floor allows for."""
+    f = min(4.0 / max(n, 1), 1.0)
+    return max(f, 6e-5) if dtype == torch.float16 else f
+
+
+def coarsest(*dtypes):
+    """The least precise of the dtypes (for tolerances of mixed-dtype computations)."""
+    return max(dtypes, key=lambda d: TOL[d][0])
+
+
+POISONED_F = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "triplet_margin_loss", "margin_ranking_loss",
+              "cosine_embedding_loss", "hinge_embedding_loss", "pairwise_distance", "cosine_similarity"]
+
+
+POISONED_TORCH = ["pairwise_distance", "triplet_margin_loss", "margin_ranking_loss", "cosine_embedding_loss",
+                  "hinge_embedding_loss", "norm"]
+
+
+POISONED_NN = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
+
+
+def poison_torch_losses(monkeypatch):
+    """Make torch's own losses (and the distance helpers they use) raise when called."""
+    def boom(*a, **k):
+        raise AssertionError("fastloss called a torch loss")
+
+    for name in POISONED_F:
+        monkeypatch.setattr(F, name, boom)
+    for name in POISONED_TORCH:
+        monkeypatch.setattr(torch, name, boom)
+    for name in POISONED_NN:
+        monkeypatch.setattr(torch._C._nn, name, boom)
+
+
+# =================================== comparison helpers of the pointwise tests (binary, poisson / gaussian)
+# BIG spans two of the CPU engine's 16384-element chunks and a tail (vector tails, partial sums added in
+# order) while staying below torch's own parallel grain (32768): on this 2-core machine torch's threaded
+# elementwise ops in the reference and the comparisons are slow
+BIG = (32001,)
+LAYOUT_SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), BIG, (2, 3, 4, 5)]
+
+
+LEGACY = [(True, None), (False, None), (None, True), (None, False), (True, False), (False, True), (True, True),
+          (False, False)]
+
+
+def rounded(ref, dtype):
+    """The float64 reference rounded to dtype (where a value overflows the dtype, fastloss's can only be
+    inf)."""
+    return ref.detach().to(dtype).to(f64)
+
+
+def check(ours_fn, ref_fn, tensors, names, dtype, out_dtype=None, no_warning=True, round_ref=False,
+          grad_out_dtype=None):
+    """ours_fn(*tensors) against ref_fn (torch) on float64 copies of the same values: the loss (of dtype
+    out_dtype or dtype) and, for a random grad_output (never exactly 1), the gradient of every tensor that
+    requires grad, each of its own dtype and shape; tolerances of the coarsest dtype involved."""
+    if no_warning:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss = ours_fn(*tensors)
+    else:
+        loss = ours_fn(*tensors)
+    dtypes = [t.dtype for t in tensors if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    tol = coarsest(*dtypes, loss.dtype)
+    grad_out = (torch.rand(loss.shape, device=loss.device, dtype=f64) + 0.5).to(grad_out_dtype or loss.dtype)
+    ref, rgrads = torch_ref(ref_fn, tensors, grad_out)
+    assert loss.dtype == (out_dtype or dtype), (loss.dtype, out_dtype or dtype)
+    assert loss.shape == ref.shape, (loss.shape, ref.shape)
+    assert loss.device == tensors[0].device
+    assert_close_ref(loss, rounded(ref, loss.dtype) if round_ref else ref, tol, "loss")
+    diff = [(t, n) for t, n in zip(tensors, names) if isinstance(t, torch.Tensor) and t.requires_grad]
+    assert loss.requires_grad == bool(diff)
+    if diff:
+        grads = torch.autograd.grad(loss, [t for t, _ in diff], grad_out.to(loss.dtype))
+        numel = max(t.numel() for t, _ in diff)
+        for g, r, (t, name) in zip(grads, rgrads, diff):
+            assert g.dtype == t.dtype and g.shape == t.shape, (name, g.dtype, g.shape)
+            assert_close_ref(g, rounded(r, g.dtype) if round_ref else r, tol, f"grad {name}",
+                             floor=gfloor(tol, numel))
+    return loss
+
+
+def layout_cases(contig, strided, shapes=LAYOUT_SHAPES):
+    """(shape, *case, layout) for every shape: each case of contig(shape) contiguous, then, for each further
+    memory layout of the shape (layouts), each case of strided(shape) in it."""
+    out = []
+    for shape in shapes:
+        out += [(shape, *case, "contig") for case in contig(shape)]
+        for layout in layouts(shape)[1:]:
+            out += [(shape, *case, layout) for case in strided(shape)]
+    return out
+
+
+def raises_like(torch_call, our_call, exc=None, match=None):
+    """torch's call raises; ours raises the same exception type, whose message contains `match` (a regex,
+    checked against torch's message too)."""
+    with pytest.raises(Exception) as ref_info:
+        torch_call()
+    with pytest.raises(Exception) as info:
+        call_and_check(our_call)
+    assert type(info.value) is type(ref_info.value), (type(info.value), type(ref_info.value), str(info.value))
+    if exc is not None:
+        assert type(ref_info.value) is exc
+    if match is not None:
+        assert re.search(match, str(ref_info.value)), f"torch's message: {ref_info.value}"
+        assert re.search(match, str(info.value)), f"ours: {info.value} (torch's: {ref_info.value})"
+
+
+def check_requires_grad_subsets(ours_of, ref_of, tensors, names, subsets):
+    """For each subset of names, on fresh copies of the tensors of which only those named require grad
+    (None stays None), ours_of(reduction) against torch's ref_of(reduction) for every reduction (check:
+    the value and those gradients; an empty subset: no graph)."""
+    for sub in subsets:
+        ts = [None if a is None else a.detach().clone().requires_grad_(n in sub) for a, n in zip(tensors, names)]
+        for red in REDUCTIONS:
+            check(ours_of(red), ref_of(red), ts, names, f64)
+
+
+def check_no_grad_paths(ours_of, ref_of, tensors, also_no_grad=None, also_detached=False):
+    """For every reduction, ours_of(reduction) gives torch's value (ref_of's, computed with grad) and no
+    graph under no_grad, and the value under inference_mode; so does it on the tensors also_no_grad
+    under no_grad, and, where also_detached, on the tensors detached (no graph)."""
+    for red in REDUCTIONS:
+        ref = ref_of(red)(*tensors).detach()
+        with torch.no_grad():
+            out = ours_of(red)(*tensors)
+            if also_no_grad is not None:
+                torch.testing.assert_close(ours_of(red)(*also_no_grad), ref)
+        assert not out.requires_grad
+        torch.testing.assert_close(out, ref)
+        with torch.inference_mode():
+            torch.testing.assert_close(ours_of(red)(*tensors), ref)
+        if also_detached:
+            out = ours_of(red)(*[a.detach() for a in tensors])
+            assert not out.requires_grad
+            torch.testing.assert_close(out, ref)
+
+
+def check_backward_plain_and_retain_graph(ours_of, ref_of, reduction, tensors, names, diff_names, device):
+    """ours_of(reduction) against torch's ref_of(reduction) on fresh leaves (those named in diff_names
+    requiring grad; None tensors stay None): loss.backward() (grad_output exactly 1), retain_graph twice
+    (twice the gradient), and two upstream gradients on one graph."""
+    def leaves():
+        return [a.detach().clone().requires_grad_(n in diff_names) if a is not None else None
+                for a, n in zip(tensors, names)]
+
+    mine, theirs = leaves(), leaves()
+    pairs = [(ours_of(reduction), mine), (ref_of(reduction), theirs)]
+    for fn, args in pairs:
+        loss = fn(*args)
+        loss.backward(torch.ones_like(loss)) if reduction == "none" else loss.backward()
+    for a, b in zip(mine, theirs):
+        if a is not None and a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+            a.grad = b.grad = None
+    for fn, args in pairs:
+        loss = fn(*args).sum() * 3.0
+        loss.backward(retain_graph=True)
+        loss.backward()
+    for a, b in zip(mine, theirs):
+        if a is not None and a.requires_grad:
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-5)
+    loss, loss2 = ours_of(reduction)(*mine), ref_of(reduction)(*theirs)
+    d1 = [a for a in mine if a is not None and a.requires_grad]
+    d2 = [a for a in theirs if a is not None and a.requires_grad]
+    go1, go2 = (torch.rand(loss.shape, device=device) + 0.5 for _ in range(2))
+    got = torch.autograd.grad(loss, d1, go1, retain_graph=True) + torch.autograd.grad(loss, d1, go2)
+    exp = torch.autograd.grad(loss2, d2, go1, retain_graph=True) + torch.autograd.grad(loss2, d2, go2)
+    for a, b in zip(got, exp):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def check_autocast(ours_of, ref_of, tensors, names, device, ac):
+    """For every reduction, ours_of(reduction) under torch.autocast(dtype=ac) against torch's ref_of: the
+    loss's dtype is torch's, its values the float64 reference's at the result dtype's accuracy, and the
+    gradient of each tensor that requires grad has that tensor's dtype and shape and the reference's
+    values."""
+    diff = [(a, n) for a, n in zip(tensors, names) if a is not None and a.requires_grad]
+    for red in REDUCTIONS:
+        with torch.autocast(device_type=device, dtype=ac):
+            expect = ref_of(red)(*tensors)
+            loss = ours_of(red)(*tensors)
+        assert loss.dtype == expect.dtype, (loss.dtype, expect.dtype)
+        grad_out = (torch.rand(loss.shape, device=device, dtype=f64) + 0.5).to(loss.dtype)
+        ref, rgrads = torch_ref(ref_of(red), tensors, grad_out)
+        tol = coarsest(loss.dtype, f32)
+        assert_close_ref(loss, ref, tol, f"loss {red}")
+        grads = torch.autograd.grad(loss, [a for a, _ in diff], grad_out)
+        for g, r, (a, n) in zip(grads, rgrads, diff):
+            assert g.dtype == a.dtype and g.shape == a.shape
+            tol = coarsest(a.dtype, loss.dtype)
+            assert_close_ref(g, r, tol, f"grad {n} {red}", floor=gfloor(tol, tensors[0].numel()))
+
+
+# ===================================================================== class-index targets (cross_entropy)
+def make_class_target(shape, device, ignore_index=-100, ignore_frac=0.2, dtype=torch.long):
+    C = shape[0] if len(shape) == 1 else shape[1]
+    tshape = () if len(shape) == 1 else (shape[0], *shape[2:])
+    t = torch.randint(0, C, tshape, device=device)
+    if ignore_frac and t.numel() > 1:
+        t[torch.rand(tshape, device=device) < ignore_frac] = ignore_index
+    return t.to(dtype)
+
+
+# ============================================== +-1 targets, gradient lists (embedding, margin_ranking, hinge)
+def check_grads(grads, ref_grads, dtype, n, what, names):
+    """Each gradient against its float64 reference (assert_close_ref, the floor of a loss over n elements)."""
+    for g, r, name in zip(grads, ref_grads, names):
+        assert_close_ref(g, r, dtype, f"grad {name} {what}", floor=gfloor(dtype, n))
+
+
+def make_sign_target(kind, shape, dtype, device):
+    """+-1 targets ('pm1'), with zeros ('pm1_0'), other values ('other'), int64 +-1 ('int'),
+    float64 +-1 with zeros ('f64')."""
+    if kind == "other":
+        return torch.tensor([1.0, -1.0, 0.0, 3.0, 0.5, -2.0], device=device)[
+            torch.randint(0, 6, shape, device=device)].to(dtype)
+    if kind == "pm1_0" or kind == "f64":
+        t = torch.randint(-1, 2, shape, device=device)
+        return t.double() if kind == "f64" else t.to(dtype)
+    t = torch.randint(0, 2, shape, device=device) * 2 - 1
+    return t if kind == "int" else t.to(dtype)

@@ -11,9 +11,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (call_and_check, DTYPES, TOL, assert_compiled_matches, assert_deterministic, assert_profile_clean, device_params,
-                      requires_cuda)
-from test_regression import REDUCTIONS, poison_torch_losses
+from conftest import (assert_compiled_matches, assert_deterministic, assert_profile_clean, call_and_check,
+                     device_params, DTYPES, poison_torch_losses, REDUCTIONS, requires_cuda, TOL)
 
 BAD = (RuntimeError, IndexError, ValueError)
 

@@ -6,6 +6,7 @@ duplicates and with values after the first -1, every dtype (torch's CPU kernels 
 the reference is torch in float64 on the same values), autocast, hinge boundaries, nan/inf; float64
 gradcheck, opcheck of the four ops, torch.compile, determinism, no fallback to torch's losses, bad
 arguments, and the CUDA-only behaviours (target validation, devices) where a GPU is present."""
+import contextlib
 import itertools
 import math
 import re
@@ -15,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (call_and_check, DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
-                      device_params, module_pair, requires_cuda, opcheck_test)
-from test_regression import _nullcontext, gfloor, make
+from conftest import (assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
+                     call_and_check, device_params, DTYPES, gfloor, make, module_pair, opcheck_test, requires_cuda)
 
 REDUCTIONS = ["none", "mean", "sum"]
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
@@ -477,9 +477,9 @@ def test_legacy_size_average_reduce(device, name):
     for sa, rd in itertools.product([None, True, False], [None, True, False]):
         legacy = sa is not None or rd is not None
         with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated") if legacy \
-                else _nullcontext():
+                else contextlib.nullcontext():
             out = fn_ours(x, t, size_average=sa, reduce=rd, reduction="sum")
-        with pytest.warns(UserWarning) if legacy else _nullcontext():
+        with pytest.warns(UserWarning) if legacy else contextlib.nullcontext():
             ref = fn_ref(x, t, size_average=sa, reduce=rd, reduction="sum")
         torch.testing.assert_close(out, ref)
         go = torch.rand_like(ref) + 0.5

@@ -12,12 +12,11 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_legacy_matches,
-                      assert_matches_with_grads, assert_profile_clean, device_params, laid_out, module_pair,
-                      opcheck_test)
-from test_binary import (BIG, LEGACY, REDUCTIONS, check, check_autocast, check_backward_plain_and_retain_graph,
-                         check_no_grad_paths, check_requires_grad_subsets, layout_cases, raises_like, rounded)
-from test_regression import coarsest, torch_ref
+from conftest import (assert_close_ref, assert_compiled_matches, assert_deterministic, assert_legacy_matches,
+                     assert_matches_with_grads, assert_profile_clean, BIG, check, check_autocast,
+                     check_backward_plain_and_retain_graph, check_no_grad_paths, check_requires_grad_subsets, coarsest,
+                     device_params, DTYPES, laid_out, layout_cases, LEGACY, module_pair, opcheck_test, raises_like,
+                     REDUCTIONS, rounded, torch_ref)
 
 fl = fastloss.functional
 POISSON, GAUSSIAN = 10, 11  # fastloss::pointwise_loss kinds (csrc/ops/pointwise.h)

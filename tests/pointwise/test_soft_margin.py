@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
-                      device_params, module_pair, requires_cuda, opcheck_test)
-from test_regression import gfloor, layouts, make, poison_torch_losses, torch_ref
+from conftest import (assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
+                     device_params, DTYPES, gfloor, layouts, make, module_pair, opcheck_test, poison_torch_losses,
+                     requires_cuda, torch_ref)
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
