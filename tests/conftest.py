@@ -488,3 +488,270 @@ def make_sign_target(kind, shape, dtype, device):
         return t.double() if kind == "f64" else t.to(dtype)
     t = torch.randint(0, 2, shape, device=device) * 2 - 1
     return t if kind == "int" else t.to(dtype)
+
+
+# ================================================================ every loss: the table and sample inputs
+# The losses (functional name, csrc family, module class), in README order. Replaced by fastloss._losses at
+# merge, one line:  from fastloss._losses import LOSSES
+class _Row(tuple):
+    """Stand-in for fastloss._losses.Loss: the fields the shared tests read."""
+    name = property(lambda self: self[0])
+    family = property(lambda self: self[1])
+    module = property(lambda self: self[2])
+
+
+LOSSES = tuple(_Row(r) for r in [  # replaced by fastloss._losses at merge
+    ("cross_entropy", "cross_entropy", "CrossEntropyLoss"), ("nll_loss", "cross_entropy", "NLLLoss"),
+    ("l1_loss", "pointwise", "L1Loss"), ("mse_loss", "pointwise", "MSELoss"),
+    ("smooth_l1_loss", "pointwise", "SmoothL1Loss"), ("huber_loss", "pointwise", "HuberLoss"),
+    ("margin_ranking_loss", "pointwise", "MarginRankingLoss"),
+    ("hinge_embedding_loss", "pointwise", "HingeEmbeddingLoss"),
+    ("triplet_margin_loss", "embedding", "TripletMarginLoss"),
+    ("triplet_margin_with_distance_loss", "embedding", "TripletMarginWithDistanceLoss"),
+    ("cosine_embedding_loss", "embedding", "CosineEmbeddingLoss"), ("soft_margin_loss", "pointwise", "SoftMarginLoss"),
+    ("kl_div", "pointwise", "KLDivLoss"), ("binary_cross_entropy", "pointwise", "BCELoss"),
+    ("binary_cross_entropy_with_logits", "pointwise", "BCEWithLogitsLoss"),
+    ("poisson_nll_loss", "pointwise", "PoissonNLLLoss"), ("gaussian_nll_loss", "pointwise", "GaussianNLLLoss"),
+    ("multilabel_soft_margin_loss", "pointwise", "MultiLabelSoftMarginLoss"),
+    ("sigmoid_focal_loss", "pointwise", "FocalLoss"), ("ctc_loss", "ctc", "CTCLoss"),
+    ("multi_margin_loss", "margin_rows", "MultiMarginLoss"),
+    ("multilabel_margin_loss", "margin_rows", "MultiLabelMarginLoss"),
+    ("linear_cross_entropy", "linear_cross_entropy", "LinearCrossEntropyLoss"),
+])
+
+
+def _leaf(t, grad=True):
+    return t.detach().requires_grad_(grad)
+
+
+def _size(big):
+    """(rows, columns) of a sample: small, or big enough for several CPU chunks and threads (determinism)."""
+    return (257, 3001) if big else (5, 7)
+
+
+def _randn(shape, device, dtype, scale=1.0, grad=True):
+    return _leaf((torch.randn(shape, device=device) * scale).to(dtype), grad)
+
+
+def _target01(shape, device, dtype):
+    return _leaf((torch.rand(shape, device=device) * 0.9 + 0.05).to(dtype))
+
+
+def _classes(n, c, device, ignored=0.0):
+    t = torch.randint(0, c, (n,), device=device)
+    return torch.where(torch.rand(n, device=device) < ignored, -100, t)
+
+
+def _samples_cross_entropy(device, dtype, big=False):
+    n, c = _size(big)
+    x = _randn((n, c), device, dtype)
+    return [((x, _classes(n, c, device, 0.2)), {}),
+            ((x, _leaf(torch.randn(n, c, device=device).softmax(-1).to(dtype))), {"reduction": "sum"})]
+
+
+def _samples_nll(device, dtype, big=False):
+    n, c = _size(big)
+    x = _leaf(torch.randn(n, c, device=device).log_softmax(-1).to(dtype))
+    return [((x, _classes(n, c, device, 0.2)), {"reduction": "sum"}),
+            ((x, _classes(n, c, device)), {"weight": (torch.rand(c, device=device) + 0.2).to(dtype)})]
+
+
+def _samples_regression(weighted, **kw):
+    def build(device, dtype, big=False):
+        shape = _size(big)
+        x, t = _randn(shape, device, dtype), _randn(shape, device, dtype)
+        out = [((x, t), dict(kw)), ((x, t), dict(kw, reduction="sum"))]
+        if weighted:
+            out.append(((x, t), dict(kw, weight=_leaf((torch.rand(shape, device=device) + 0.2).to(dtype)))))
+        return out
+    return build
+
+
+def _pm1(shape, device, dtype):
+    return (torch.randint(0, 2, shape, device=device) * 2 - 1).to(dtype)
+
+
+def _samples_margin_ranking(device, dtype, big=False):
+    shape = _size(big)
+    return [((_randn(shape, device, dtype), _randn(shape, device, dtype), _pm1(shape, device, dtype)),
+             {"margin": 0.3})]
+
+
+def _samples_hinge(device, dtype, big=False):
+    shape = _size(big)
+    return [((_randn(shape, device, dtype), torch.randint(-1, 2, shape, device=device).to(dtype)), {"margin": 0.7})]
+
+
+def _triplet_inputs(device, dtype, big):
+    n, d = (257, 3001) if big else (6, 9)
+    return tuple(_randn((n, d), device, dtype) for _ in range(3)), (30.0 if big else 1.5)
+
+
+def _samples_triplet(device, dtype, big=False):
+    a, margin = _triplet_inputs(device, dtype, big)
+    return [(a, {"margin": margin}), (a, {"margin": margin, "p": 1.5, "swap": True, "reduction": "sum"})]
+
+
+def _samples_twd(device, dtype, big=False):
+    a, margin = _triplet_inputs(device, dtype, big)
+    return [(a, {"margin": margin, "swap": True})]
+
+
+def _samples_cosine(device, dtype, big=False):
+    n, d = (257, 3001) if big else (6, 9)
+    return [((_randn((n, d), device, dtype), _randn((n, d), device, dtype), _pm1((n,), device, dtype)),
+             {"margin": 0.2})]
+
+
+def _samples_soft_margin(device, dtype, big=False):
+    shape = _size(big)
+    x, t = _randn(shape, device, dtype), _pm1(shape, device, dtype)
+    return [((x, t), {}), ((x, t), {"reduction": "sum"})]
+
+
+def _samples_kl(device, dtype, big=False):
+    shape = _size(big)
+    x = _leaf(torch.randn(shape, device=device).log_softmax(-1).to(dtype))
+    t = _leaf(torch.randn(shape, device=device).softmax(-1).to(dtype))
+    lt = _leaf(torch.randn(shape, device=device).log_softmax(-1).to(dtype))
+    return [((x, t), {"reduction": "batchmean"}), ((x, lt), {"reduction": "sum", "log_target": True})]
+
+
+def _samples_bce(device, dtype, big=False):
+    shape = _size(big)
+    p = _target01(shape, device, dtype)
+    w = (torch.rand(shape[-1], device=device) + 0.25).to(dtype)
+    return [((p, _target01(shape, device, dtype)), {}), ((p, _target01(shape, device, dtype), w), {"reduction": "sum"})]
+
+
+def _samples_bce_logits(device, dtype, big=False):
+    shape = _size(big)
+    x = _randn(shape, device, dtype, 3.0)
+    w, pw = ((torch.rand(s, device=device) + 0.25).to(dtype) for s in ((shape[0], 1), shape[-1:]))
+    return [((x, _target01(shape, device, dtype)), {}),
+            ((x, _target01(shape, device, dtype)), {"weight": w, "pos_weight": pw, "reduction": "sum"})]
+
+
+def _samples_poisson(device, dtype, big=False):
+    shape = _size(big)
+    x = _randn(shape, device, dtype)
+    r = _leaf((torch.rand(shape, device=device) + 0.1).to(dtype))
+    t = _leaf((torch.poisson(torch.rand(shape, device=device) * 4) + 1).to(dtype))  # >= 1: finite target gradients
+    return [((x, t), {}), ((r, t), {"log_input": False, "full": True, "reduction": "sum"})]
+
+
+def _samples_gaussian(device, dtype, big=False):
+    shape = _size(big)
+    x, t = _randn(shape, device, dtype), _randn(shape, device, dtype)
+    v = _leaf((torch.rand(shape, device=device) + 0.1).to(dtype))
+    return [((x, t, 0.7), {}), ((x, t, v), {}), ((x, t, v), {"full": True, "reduction": "sum"})]
+
+
+def _samples_mlsm(device, dtype, big=False):
+    shape = _size(big)
+    x = _randn(shape, device, dtype, 2.0)
+    w = _leaf((torch.rand(shape[-1], device=device) + 0.25).to(dtype))
+    return [((x, _target01(shape, device, dtype)), {}), ((x, _target01(shape, device, dtype)), {"weight": w})]
+
+
+def _samples_focal(device, dtype, big=False):
+    shape = _size(big)
+    x = _randn(shape, device, dtype, 2.0)
+    return [((x, _target01(shape, device, dtype)), {"alpha": 0.25, "gamma": 2.0, "reduction": "mean"}),
+            ((x, _target01(shape, device, dtype)), {"alpha": -1.0, "gamma": 0.5, "reduction": "sum"})]
+
+
+def _samples_ctc(device, dtype, big=False):
+    T, N, C, S = (300, 16, 40, 60) if big else (9, 3, 5, 3)
+    lp = _leaf(torch.randn(T, N, C, device=device).log_softmax(-1).to(dtype))
+    targets = torch.randint(1, C, (N, S), device=device)
+    il = torch.randint(T - 2 if big else 7, T + 1, (N,)).tolist()
+    tl = torch.randint(S // 2, S + 1, (N,)).tolist()
+    cat = torch.cat([targets[i, :tl[i]] for i in range(N)])
+    return [((lp, targets, il, tl), {}),
+            ((lp, cat, torch.tensor(il), torch.tensor(tl)), {"reduction": "sum", "zero_infinity": True})]
+
+
+def _samples_multi_margin(device, dtype, big=False):
+    n, c = _size(big)
+    x = _randn((n, c), device, dtype, 0.3 if big else 1.0)
+    t = torch.randint(0, c, (n,), device=device)
+    w = (torch.rand(c, device=device) + 0.2).to(dtype)
+    return [((x, t), {}), ((x, t), {"p": 2, "margin": 0.5, "weight": w, "reduction": "sum"})]
+
+
+def _samples_multilabel_margin(device, dtype, big=False):
+    n, c = (300, 700) if big else (6, 5)
+    x = _randn((n, c), device, dtype, 0.3 if big else 1.0)
+    t = torch.randint(0, c, (n, c), device=device)
+    t[torch.arange(n), torch.randint(0, c, (n,))] = -1  # each row's labels end at a -1 (some rows: none before it)
+    return [((x, t), {}), ((x, t), {"reduction": "none"})]
+
+
+def _samples_lce(device, dtype, big=False):
+    n, d, v = (257, 64, 3001) if big else (6, 8, 11)
+    x, w, b = _randn((n, d), device, dtype), _randn((v, d), device, dtype, 0.3), _randn((v,), device, dtype)
+    t = _classes(n, v, device, 0.2)
+    return [((x, w, t), {}), ((x, w, t), {"linear_bias": b, "reduction": "sum"})]
+
+
+def focal_ref(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
+    """torchvision.ops.sigmoid_focal_loss, as written there (torch ops only): torch.nn has no focal loss."""
+    p = torch.sigmoid(inputs)
+    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
+    p_t = p * targets + (1 - p) * (1 - targets)
+    loss = ce_loss * ((1 - p_t) ** gamma)
+    if alpha >= 0:
+        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
+        loss = alpha_t * loss
+    if reduction == "none":
+        pass
+    elif reduction == "mean":
+        loss = loss.mean()
+    elif reduction == "sum":
+        loss = loss.sum()
+    else:
+        raise ValueError(f"Invalid Value for arg 'reduction': '{reduction} \n Supported reduction modes: 'none', "
+                         f"'mean', 'sum'")
+    return loss
+
+
+def torch_function(name):
+    """torch's function for the loss named `name` (the focal loss: torchvision's formula, focal_ref)."""
+    return focal_ref if name == "sigmoid_focal_loss" else getattr(F, name)
+
+
+# name -> builder(device, dtype, big=False) -> [(args, kwargs), ...]: calls of fastloss.functional.<name> (and of
+# torch's function, on the same tensors) over the loss's main optional arguments; the floating-point tensors that
+# get gradients are leaves requiring grad. Small, or with big=True large enough for several CPU chunks / threads
+# and CUDA blocks (determinism). The shared tests of tests/test_all_losses.py run them all.
+SAMPLES = {
+    "cross_entropy": _samples_cross_entropy,
+    "nll_loss": _samples_nll,
+    "l1_loss": _samples_regression(True),
+    "mse_loss": _samples_regression(True),
+    "smooth_l1_loss": _samples_regression(False, beta=0.5),
+    "huber_loss": _samples_regression(True, delta=2.0),
+    "margin_ranking_loss": _samples_margin_ranking,
+    "hinge_embedding_loss": _samples_hinge,
+    "triplet_margin_loss": _samples_triplet,
+    "triplet_margin_with_distance_loss": _samples_twd,
+    "cosine_embedding_loss": _samples_cosine,
+    "soft_margin_loss": _samples_soft_margin,
+    "kl_div": _samples_kl,
+    "binary_cross_entropy": _samples_bce,
+    "binary_cross_entropy_with_logits": _samples_bce_logits,
+    "poisson_nll_loss": _samples_poisson,
+    "gaussian_nll_loss": _samples_gaussian,
+    "multilabel_soft_margin_loss": _samples_mlsm,
+    "sigmoid_focal_loss": _samples_focal,
+    "ctc_loss": _samples_ctc,
+    "multi_margin_loss": _samples_multi_margin,
+    "multilabel_margin_loss": _samples_multilabel_margin,
+    "linear_cross_entropy": _samples_lce,
+}
+
+
+def sample_leaves(args, kwargs):
+    """The tensors of a sample that require grad, in argument order."""
+    return [a for a in list(args) + list(kwargs.values()) if isinstance(a, torch.Tensor) and a.requires_grad]

@@ -2,7 +2,10 @@
 hinge_embedding_loss (functions and modules) against torch.nn.functional: values and gradients of
 every differentiable input over every reduction, the legacy size_average/reduce, odd and large shapes,
 strided inputs, broadcasting, every dtype, mixed dtypes, autocast, exact hinge boundaries and ties,
-extreme values; float64 gradcheck, torch.compile, determinism, and no fallback to torch's losses."""
+extreme values; float64 gradcheck, (torch.compile, determinism, no
+fallback: tests/test_all_losses.py). margin_ranking_loss and hinge_embedding_loss are pointwise kinds in
+csrc: their own tests are in tests/pointwise/test_margin_ranking_hinge.py; the checks below that run over
+all five hinge-like losses stay parametrized here."""
 import contextlib
 import itertools
 import math
@@ -13,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (assert_close_ref, assert_compiled_matches, assert_deterministic, check_grads, coarsest,
-                     device_params, diff_of, drop_kinks, DTYPES, gfloor, make, make_sign_target, module_pair,
-                     poison_torch_losses, REDUCTIONS, requires_cuda, torch_ref)
+from conftest import (assert_close_ref, check_grads, coarsest, device_params, diff_of, drop_kinks, DTYPES, gfloor, make,
+                     make_sign_target, module_pair, REDUCTIONS, requires_cuda, torch_ref)
 
 INF = float("inf")
 P_ALL = [1, 1.5, 2, 3, 0.5, INF]
@@ -460,15 +462,6 @@ def test_no_grad_paths(device, name):
         torch.testing.assert_close(f_ours(*[a.detach() for a in args], reduction=red), ref)
 
 
-def test_double_backward_refused():
-    """Documented deviation: create_graph=True (double backward) raises a clear error."""
-    args = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    with pytest.raises(RuntimeError, match="double backward"):
-        loss = fl().triplet_margin_loss(*args)
-        g = torch.autograd.grad(loss, args, create_graph=True)
-        torch.autograd.grad(sum(x.sum() for x in g), args)
-
-
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", [n for n in EMBEDDING if n != "triplet_margin_with_distance_loss"])
 def test_legacy_size_average_reduce(device, name):
@@ -709,77 +702,3 @@ def test_gradcheck_pairs(device, reduction):
     for margin in [1.0, 0.5]:
         assert torch.autograd.gradcheck(
             lambda a: fl().hinge_embedding_loss(a, ht, margin=margin, reduction=reduction), (x1,))
-
-
-# -------------------------------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """The embedding ops trace (fake kernels, autograd) in one graph with no graph break."""
-    def step(m, a, p, n, t, ht):
-        return (m.triplet_margin_loss(a, p, n, swap=True) + m.triplet_margin_loss(a, p, n, p=1.0, reduction="sum")
-                + m.triplet_margin_with_distance_loss(a, p, n, margin=0.5)
-                + m.margin_ranking_loss(a, p, t, margin=0.1)
-                + m.cosine_embedding_loss(a, n, t[:, 0], margin=0.2, reduction="none").sum()
-                + m.hinge_embedding_loss(p, ht, margin=0.5))
-
-    a, p, n = (torch.randn(8, 33, device=device, requires_grad=True) for _ in range(3))
-    t = (torch.randint(0, 2, (8, 33), device=device) * 2 - 1).float()
-    ht = torch.randint(-1, 2, (8, 33), device=device).float()
-    compiled = torch.compile(lambda *args: step(fastloss.functional, *args), backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *args: step(F, *args), (a, p, n, t, ht), [a, p, n], atol=1e-4, rtol=1e-4)
-
-
-# ---------------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_deterministic(device, dtype):
-    """Two runs give bitwise equal losses and gradients; on CPU also with another thread count."""
-    shape = (257, 3001)
-    a0, p0, n0 = (make(shape, dtype, device, scale=1.0) for _ in range(3))
-    t0 = (torch.randint(0, 2, shape, device=device) * 2 - 1).to(dtype)
-    rows_t = t0[:, 0].contiguous()
-    m = fastloss.functional
-    calls = [lambda a, p, n: m.triplet_margin_loss(a, p, n, margin=30.0),
-             lambda a, p, n: m.triplet_margin_loss(a, p, n, margin=30.0, p=1.0, swap=True, reduction="sum"),
-             lambda a, p, n: m.triplet_margin_with_distance_loss(a, p, n, margin=30.0),
-             lambda a, p, n: m.margin_ranking_loss(a, p, t0, margin=0.5),
-             lambda a, p, n: m.cosine_embedding_loss(a, p, rows_t, margin=0.0, reduction="sum"),
-             lambda a, p, n: m.hinge_embedding_loss(a, t0, margin=1.0)]
-
-    def run(call):
-        a, p, n = (x.clone().requires_grad_() for x in (a0, p0, n0))
-        loss = call(a, p, n)
-        return [loss.detach()] + list(torch.autograd.grad(loss, [a, p, n], allow_unused=True, materialize_grads=True))
-
-    for call in calls:
-        assert_deterministic(lambda: run(call), device)
-
-
-# ---------------------------------------------------------------------------------- no torch fallback
-def test_no_torch_loss_is_called(monkeypatch):
-    """No silent fallback: with torch's losses, pairwise_distance, cosine_similarity and norm poisoned,
-    every function and module still works, forward and backward."""
-    args = [torch.randn(5, 7, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    t = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
-    rt = torch.randn(5, 7, dtype=torch.float64).sign().requires_grad_()
-    ht = torch.randint(-1, 2, (5, 7)).double()
-    mods = [fastloss.TripletMarginLoss(swap=True), fastloss.TripletMarginLoss(p=1.0),
-            fastloss.TripletMarginWithDistanceLoss(), fastloss.TripletMarginWithDistanceLoss(swap=True)]
-    poison_torch_losses(monkeypatch)
-    m = fastloss.functional
-    a, p, n = args
-    total = 0
-    for red in REDUCTIONS:
-        for loss in [m.triplet_margin_loss(a, p, n, reduction=red), m.triplet_margin_loss(a, p, n, p=1.0, swap=True),
-                     m.triplet_margin_loss(a, p, n, p=INF, reduction=red),
-                     m.triplet_margin_with_distance_loss(a, p, n, reduction=red),
-                     m.triplet_margin_with_distance_loss(a, p, n, swap=True, reduction=red),
-                     m.margin_ranking_loss(a, p, rt, reduction=red), m.cosine_embedding_loss(a, p, t, reduction=red),
-                     m.hinge_embedding_loss(a, ht, reduction=red)]:
-            total = total + loss.sum()
-    for mod in mods:
-        total = total + mod(a, p, n)
-    total = total + fastloss.MarginRankingLoss()(a, p, rt) + fastloss.CosineEmbeddingLoss()(a, p, t) + \
-        fastloss.HingeEmbeddingLoss()(a, ht)
-    total.backward()
-    assert all(x.grad is not None for x in args) and rt.grad is not None

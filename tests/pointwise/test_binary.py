@@ -7,7 +7,8 @@ every argument (weight and pos_weight shapes that broadcast, alpha (negative: no
 every reduction, the legacy size_average/reduce, 0-D, 1-D, K-D, empty, strided and expanded inputs,
 random upstream gradients, extreme values (|logits| up to 100, probabilities exactly 0 and 1: torch's
 -100 clamp), every dtype, mixed dtypes, autocast; float64 gradcheck, opcheck of the op's kinds (pos_weight
-and gamma included), torch.compile, determinism, no fallback to torch's ops, the modules, bad arguments."""
+and gamma included), the modules (torch.compile of them too), bad arguments. torch.compile, determinism and
+no fallback of the functions: tests/test_all_losses.py."""
 import math
 import re
 
@@ -16,11 +17,10 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (assert_close_ref, assert_compiled_matches, assert_deterministic, assert_legacy_matches,
-                     assert_matches_with_grads, assert_profile_clean, BIG, check, check_autocast,
+from conftest import (assert_close_ref, assert_legacy_matches, assert_matches_with_grads, BIG, check, check_autocast,
                      check_backward_plain_and_retain_graph, check_no_grad_paths, check_requires_grad_subsets,
-                     device_params, DTYPES, laid_out, layout_cases, LEGACY, module_pair, opcheck_test, raises_like,
-                     REDUCTIONS, requires_cuda, rounded, torch_ref)
+                     device_params, DTYPES, focal_ref, laid_out, layout_cases, LEGACY, module_pair, opcheck_test,
+                     raises_like, REDUCTIONS, requires_cuda, rounded, torch_ref)
 
 fl = fastloss.functional
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), BIG, (2, 3, 4, 5)]
@@ -31,27 +31,6 @@ GAMMAS = [0.0, 0.5, 1.0, 2.0, 3.5]
 
 
 # ------------------------------------------------------------------------------------- helpers
-def focal_ref(inputs, targets, alpha=0.25, gamma=2, reduction="none"):
-    """torchvision.ops.sigmoid_focal_loss, as written there (torch ops only)."""
-    p = torch.sigmoid(inputs)
-    ce_loss = F.binary_cross_entropy_with_logits(inputs, targets, reduction="none")
-    p_t = p * targets + (1 - p) * (1 - targets)
-    loss = ce_loss * ((1 - p_t) ** gamma)
-    if alpha >= 0:
-        alpha_t = alpha * targets + (1 - alpha) * (1 - targets)
-        loss = alpha_t * loss
-    if reduction == "none":
-        pass
-    elif reduction == "mean":
-        loss = loss.mean()
-    elif reduction == "sum":
-        loss = loss.sum()
-    else:
-        raise ValueError(f"Invalid Value for arg 'reduction': '{reduction} \n Supported reduction modes: 'none', "
-                         f"'mean', 'sum'")
-    return loss
-
-
 def make_prob(shape, dtype, device, layout="contig", lo=0.02, hi=0.98):
     return laid_out(lambda s: (torch.rand(s, device=device) * (hi - lo) + lo).to(dtype), shape, layout)
 
@@ -777,28 +756,6 @@ test_opcheck = opcheck_test(_op_cases, 21)
 
 # --------------------------------------------------------------------------------- torch.compile
 @pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """All four losses traced in one graph with no graph break (the Python checks, broadcasting of
-    weight / pos_weight, the multilabel row sums); torch's values and gradients."""
-    def step(bce, bcel, mlsm, focal, p, x, t, w, pw):
-        return (bce(p, t, w, reduction="mean") + bce(p, t, reduction="none").sum()
-                + bcel(x, t, w, pos_weight=pw, reduction="sum") + bcel(x, t, reduction="mean")
-                + mlsm(x, t, w, reduction="mean") + mlsm(x * 2.0, t, reduction="none").sum()
-                + focal(x, t, alpha=0.25, gamma=2.0, reduction="mean") + focal(x, t, alpha=-1.0, gamma=0.5).sum())
-
-    p = make_prob((8, 33), f32, device).requires_grad_()
-    x = make_logits((8, 33), f32, device).requires_grad_()
-    t = make_target((8, 33), f32, device).requires_grad_()
-    w, pw = make_weight((33,), f32, device), make_weight((33,), f32, device)
-    compiled = torch.compile(lambda *a: step(fl.binary_cross_entropy, fl.binary_cross_entropy_with_logits,
-                                             fl.multilabel_soft_margin_loss, fl.sigmoid_focal_loss, *a),
-                             backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *a: step(F.binary_cross_entropy, F.binary_cross_entropy_with_logits,
-                                                      F.multilabel_soft_margin_loss, focal_ref, *a),
-                            (p, x, t, w, pw), [p, x, t])
-
-
-@pytest.mark.parametrize("device", device_params())
 def test_compile_fullgraph_aot_eager_modules(device):
     """The modules (weight / pos_weight buffers) compile with fullgraph too."""
     w, pw = make_weight((5,), f32, device), make_weight((5,), f32, device)
@@ -814,84 +771,6 @@ def test_compile_fullgraph_aot_eager_modules(device):
         torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(ref, x)[0], rtol=1e-5,
                                    atol=1e-6)
-
-
-@pytest.mark.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_inductor(device):
-    x = make_logits((8, 33), f32, device).requires_grad_()
-    t = make_target((8, 33), f32, device)
-    pw = make_weight((33,), f32, device)
-
-    def step(f, a):
-        return f(a * 2.0, t, pos_weight=pw, reduction="mean")
-
-    assert_compiled_matches(torch.compile(lambda a: step(fl.binary_cross_entropy_with_logits, a), fullgraph=True),
-                            lambda a: step(F.binary_cross_entropy_with_logits, a), (x,), [x])
-
-
-# ---------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("which", ALL)
-@pytest.mark.parametrize("reduction", ["sum", "none"])
-def test_deterministic(device, which, reduction):
-    """Two runs bitwise equal (loss and gradients); on CPU also with one thread."""
-    ours_of, _, tensors, names = make_case(which, (129, 2049), f32, device)
-    go = torch.rand(tensors[0].shape[:-1] if which == "mlsm" and reduction == "none" else
-                    tensors[0].shape if reduction == "none" else (), device=device)
-
-    def run():
-        ts = [a.clone().requires_grad_(n in ("input", "target")) for a, n in zip(tensors, names)]
-        loss = ours_of(reduction)(*ts)
-        return [loss.detach()] + list(torch.autograd.grad(loss, ts[:2], go))
-
-    assert_deterministic(run, device)
-
-
-# ------------------------------------------------------------------------------ no torch fallback
-def test_no_torch_loss_is_called(monkeypatch):
-    """With torch's own binary cross entropies, log-sigmoid and sigmoid poisoned (Python) and no aten op
-    of theirs, nor exp / log / log1p / pow, seen by the profiler (C++ calls included), the functions and
-    modules work, forward and backward."""
-    def boom(*a, **k):
-        raise AssertionError("fastloss called a torch op it fuses")
-
-    p = make_prob((5, 7), f64, "cpu").requires_grad_()
-    x = make_logits((5, 7), f64, "cpu").requires_grad_()
-    t = make_target((5, 7), f64, "cpu").requires_grad_()
-    w = make_weight((7,), f64, "cpu")
-    wg = w.clone().requires_grad_()
-
-    def everything(bce, bcel, mlsm, focal):
-        out = []
-        for r in REDUCTIONS:
-            out += [bce(p, t, w, reduction=r), bcel(x, t, w, pos_weight=w, reduction=r), mlsm(x, t, wg, reduction=r),
-                    focal(x, t, alpha=0.25, gamma=2.0, reduction=r)]
-        return out
-
-    expect = everything(F.binary_cross_entropy, F.binary_cross_entropy_with_logits, F.multilabel_soft_margin_loss,
-                        focal_ref)
-    for name in ("binary_cross_entropy", "binary_cross_entropy_with_logits", "multilabel_soft_margin_loss",
-                 "logsigmoid", "sigmoid", "softplus"):
-        monkeypatch.setattr(F, name, boom)
-    for name in ("binary_cross_entropy_with_logits", "sigmoid"):
-        monkeypatch.setattr(torch, name, boom)
-    monkeypatch.setattr(torch._C._nn, "binary_cross_entropy", boom)
-    mods = [fastloss.BCELoss(weight=w), fastloss.BCEWithLogitsLoss(pos_weight=w),
-            fastloss.MultiLabelSoftMarginLoss(weight=w), fastloss.FocalLoss()]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        got = everything(fl.binary_cross_entropy, fl.binary_cross_entropy_with_logits, fl.multilabel_soft_margin_loss,
-                         fl.sigmoid_focal_loss)
-        total = sum(g.sum() for g in got) + mods[0](p, t) + mods[1](x, t) + mods[2](x, t) + mods[3](x, t)
-        total.backward()
-    for a, b in zip(got, expect):
-        torch.testing.assert_close(a, b)
-    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in (p, x, t, wg))
-    assert_profile_clean(prof, lambda n: any(s in n for s in ("binary_cross_entropy", "sigmoid", "softplus",
-                                                              "soft_margin"))
-                         or n in ("aten::exp", "aten::log", "aten::log1p", "aten::pow", "aten::clamp",
-                                  "aten::clamp_min", "aten::maximum", "aten::rsub"),
-                         "fastloss::pointwise_loss")
 
 
 # ------------------------------------------------------------------------------------ modules
