@@ -384,26 +384,6 @@ def check_requires_grad_subsets(ours_of, ref_of, tensors, names, subsets):
             check(ours_of(red), ref_of(red), ts, names, f64)
 
 
-def check_no_grad_paths(ours_of, ref_of, tensors, also_no_grad=None, also_detached=False):
-    """For every reduction, ours_of(reduction) gives torch's value (ref_of's, computed with grad) and no
-    graph under no_grad, and the value under inference_mode; so does it on the tensors also_no_grad
-    under no_grad, and, where also_detached, on the tensors detached (no graph)."""
-    for red in REDUCTIONS:
-        ref = ref_of(red)(*tensors).detach()
-        with torch.no_grad():
-            out = ours_of(red)(*tensors)
-            if also_no_grad is not None:
-                torch.testing.assert_close(ours_of(red)(*also_no_grad), ref)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(ours_of(red)(*tensors), ref)
-        if also_detached:
-            out = ours_of(red)(*[a.detach() for a in tensors])
-            assert not out.requires_grad
-            torch.testing.assert_close(out, ref)
-
-
 def check_backward_plain_and_retain_graph(ours_of, ref_of, reduction, tensors, names, diff_names, device):
     """ours_of(reduction) against torch's ref_of(reduction) on fresh leaves (those named in diff_names
     requiring grad; None tensors stay None): loss.backward() (grad_output exactly 1), retain_graph twice

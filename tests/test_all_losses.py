@@ -1,9 +1,10 @@
 """The checks every loss shares, written once and parametrized over the table of losses (conftest.LOSSES; at
 the merge, fastloss._losses.LOSSES) with each loss's sample calls (conftest.SAMPLES): every loss in the table
 has samples, no silent fallback to torch's own loss (torch's function poisoned, its aten op absent from the
-profile, a fastloss op present; values and gradients as torch's), double backward refused with a clear error,
-torch.compile (fullgraph, one graph per family; inductor on a few losses) and bitwise determinism. The family
-files (tests/pointwise/, test_<family>.py) hold what is particular to each loss."""
+profile, a fastloss op present; values and gradients as torch's), no-grad paths (no_grad, inference_mode,
+detached inputs), double backward refused with a clear error, torch.compile (fullgraph, one graph per family;
+Inductor on a few losses) and bitwise determinism. The family files (tests/pointwise/, test_<family>.py) hold
+what is particular to each loss."""
 import inspect
 
 import pytest
@@ -118,6 +119,32 @@ def test_no_torch_fallback(loss, monkeypatch):
     assert not bad
     assert mods or loss.module in (None, "LinearCrossEntropyLoss"), "no sample fits the module"
     assert any(n.startswith("fastloss::") for n in events), "profiler saw no fastloss op (the check is void)"
+
+
+def _detached(x):
+    return x.detach() if isinstance(x, torch.Tensor) else x
+
+
+@pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss")  # kl_div's 'mean', as torch
+def test_no_grad_paths(device, name):
+    """no_grad, inference_mode, and inputs that don't require grad: torch's value (every reduction), and
+    no graph."""
+    fn, ref_fn = getattr(fastloss.functional, name), torch_function(name)
+    for args, kwargs in SAMPLES[name](device, f32):
+        for red in REDUCTIONS:
+            kw = dict(kwargs, reduction=red)
+            ref = ref_fn(*args, **kw).detach()
+            with torch.no_grad():
+                out = fn(*args, **kw)
+            assert not out.requires_grad
+            torch.testing.assert_close(out, ref)
+            with torch.inference_mode():
+                torch.testing.assert_close(fn(*args, **kw), ref)
+            out = fn(*map(_detached, args), **{k: _detached(v) for k, v in kw.items()})
+            assert not out.requires_grad
+            torch.testing.assert_close(out, ref)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -446,23 +446,6 @@ def test_requires_grad_subsets(device, name, only):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("name", EMBEDDING)
-def test_no_grad_paths(device, name):
-    f_ours, factory = _calls(fl())[name]
-    f_ref, _ = _calls(F)[name]
-    args = factory(device, torch.float32)
-    for red in REDUCTIONS:
-        ref = f_ref(*args, reduction=red).detach()
-        with torch.no_grad():
-            out = f_ours(*args, reduction=red)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(f_ours(*args, reduction=red), ref)
-        torch.testing.assert_close(f_ours(*[a.detach() for a in args], reduction=red), ref)
-
-
-@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", [n for n in EMBEDDING if n != "triplet_margin_with_distance_loss"])
 def test_legacy_size_average_reduce(device, name):
     f_ours, factory = _calls(fl())[name]

@@ -442,23 +442,6 @@ def test_backward_plain_and_retain_graph(device, name, reduction):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("name", NAMES)
-def test_no_grad_paths(device, name):
-    f_ours, factory = _calls(fl())[name]
-    f_ref, _ = _calls(F)[name]
-    x, t = factory(device, f32)
-    for red in REDUCTIONS:
-        ref = f_ref(x, t, reduction=red).detach()
-        with torch.no_grad():
-            out = f_ours(x, t, reduction=red)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(f_ours(x, t, reduction=red), ref)
-        torch.testing.assert_close(f_ours(x.detach(), t, reduction=red), ref)
-
-
-@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", ["multi_margin_loss", "multilabel_margin_loss"])
 def test_legacy_size_average_reduce(device, name):
     fn_ours, fn_ref = getattr(fl(), name), getattr(F, name)

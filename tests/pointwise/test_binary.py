@@ -18,9 +18,9 @@ import torch.nn.functional as F
 
 import fastloss
 from conftest import (assert_close_ref, assert_legacy_matches, assert_matches_with_grads, BIG, check, check_autocast,
-                     check_backward_plain_and_retain_graph, check_no_grad_paths, check_requires_grad_subsets,
-                     device_params, DTYPES, focal_ref, laid_out, layout_cases, LEGACY, module_pair, opcheck_test,
-                     raises_like, REDUCTIONS, requires_cuda, rounded, torch_ref)
+                     check_backward_plain_and_retain_graph, check_requires_grad_subsets, device_params, DTYPES,
+                     focal_ref, laid_out, layout_cases, LEGACY, module_pair, opcheck_test, raises_like, REDUCTIONS,
+                     requires_cuda, rounded, torch_ref)
 
 fl = fastloss.functional
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), BIG, (2, 3, 4, 5)]
@@ -600,6 +600,21 @@ def make_case(which, shape, dtype, device):
 
 
 @pytest.mark.parametrize("device", device_params())
+@pytest.mark.parametrize("which", ["bce", "bce_logits"])
+def test_weight_requiring_grad_under_no_grad(device, which):
+    """Under no_grad a weight (and pos_weight) that requires grad is accepted, as torch (the rest of the
+    no-grad paths: tests/test_all_losses.py)."""
+    ours_of, ref_of, tensors, names = make_case(which, (8, 50), f32, device)
+    wg = [a.detach().requires_grad_() if n in ("weight", "pos_weight") else a for a, n in zip(tensors, names)]
+    for red in REDUCTIONS:
+        ref = ref_of(red)(*tensors).detach()
+        with torch.no_grad():
+            out = ours_of(red)(*wg)
+        assert not out.requires_grad
+        torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("which", ALL)
 def test_requires_grad_subsets(device, which):
     """Only input, only target (multilabel: only weight), or nothing requires grad: torch's gradients
@@ -608,18 +623,6 @@ def test_requires_grad_subsets(device, which):
     ours_of, ref_of, tensors, names = make_case(which, (9, 13), f64, device)
     subsets = [["input"], ["target"], []] + ([["weight"], ["target", "weight"]] if which == "mlsm" else [])
     check_requires_grad_subsets(ours_of, ref_of, tensors, names, subsets)
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("which", ALL)
-def test_no_grad_paths(device, which):
-    """no_grad and inference_mode: torch's value, no graph (a weight requiring grad is accepted there)."""
-    ours_of, ref_of, tensors, names = make_case(which, (8, 50), f32, device)
-    tensors = [a.requires_grad_() if n in ("input", "target") else a for a, n in zip(tensors, names)]
-    wg = None
-    if which in ("bce", "bce_logits"):
-        wg = [a.detach().requires_grad_() if n == "weight" else a for a, n in zip(tensors, names)]
-    check_no_grad_paths(ours_of, ref_of, tensors, also_no_grad=wg)
 
 
 @pytest.mark.parametrize("device", device_params())
