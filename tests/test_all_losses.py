@@ -2,9 +2,9 @@
 the merge, fastloss._losses.LOSSES) with each loss's sample calls (conftest.SAMPLES): every loss in the table
 has samples, no silent fallback to torch's own loss (torch's function poisoned, its aten op absent from the
 profile, a fastloss op present; values and gradients as torch's), no-grad paths (no_grad, inference_mode,
-detached inputs), double backward refused with a clear error, torch.compile (fullgraph, one graph per family;
-Inductor on a few losses) and bitwise determinism. The family files (tests/pointwise/, test_<family>.py) hold
-what is particular to each loss."""
+detached inputs), patch() and patch(module), double backward refused with a clear error, torch.compile
+(fullgraph, one graph per family; Inductor on a few losses) and bitwise determinism. The family files
+(tests/pointwise/, test_<family>.py) hold what is particular to each loss."""
 import inspect
 
 import pytest
@@ -145,6 +145,35 @@ def test_no_grad_paths(device, name):
             out = fn(*map(_detached, args), **{k: _detached(v) for k, v in kw.items()})
             assert not out.requires_grad
             torch.testing.assert_close(out, ref)
+
+
+@pytest.mark.parametrize("loss", [loss for loss in LOSSES if loss.module and hasattr(torch.nn, loss.module)],
+                         ids=lambda loss: loss.name)
+def test_patch_swaps(loss):
+    """fastloss.patch(module) turns torch's module (built with each sample's settings) into fastloss's in
+    place, settings and buffers kept; patch() makes torch.nn.functional's name and the torch.nn class
+    resolve to fastloss, unpatch() gives torch's back."""
+    torch_cls, ours_cls = getattr(torch.nn, loss.module), getattr(fastloss, loss.module)
+    init = inspect.signature(torch_cls.__init__).parameters
+    for args, kwargs in SAMPLES[loss.name]("cpu", f32):
+        bound = inspect.signature(getattr(fastloss.functional, loss.name)).bind(*args, **kwargs).arguments
+        ctor = {k: _detached(v) for k, v in bound.items() if k in init}
+        if {k for k, p in init.items() if k != "self" and p.default is p.empty} - set(ctor):
+            continue  # a module owning its parameters (LinearCrossEntropyLoss): its own file patches it
+        mod = torch_cls(**ctor)
+        settings, state = {k: v for k, v in vars(mod).items() if not k.startswith("_")}, mod.state_dict()
+        assert fastloss.patch(mod) is mod and type(mod) is ours_cls
+        assert {k: v for k, v in vars(mod).items() if not k.startswith("_")} == settings
+        assert mod.state_dict().keys() == state.keys()
+        assert all(torch.equal(mod.state_dict()[k], v) for k, v in state.items())
+    torch_fn = getattr(torch.nn.functional, loss.name)
+    try:
+        fastloss.patch()
+        assert getattr(torch.nn.functional, loss.name) is getattr(fastloss.functional, loss.name)
+        assert getattr(torch.nn, loss.module) is ours_cls
+    finally:
+        fastloss.unpatch()
+    assert getattr(torch.nn.functional, loss.name) is torch_fn and getattr(torch.nn, loss.module) is torch_cls
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -848,27 +848,6 @@ def test_focal_module_bad_reduction():
         fastloss.FocalLoss()(x, t[0])
 
 
-def test_patch_swaps_modules():
-    """fastloss.patch(module) turns the torch modules into fastloss's, settings and buffers kept; patch()
-    makes the torch.nn.functional names and the torch.nn classes resolve to fastloss."""
-    pw = torch.rand(4)
-    mod = torch.nn.BCEWithLogitsLoss(pos_weight=pw, reduction="sum")
-    assert fastloss.patch(mod) is mod and type(mod) is fastloss.BCEWithLogitsLoss
-    assert mod.reduction == "sum" and torch.equal(mod.pos_weight, pw)
-    names = ["binary_cross_entropy", "binary_cross_entropy_with_logits", "multilabel_soft_margin_loss"]
-    classes = ["BCELoss", "BCEWithLogitsLoss", "MultiLabelSoftMarginLoss"]
-    try:
-        fastloss.patch()
-        for n in names:
-            assert getattr(F, n) is getattr(fl, n), n
-        for c in classes:
-            assert getattr(torch.nn, c) is getattr(fastloss, c), c
-    finally:
-        fastloss.unpatch()
-    for n in names:
-        assert getattr(F, n) is not getattr(fl, n), n
-
-
 @requires_cuda
 def test_device_mismatch():
     x = torch.rand(4, 5, device="cuda")

@@ -400,21 +400,6 @@ def test_module(device, kwargs):
     torch.testing.assert_close(mod(x, t), F.soft_margin_loss(x, t, reduction="sum"))
 
 
-def test_patch_swaps_module():
-    """fastloss.patch(module) turns a torch SoftMarginLoss into fastloss's, settings kept; patch() makes
-    torch.nn.functional.soft_margin_loss and torch.nn.SoftMarginLoss resolve to fastloss."""
-    with pytest.warns(UserWarning):
-        mod = torch.nn.SoftMarginLoss(size_average=False)
-    assert fastloss.patch(mod) is mod and type(mod) is fastloss.SoftMarginLoss and mod.reduction == "sum"
-    try:
-        fastloss.patch()
-        assert F.soft_margin_loss is fastloss.functional.soft_margin_loss
-        assert torch.nn.SoftMarginLoss is fastloss.SoftMarginLoss
-    finally:
-        fastloss.unpatch()
-    assert F.soft_margin_loss is not fastloss.functional.soft_margin_loss
-
-
 # ------------------------------------------------------------------------------- gradcheck
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("reduction", REDUCTIONS)
