@@ -48,7 +48,8 @@ class Loss:
     family: str  # csrc family: "pointwise"
     module: str | None  # module class in fastloss.modules: "SmoothL1Loss" (None if none)
     torch_name: str | None  # name in torch.nn.functional (None: torch has none, e.g. sigmoid_focal_loss)
-    op: str  # public named op: "fastloss::smooth_l1_loss"
+    op: str  # public named op: "fastloss::smooth_l1_loss"; two losses run another loss's op (the triplet
+    # with a distance function None: triplet_margin_loss's; multilabel_soft_margin: binary_cross_entropy_with_logits)
     differentiable: tuple[str, ...]  # tensor arguments that can get gradients (in some call), as in torch
     reference: Callable | None = None  # the loss in torch ops where torch.nn.functional has none
     bench: str | None = None  # the case class in fastloss.bench that benchmarks it (None: no bench case)
@@ -65,9 +66,9 @@ class Loss:
         return self.module if self.module and hasattr(torch.nn, self.module) else None
 
 
-def _loss(name, family, module, differentiable, torch_name=..., **kw):
+def _loss(name, family, module, differentiable, torch_name=..., op=None, **kw):
     """A row; torch_name defaults to the functional name and op to fastloss::<name>."""
-    return Loss(name, family, module, name if torch_name is ... else torch_name, f"fastloss::{name}",
+    return Loss(name, family, module, name if torch_name is ... else torch_name, op or f"fastloss::{name}",
                 tuple(differentiable), **kw)
 
 
@@ -87,7 +88,7 @@ LOSSES: tuple[Loss, ...] = (
     _loss("triplet_margin_loss", "embedding", "TripletMarginLoss", ("anchor", "positive", "negative"),
           bench="TripletCase"),
     _loss("triplet_margin_with_distance_loss", "embedding", "TripletMarginWithDistanceLoss",
-          ("anchor", "positive", "negative"), bench="TripletCase"),
+          ("anchor", "positive", "negative"), op="fastloss::triplet_margin_loss", bench="TripletCase"),
     _loss("cosine_embedding_loss", "embedding", "CosineEmbeddingLoss", ("input1", "input2"), bench="CosineCase"),
     _loss("soft_margin_loss", "pointwise", "SoftMarginLoss", ("input",), bench="SoftMarginCase"),
     _loss("kl_div", "pointwise", "KLDivLoss", ("input", "target"), bench="KLDivCase"),
@@ -97,7 +98,7 @@ LOSSES: tuple[Loss, ...] = (
     _loss("poisson_nll_loss", "pointwise", "PoissonNLLLoss", ("input", "target"), bench="PoissonCase"),
     _loss("gaussian_nll_loss", "pointwise", "GaussianNLLLoss", ("input", "target", "var"), bench="GaussianCase"),
     _loss("multilabel_soft_margin_loss", "pointwise", "MultiLabelSoftMarginLoss", ("input", "target", "weight"),
-          bench="MultiLabelSoftMarginCase"),
+          op="fastloss::binary_cross_entropy_with_logits", bench="MultiLabelSoftMarginCase"),
     _loss("sigmoid_focal_loss", "pointwise", "FocalLoss", ("inputs", "targets"), torch_name=None,
           reference=sigmoid_focal_loss_reference, bench="BinaryCase"),
     _loss("ctc_loss", "ctc", "CTCLoss", ("log_probs",), bench="CtcCase"),

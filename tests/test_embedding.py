@@ -2,7 +2,11 @@
 hinge_embedding_loss (functions and modules) against torch.nn.functional: values and gradients of
 every differentiable input over every reduction, the legacy size_average/reduce, odd and large shapes,
 strided inputs, broadcasting, every dtype, mixed dtypes, autocast, exact hinge boundaries and ties,
-extreme values; float64 gradcheck, torch.compile, determinism, and no fallback to torch's losses."""
+extreme values; float64 gradcheck, (torch.compile, determinism, no
+fallback: tests/test_all_losses.py). margin_ranking_loss and hinge_embedding_loss are pointwise kinds in
+csrc: their own tests are in tests/pointwise/test_margin_ranking_hinge.py; the checks below that run over
+all five hinge-like losses stay parametrized here."""
+import contextlib
 import itertools
 import math
 import re
@@ -12,10 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, drop_kinks, assert_close_ref, assert_compiled_matches, assert_deterministic, device_params,
-                      module_pair, requires_cuda)
-from test_regression import (REDUCTIONS, _nullcontext, coarsest, diff_of, gfloor, make, poison_torch_losses,
-                             torch_ref)
+from conftest import (assert_close_ref, check_grads, coarsest, device_params, diff_of, drop_kinks, DTYPES, gfloor, make,
+                     make_sign_target, module_pair, REDUCTIONS, requires_cuda, torch_ref)
 
 INF = float("inf")
 P_ALL = [1, 1.5, 2, 3, 0.5, INF]
@@ -25,11 +27,6 @@ EMBEDDING = ["triplet_margin_loss", "triplet_margin_with_distance_loss", "margin
 
 def fl():
     return fastloss.functional
-
-
-def check_grads(grads, ref_grads, dtype, n, what, names):
-    for g, r, name in zip(grads, ref_grads, names):
-        assert_close_ref(g, r, dtype, f"grad {name} {what}", floor=gfloor(dtype, n))
 
 
 # ============================================================================ triplet_margin_loss
@@ -264,89 +261,6 @@ def test_triplet_with_distance_calls_user_function(swap):
     assert all(a.grad is not None for a in args)
 
 
-# ============================================================================ margin_ranking_loss
-def mr_fn(module, margin=0.0, reduction="mean"):
-    return lambda x1, x2, t: module.margin_ranking_loss(x1, x2, t, margin=margin, reduction=reduction)
-
-
-def make_target(kind, shape, dtype, device):
-    """+-1 targets ('pm1'), with zeros ('pm1_0'), other values ('other'), int64 +-1 ('int'),
-    float64 +-1 with zeros ('f64')."""
-    if kind == "other":
-        return torch.tensor([1.0, -1.0, 0.0, 3.0, 0.5, -2.0], device=device)[
-            torch.randint(0, 6, shape, device=device)].to(dtype)
-    if kind == "pm1_0" or kind == "f64":
-        t = torch.randint(-1, 2, shape, device=device)
-        return t.double() if kind == "f64" else t.to(dtype)
-    t = torch.randint(0, 2, shape, device=device) * 2 - 1
-    return t if kind == "int" else t.to(dtype)
-
-
-MR_SHAPES = [((), (), ()), ((7,),) * 3, ((0,),) * 3, ((5, 4),) * 3, ((70001,),) * 3, ((3, 1000),) * 3,
-             ((4, 1), (1, 3), (1, 1)), ((5,), (5,), (1,)), ((1, 6), (4, 6), (4, 1))]
-
-
-def _mr_cases():
-    out = []
-    margins = [0.0, 0.5, -0.3]
-    i = 0
-    for shapes, kind, red in itertools.product(MR_SHAPES, ["pm1", "other", "int"], REDUCTIONS):
-        margin = 0.0 if shapes[0] == (70001,) else margins[i % 3]  # float16 sums stay below 65504
-        out.append((shapes, kind, margin, red, "contig"))
-        i += 1
-    for shape, layout, red in itertools.product([(5, 4), (3, 1000)], ["transpose", "slice"], ["none", "mean"]):
-        out.append(((shape,) * 3, "pm1", 0.2, red, layout))
-    return out
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shapes,kind,margin,reduction,layout", _mr_cases(), ids=str)
-def test_margin_ranking_matches_torch(device, dtype, shapes, kind, margin, reduction, layout):
-    """max(0, -target * (input1 - input2) + margin): input1, input2 and (floating) target gradients."""
-    scale = 0.1 if math.prod(torch.broadcast_shapes(*shapes)) > 10000 else 1.5
-    x1 = make(shapes[0], dtype, device, layout, scale).requires_grad_()
-    x2 = make(shapes[1], dtype, device, layout, scale).requires_grad_()
-    t = make_target(kind, shapes[2], dtype, device)
-    if t.is_floating_point():
-        t.requires_grad_()
-    loss = mr_fn(fl(), margin, reduction)(x1, x2, t)
-    go = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-    ref, ref_grads = torch_ref(mr_fn(F, margin, reduction), (x1, x2, t), go)
-    assert loss.dtype == dtype
-    assert_close_ref(loss, ref, dtype, "loss")
-    diff = diff_of(x1, x2, t)
-    grads = torch.autograd.grad(loss, diff, go.to(loss.dtype))
-    for g, a in zip(grads, diff):
-        assert g.dtype == a.dtype and g.shape == a.shape
-    kink = (-t.double() * (x1.double() - x2.double()) + margin) == 0
-    grads, ref_grads = drop_kinks(grads, ref_grads, kink)
-    check_grads(grads, ref_grads, dtype, math.prod(torch.broadcast_shapes(*shapes)), "",
-                ["input1", "input2", "target"])
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_margin_ranking_boundary(device, dtype):
-    """-target * (input1 - input2) + margin == 0 exactly: loss 0, gradients 0 (all three), as torch."""
-    x1 = torch.tensor([1.0, 2.0, 0.5, 0.25, 3.0, -1.0], device=device, dtype=dtype)
-    x2 = torch.tensor([0.5, 2.0, 1.0, 0.75, 1.0, -1.5], device=device, dtype=dtype)
-    t = torch.tensor([1.0, 1.0, -1.0, 1.0, -1.0, 1.0], device=device, dtype=dtype)
-    for margin, red in itertools.product([0.5, 0.0], REDUCTIONS):
-        args = [a.clone().requires_grad_() for a in (x1, x2, t)]
-        loss = fl().margin_ranking_loss(*args, margin=margin, reduction=red)
-        go = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, ref_grads = torch_ref(mr_fn(F, margin, red), args, go)
-        assert_close_ref(loss, ref, dtype, "loss")
-        grads = torch.autograd.grad(loss, args, go.to(loss.dtype))
-        at_boundary = (-t * (x1 - x2) + margin).double() == 0
-        check_grads(*drop_kinks(grads, ref_grads, at_boundary), dtype, 6, f"margin={margin} {red}",
-                    ["input1", "input2", "target"])
-        assert at_boundary.any()
-        for g in grads:
-            assert (g[at_boundary] == 0).all()
-
-
 # ========================================================================== cosine_embedding_loss
 def cos_fn(module, margin=0.0, reduction="mean"):
     return lambda x1, x2, t: module.cosine_embedding_loss(x1, x2, t, margin=margin, reduction=reduction)
@@ -375,7 +289,7 @@ def _cos_cases():
 def test_cosine_embedding_matches_torch(device, dtype, shapes, kind, margin, reduction, layout):
     x1 = make(shapes[0], dtype, device, layout, 1.0).requires_grad_()
     x2 = make(shapes[1], dtype, device, layout, 1.0).requires_grad_()
-    t = make_target(kind, shapes[2], dtype, device)
+    t = make_sign_target(kind, shapes[2], dtype, device)
     loss = cos_fn(fl(), margin, reduction)(x1, x2, t)
     go = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
     ref, ref_grads = torch_ref(cos_fn(F, margin, reduction), (x1, x2, t), go)
@@ -414,94 +328,6 @@ def test_cosine_zero_vectors(device, dtype, margin):
         # t == -1 with cos == 0 (a zero vector) at margin 0: the clamp's kink
         kink = ((t == -1) & (margin == 0.0) & ((x1 == 0).all(1) | (x2 == 0).all(1)))[:, None].expand(6, 5)
         check_grads(*drop_kinks(grads, ref_grads, kink), dtype, 6, red, ["input1", "input2"])
-
-
-# =========================================================================== hinge_embedding_loss
-def hinge_fn(module, margin=1.0, reduction="mean"):
-    return lambda x, t: module.hinge_embedding_loss(x, t, margin=margin, reduction=reduction)
-
-
-HINGE_SHAPES = [((), ()), ((7,), (7,)), ((0,), (0,)), ((5, 4), (5, 4)), ((3, 1000), (3, 1000)),
-                ((70001,), (70001,)), ((2, 3, 4), (2, 3, 4)), ((5, 4), (4,)), ((4,), (5, 4)), ((5, 4), ())]
-
-
-def _hinge_cases():
-    out = []
-    margins = [1.0, 0.5, 2.0, -0.5]
-    i = 0
-    for shapes, kind, red in itertools.product(HINGE_SHAPES, ["pm1_0", "other"], REDUCTIONS):
-        margin = 0.5 if shapes[0] == (70001,) else margins[i % 4]  # float16 sums stay below 65504
-        out.append((shapes, kind, margin, red, "contig"))
-        i += 1
-    for shapes, kind, red in itertools.product([((7,), (7,)), ((5, 4), (5, 4)), ((70001,), (70001,))],
-                                               ["pm1", "int", "f64"], REDUCTIONS):
-        if kind != "pm1" and shapes[0] == (7,):
-            continue
-        margin = 0.5 if shapes[0] == (70001,) else margins[i % 4]
-        out.append((shapes, kind, margin, red, "contig"))
-        i += 1
-    for shape, layout, red in itertools.product([(5, 4), (3, 1000)], ["transpose", "slice"], ["none", "mean"]):
-        out.append(((shape, shape), "pm1_0", 1.0, red, layout))
-    out.append((((2, 3, 4), (2, 3, 4)), "pm1_0", 1.0, "sum", "permute"))
-    return out
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("shapes,kind,margin,reduction,layout", _hinge_cases(), ids=str)
-def test_hinge_embedding_matches_torch(device, dtype, shapes, kind, margin, reduction, layout):
-    """target 1: input; -1: max(0, margin - input); anything else: both. Loss keeps the input's dtype."""
-    scale = 0.1 if math.prod(shapes[0]) > 10000 else 1.5
-    x = make(shapes[0], dtype, device, layout, scale).requires_grad_()
-    t = make_target(kind, shapes[1], dtype, device)
-    loss = hinge_fn(fl(), margin, reduction)(x, t)
-    expect_dtype = F.hinge_embedding_loss(x.detach(), t, reduction="none").dtype
-    go = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-    ref, (rgx,) = torch_ref(hinge_fn(F, margin, reduction), (x, t), go)
-    assert loss.dtype == expect_dtype == dtype
-    assert_close_ref(loss, ref, dtype, "loss")
-    gx, = torch.autograd.grad(loss, x, go.to(loss.dtype))
-    assert gx.dtype == dtype and gx.shape == x.shape
-    kink = (t != 1) & (x.detach().double() == margin)  # margin - x == 0 in the clamped branch
-    check_grads(*drop_kinks([gx], [rgx], kink), dtype, math.prod(torch.broadcast_shapes(*shapes)), "", ["input"])
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", DTYPES, ids=str)
-def test_hinge_boundary_and_extremes(device, dtype):
-    """input == margin exactly (gradient 0 from the clamp), targets 1 / -1 / 0 / other, nan and inf."""
-    nan = float("nan")
-    x = torch.tensor([1.0, 1.0, 1.0, 0.5, 2.0, nan, nan, INF, -INF, INF, -INF, 0.25], device=device)
-    t = torch.tensor([-1.0, 0.0, 1.0, -1.0, 3.0, 1.0, -1.0, 1.0, -1.0, -1.0, 0.0, 2.0], device=device)
-    x, t = x.to(dtype), t.to(dtype)
-    for margin, red in itertools.product([1.0, 0.5], REDUCTIONS):
-        xx = x.clone().requires_grad_()
-        loss = fl().hinge_embedding_loss(xx, t, margin=margin, reduction=red)
-        go = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, (rgx,) = torch_ref(hinge_fn(F, margin, red), (xx, t), go)
-        assert_close_ref(loss, ref, dtype, f"loss {red}")
-        gx, = torch.autograd.grad(loss, xx, go.to(loss.dtype))
-        kink = (t != 1) & (x.double() == margin)  # margin - x == 0 in the clamped branch
-        check_grads(*drop_kinks([gx], [rgx], kink), dtype, 12, f"margin={margin} {red}", ["input"])
-
-
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16], ids=str)
-def test_margin_ranking_extreme_values(device, dtype):
-    """nan / inf in margin_ranking_loss: torch's loss pattern and torch's gradients, NaN pattern
-    included (torch's target gradient is -(input1 - input2) * gate: NaN where input1 - input2 is NaN,
-    even though the gate is 0 there)."""
-    nan = float("nan")
-    x1 = torch.tensor([nan, INF, INF, 1.0, -INF, 2.0], device=device, dtype=dtype).requires_grad_()
-    x2 = torch.tensor([0.0, INF, 0.0, nan, 0.0, 1.0], device=device, dtype=dtype).requires_grad_()
-    t = torch.tensor([1.0, 1.0, -1.0, 1.0, 1.0, -1.0], device=device, dtype=dtype).requires_grad_()
-    for red in REDUCTIONS:
-        loss = fl().margin_ranking_loss(x1, x2, t, reduction=red)
-        go = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, ref_grads = torch_ref(mr_fn(F, 0.0, red), (x1, x2, t), go)
-        assert_close_ref(loss, ref, dtype, f"margin_ranking loss {red}")
-        grads = torch.autograd.grad(loss, [x1, x2, t], go.to(loss.dtype))
-        check_grads(grads, ref_grads, dtype, 6, f"margin_ranking {red}", ["input1", "input2", "target"])
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -620,32 +446,6 @@ def test_requires_grad_subsets(device, name, only):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("name", EMBEDDING)
-def test_no_grad_paths(device, name):
-    f_ours, factory = _calls(fl())[name]
-    f_ref, _ = _calls(F)[name]
-    args = factory(device, torch.float32)
-    for red in REDUCTIONS:
-        ref = f_ref(*args, reduction=red).detach()
-        with torch.no_grad():
-            out = f_ours(*args, reduction=red)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(f_ours(*args, reduction=red), ref)
-        torch.testing.assert_close(f_ours(*[a.detach() for a in args], reduction=red), ref)
-
-
-def test_double_backward_refused():
-    """Documented deviation: create_graph=True (double backward) raises a clear error."""
-    args = [torch.randn(3, 4, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    with pytest.raises(RuntimeError, match="double backward"):
-        loss = fl().triplet_margin_loss(*args)
-        g = torch.autograd.grad(loss, args, create_graph=True)
-        torch.autograd.grad(sum(x.sum() for x in g), args)
-
-
-@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", [n for n in EMBEDDING if n != "triplet_margin_with_distance_loss"])
 def test_legacy_size_average_reduce(device, name):
     f_ours, factory = _calls(fl())[name]
@@ -654,9 +454,9 @@ def test_legacy_size_average_reduce(device, name):
     for sa, rd in itertools.product([None, True, False], [None, True, False]):
         legacy = sa is not None or rd is not None
         with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated") if legacy \
-                else _nullcontext():
+                else contextlib.nullcontext():
             out = fn_ours(*args, size_average=sa, reduce=rd, reduction="sum")
-        with pytest.warns(UserWarning) if legacy else _nullcontext():
+        with pytest.warns(UserWarning) if legacy else contextlib.nullcontext():
             ref = fn_ref(*args, size_average=sa, reduce=rd, reduction="sum")
         torch.testing.assert_close(out, ref)
         go = torch.rand_like(ref) + 0.5
@@ -885,77 +685,3 @@ def test_gradcheck_pairs(device, reduction):
     for margin in [1.0, 0.5]:
         assert torch.autograd.gradcheck(
             lambda a: fl().hinge_embedding_loss(a, ht, margin=margin, reduction=reduction), (x1,))
-
-
-# -------------------------------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """The embedding ops trace (fake kernels, autograd) in one graph with no graph break."""
-    def step(m, a, p, n, t, ht):
-        return (m.triplet_margin_loss(a, p, n, swap=True) + m.triplet_margin_loss(a, p, n, p=1.0, reduction="sum")
-                + m.triplet_margin_with_distance_loss(a, p, n, margin=0.5)
-                + m.margin_ranking_loss(a, p, t, margin=0.1)
-                + m.cosine_embedding_loss(a, n, t[:, 0], margin=0.2, reduction="none").sum()
-                + m.hinge_embedding_loss(p, ht, margin=0.5))
-
-    a, p, n = (torch.randn(8, 33, device=device, requires_grad=True) for _ in range(3))
-    t = (torch.randint(0, 2, (8, 33), device=device) * 2 - 1).float()
-    ht = torch.randint(-1, 2, (8, 33), device=device).float()
-    compiled = torch.compile(lambda *args: step(fastloss.functional, *args), backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *args: step(F, *args), (a, p, n, t, ht), [a, p, n], atol=1e-4, rtol=1e-4)
-
-
-# ---------------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_deterministic(device, dtype):
-    """Two runs give bitwise equal losses and gradients; on CPU also with another thread count."""
-    shape = (257, 3001)
-    a0, p0, n0 = (make(shape, dtype, device, scale=1.0) for _ in range(3))
-    t0 = (torch.randint(0, 2, shape, device=device) * 2 - 1).to(dtype)
-    rows_t = t0[:, 0].contiguous()
-    m = fastloss.functional
-    calls = [lambda a, p, n: m.triplet_margin_loss(a, p, n, margin=30.0),
-             lambda a, p, n: m.triplet_margin_loss(a, p, n, margin=30.0, p=1.0, swap=True, reduction="sum"),
-             lambda a, p, n: m.triplet_margin_with_distance_loss(a, p, n, margin=30.0),
-             lambda a, p, n: m.margin_ranking_loss(a, p, t0, margin=0.5),
-             lambda a, p, n: m.cosine_embedding_loss(a, p, rows_t, margin=0.0, reduction="sum"),
-             lambda a, p, n: m.hinge_embedding_loss(a, t0, margin=1.0)]
-
-    def run(call):
-        a, p, n = (x.clone().requires_grad_() for x in (a0, p0, n0))
-        loss = call(a, p, n)
-        return [loss.detach()] + list(torch.autograd.grad(loss, [a, p, n], allow_unused=True, materialize_grads=True))
-
-    for call in calls:
-        assert_deterministic(lambda: run(call), device)
-
-
-# ---------------------------------------------------------------------------------- no torch fallback
-def test_no_torch_loss_is_called(monkeypatch):
-    """No silent fallback: with torch's losses, pairwise_distance, cosine_similarity and norm poisoned,
-    every function and module still works, forward and backward."""
-    args = [torch.randn(5, 7, dtype=torch.float64, requires_grad=True) for _ in range(3)]
-    t = torch.tensor([1.0, -1.0, 1.0, -1.0, 1.0], dtype=torch.float64)
-    rt = torch.randn(5, 7, dtype=torch.float64).sign().requires_grad_()
-    ht = torch.randint(-1, 2, (5, 7)).double()
-    mods = [fastloss.TripletMarginLoss(swap=True), fastloss.TripletMarginLoss(p=1.0),
-            fastloss.TripletMarginWithDistanceLoss(), fastloss.TripletMarginWithDistanceLoss(swap=True)]
-    poison_torch_losses(monkeypatch)
-    m = fastloss.functional
-    a, p, n = args
-    total = 0
-    for red in REDUCTIONS:
-        for loss in [m.triplet_margin_loss(a, p, n, reduction=red), m.triplet_margin_loss(a, p, n, p=1.0, swap=True),
-                     m.triplet_margin_loss(a, p, n, p=INF, reduction=red),
-                     m.triplet_margin_with_distance_loss(a, p, n, reduction=red),
-                     m.triplet_margin_with_distance_loss(a, p, n, swap=True, reduction=red),
-                     m.margin_ranking_loss(a, p, rt, reduction=red), m.cosine_embedding_loss(a, p, t, reduction=red),
-                     m.hinge_embedding_loss(a, ht, reduction=red)]:
-            total = total + loss.sum()
-    for mod in mods:
-        total = total + mod(a, p, n)
-    total = total + fastloss.MarginRankingLoss()(a, p, rt) + fastloss.CosineEmbeddingLoss()(a, p, t) + \
-        fastloss.HingeEmbeddingLoss()(a, ht)
-    total.backward()
-    assert all(x.grad is not None for x in args) and rt.grad is not None

@@ -4,8 +4,9 @@ reduction with a random upstream gradient, the legacy size_average/reduce, batch
 strided inputs and targets, empty batches, multilabel target lists ending anywhere (or nowhere), with
 duplicates and with values after the first -1, every dtype (torch's CPU kernels refuse half/bfloat16:
 the reference is torch in float64 on the same values), autocast, hinge boundaries, nan/inf; float64
-gradcheck, opcheck of the four ops, torch.compile, determinism, no fallback to torch's losses, bad
-arguments, and the CUDA-only behaviours (target validation, devices) where a GPU is present."""
+gradcheck, opcheck of the four ops, bad arguments, and the CUDA-only behaviours (target validation,
+devices) where a GPU is present (torch.compile, determinism, no fallback: tests/test_all_losses.py)."""
+import contextlib
 import itertools
 import math
 import re
@@ -15,9 +16,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (call_and_check, DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
-                      device_params, module_pair, requires_cuda, opcheck_test)
-from test_regression import _nullcontext, gfloor, make
+from conftest import (assert_close_ref, assert_deterministic, call_and_check, device_params, DTYPES, gfloor, make,
+                     module_pair, opcheck_test, requires_cuda)
 
 REDUCTIONS = ["none", "mean", "sum"]
 f64, f32, bf16, f16 = torch.float64, torch.float32, torch.bfloat16, torch.float16
@@ -442,33 +442,6 @@ def test_backward_plain_and_retain_graph(device, name, reduction):
 
 
 @pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("name", NAMES)
-def test_no_grad_paths(device, name):
-    f_ours, factory = _calls(fl())[name]
-    f_ref, _ = _calls(F)[name]
-    x, t = factory(device, f32)
-    for red in REDUCTIONS:
-        ref = f_ref(x, t, reduction=red).detach()
-        with torch.no_grad():
-            out = f_ours(x, t, reduction=red)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(f_ours(x, t, reduction=red), ref)
-        torch.testing.assert_close(f_ours(x.detach(), t, reduction=red), ref)
-
-
-@pytest.mark.parametrize("name", ["multi_margin_loss", "multilabel_margin_loss"])
-def test_double_backward_refused(name):
-    """Documented deviation: create_graph=True (double backward) raises a clear error."""
-    f, factory = _calls(fl())[name]
-    x, t = factory("cpu", f64)
-    with pytest.raises(RuntimeError, match="double backward"):
-        g, = torch.autograd.grad(f(x, t), x, create_graph=True)
-        torch.autograd.grad(g.sum(), x)
-
-
-@pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("name", ["multi_margin_loss", "multilabel_margin_loss"])
 def test_legacy_size_average_reduce(device, name):
     fn_ours, fn_ref = getattr(fl(), name), getattr(F, name)
@@ -477,9 +450,9 @@ def test_legacy_size_average_reduce(device, name):
     for sa, rd in itertools.product([None, True, False], [None, True, False]):
         legacy = sa is not None or rd is not None
         with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated") if legacy \
-                else _nullcontext():
+                else contextlib.nullcontext():
             out = fn_ours(x, t, size_average=sa, reduce=rd, reduction="sum")
-        with pytest.warns(UserWarning) if legacy else _nullcontext():
+        with pytest.warns(UserWarning) if legacy else contextlib.nullcontext():
             ref = fn_ref(x, t, size_average=sa, reduce=rd, reduction="sum")
         torch.testing.assert_close(out, ref)
         go = torch.rand_like(ref) + 0.5
@@ -622,94 +595,6 @@ def _op_cases(device):
 
 
 test_opcheck = opcheck_test(_op_cases, 13)
-
-
-# ------------------------------------------------------------------------------------ torch.compile
-def _compile_step(m, x, t, tl, w):
-    return (m.multi_margin_loss(x, t) + m.multi_margin_loss(x, t, p=2, margin=0.5, weight=w, reduction="sum")
-            + m.multi_margin_loss(x, t, reduction="none").sum() + m.multilabel_margin_loss(x, tl)
-            + (m.multilabel_margin_loss(x * 2.0, tl, reduction="none") * 0.5).sum())
-
-
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """The ops trace (fake kernels, C++ autograd) in one graph with no break; same values and gradient."""
-    x = torch.randn(8, 33, device=device, requires_grad=True)
-    t = torch.randint(0, 33, (8,), device=device)
-    tl = ml_target((8, 33), "mixed", device)
-    w = torch.rand(33, device=device)
-    compiled = torch.compile(lambda *a: _compile_step(fastloss.functional, *a), backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *a: _compile_step(F, *a), (x, t, tl, w), [x])
-
-
-@pytest.mark.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_inductor(device):
-    x = torch.randn(16, 50, device=device, requires_grad=True)
-    t = torch.randint(0, 50, (16,), device=device)
-    tl = ml_target((16, 50), "mixed", device)
-
-    def step(m, a):
-        return m.multi_margin_loss(a * 2.0, t, p=2) + m.multilabel_margin_loss(a.tanh(), tl)
-
-    compiled = torch.compile(lambda a: step(fastloss.functional, a), fullgraph=True)
-    assert_compiled_matches(compiled, lambda a: step(F, a), (x,), [x])
-
-
-# -------------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [f32, bf16], ids=str)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_deterministic(device, dtype, reduction):
-    """Two runs bitwise equal (losses and gradients); on CPU also with one thread."""
-    x0 = make((257, 3001), dtype, device, scale=0.3)
-    t0 = torch.randint(0, 3001, (257,), device=device)
-    w = (torch.rand(3001, device=device) + 0.5).to(dtype)
-    xl0 = make((300, 700), dtype, device, scale=0.3)
-    tl0 = ml_target((300, 700), "mixed", device)
-    m = fastloss.functional
-    calls = [(x0, lambda x: m.multi_margin_loss(x, t0, reduction=reduction)),
-             (x0, lambda x: m.multi_margin_loss(x, t0, p=2, margin=0.5, weight=w, reduction=reduction)),
-             (xl0, lambda x: m.multilabel_margin_loss(x, tl0, reduction=reduction))]
-
-    for base, call in calls:
-        go = torch.rand(base.shape[:1] if reduction == "none" else (), device=device).to(dtype)
-
-        def run():
-            x = base.clone().requires_grad_()
-            loss = call(x)
-            return [loss.detach(), torch.autograd.grad(loss, x, go)[0]]
-
-        assert_deterministic(run, device)
-
-
-# -------------------------------------------------------------------------------- no torch fallback
-def test_no_torch_loss_is_called(monkeypatch):
-    """With torch's multi_margin / multilabel_margin losses poisoned (Python and torch._C._nn) and no aten
-    op of theirs seen by the profiler (C++ calls included), functions and modules work, forward and
-    backward."""
-    def boom(*a, **k):
-        raise AssertionError("fastloss called a torch loss")
-
-    x = torch.randn(5, 7, dtype=f64, requires_grad=True)
-    t = torch.tensor([0, 6, 3, 3, 1])
-    tl = ml_target((5, 7), "mixed", "cpu")
-    w = torch.rand(7, dtype=f64)
-    expect = [F.multi_margin_loss(x, t, reduction=r) for r in REDUCTIONS] + \
-        [F.multilabel_margin_loss(x, tl, reduction=r) for r in REDUCTIONS]
-    for name in ["multi_margin_loss", "multilabel_margin_loss"]:
-        monkeypatch.setattr(F, name, boom)
-        monkeypatch.setattr(torch._C._nn, name, boom)
-    mods = [fastloss.MultiMarginLoss(p=2, weight=w), fastloss.MultiMarginLoss(reduction="sum")]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        got = [fl().multi_margin_loss(x, t, reduction=r) for r in REDUCTIONS] + \
-            [fl().multilabel_margin_loss(x, tl, reduction=r) for r in REDUCTIONS]
-        total = sum(g.sum() for g in got) + sum(m(x, t) for m in mods) + fastloss.MultiLabelMarginLoss()(x, tl)
-        total.backward()
-    for a, b in zip(got, expect):
-        torch.testing.assert_close(a, b)
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-    assert_profile_clean(prof, lambda n: "margin" in n, "fastloss::multi")
 
 
 # ---------------------------------------------------------------------------------------- empty batch

@@ -5,8 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import assert_compiled_matches, device_params, requires_cuda
-from test_cross_entropy import make_class_target
+from conftest import assert_compiled_matches, device_params, make_class_target, requires_cuda
 
 CE = fastloss.functional.cross_entropy
 

@@ -3,7 +3,7 @@ every reduction ('batchmean' included, with torch's 'mean' warning), log_target,
 size_average/reduce, odd, empty and 0-dim shapes, strided and expanded inputs, broadcasting of either
 argument, dtype promotion, every dtype, autocast, extreme values (target 0: loss 0 and torch's NaN
 target gradient; negative / NaN targets: NaN); float64 gradcheck, opcheck of the op's kind,
-torch.compile, determinism, no fallback to torch's kl_div, the module, and bad arguments."""
+the module, and bad arguments (torch.compile, determinism, no fallback: tests/test_all_losses.py)."""
 import math
 import re
 import warnings
@@ -13,10 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic,
-                      assert_matches_with_grads, assert_profile_clean, device_params, module_pair, requires_cuda,
-                      opcheck_test)
-from test_regression import coarsest, gfloor, layouts, make, poison_torch_losses, torch_ref
+from conftest import (assert_close_ref, assert_matches_with_grads, coarsest, device_params, DTYPES, gfloor, layouts,
+                     make, module_pair, opcheck_test, requires_cuda, torch_ref)
 
 REDUCTIONS = ["none", "mean", "sum", "batchmean"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
@@ -174,36 +172,6 @@ def test_requires_grad_subsets(device, which, log_target):
         assert loss.requires_grad == bool(diff)
         for g, r in zip(torch.autograd.grad(loss, diff, grad_out) if diff else [], ref_grads):
             torch.testing.assert_close(g, r, equal_nan=True)
-
-
-@pytest.mark.parametrize("device", device_params())
-def test_no_grad_paths(device):
-    """no_grad, inference_mode, inputs that don't require grad: torch's value, no graph."""
-    x = torch.randn(8, 50, device=device, requires_grad=True)
-    t = make_target((8, 50), torch.float32, device).requires_grad_()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for red in REDUCTIONS:
-            for lt in (False, True):
-                ref = F.kl_div(x, t, reduction=red, log_target=lt).detach()
-                with torch.no_grad():
-                    out = ours(x, t, reduction=red, log_target=lt)
-                assert not out.requires_grad
-                torch.testing.assert_close(out, ref)
-                with torch.inference_mode():
-                    torch.testing.assert_close(ours(x, t, reduction=red, log_target=lt), ref)
-                out = ours(x.detach(), t.detach(), reduction=red, log_target=lt)
-                assert not out.requires_grad
-                torch.testing.assert_close(out, ref)
-
-
-def test_double_backward_refused():
-    """Documented deviation of the fused ops: create_graph=True (double backward) raises clearly."""
-    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    t = torch.rand(3, 4, dtype=torch.float64) + 0.1
-    with pytest.raises(RuntimeError, match="double backward"):
-        g, = torch.autograd.grad(ours(x, t, reduction="sum"), x, create_graph=True)
-        torch.autograd.grad(g.sum(), x)
 
 
 # ------------------------------------------------------------------- reductions: legacy, batchmean
@@ -448,20 +416,6 @@ def test_module(device, kwargs):
                                equal_nan=True)
 
 
-def test_patch_swaps_module():
-    """fastloss.patch(module) turns a torch KLDivLoss into fastloss's, settings kept; patch() makes
-    torch.nn.functional.kl_div and torch.nn.KLDivLoss resolve to fastloss."""
-    mod = torch.nn.KLDivLoss(reduction="batchmean", log_target=True)
-    assert fastloss.patch(mod) is mod and type(mod) is fastloss.KLDivLoss
-    assert mod.reduction == "batchmean" and mod.log_target is True
-    try:
-        fastloss.patch()
-        assert F.kl_div is fastloss.functional.kl_div and torch.nn.KLDivLoss is fastloss.KLDivLoss
-    finally:
-        fastloss.unpatch()
-    assert F.kl_div is not fastloss.functional.kl_div
-
-
 # ------------------------------------------------------------------------------- gradcheck
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -482,7 +436,7 @@ def _op_cases(device):
     buffers by grad_output in place (fused backward): opcheck's eager run then sees its returned
     gradients change, unless grad_output is exactly 1 (skipped). opcheck's grad_output is the sign of
     the loss, so those cases use true distributions (KL >= 0). Cases with a negative loss run with no
-    fused gradients (pointwise_loss_backward then computes them)."""
+    fused gradients (_pointwise_backward then computes them)."""
     ops = torch.ops.fastloss
     x = torch.randn(5, 7, device=device).log_softmax(-1).requires_grad_()
     t = torch.randn(5, 7, device=device).softmax(-1).requires_grad_()
@@ -512,68 +466,3 @@ def _op_cases(device):
 
 
 test_opcheck = opcheck_test(_op_cases, 11)
-
-
-# --------------------------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """Traces (fake kernel, autograd, the batchmean division) in one graph with no graph break; torch's
-    values and gradients for input and target."""
-    def step(fl, x, t, lt):
-        return (fl.kl_div(x, t, reduction="batchmean") + fl.kl_div(x, lt, reduction="sum", log_target=True)
-                + fl.kl_div(x * 2.0, t, reduction="none").sum() + fl.kl_div(x[0], lt, reduction="batchmean",
-                                                                           log_target=True))
-
-    x = torch.randn(8, 33, device=device).log_softmax(-1).requires_grad_()
-    t = torch.randn(8, 33, device=device).softmax(-1).requires_grad_()
-    lt = torch.randn(8, 33, device=device).log_softmax(-1).requires_grad_()
-    compiled = torch.compile(lambda *a: step(fastloss.functional, *a), backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *a: step(F, *a), (x, t, lt), [x, t, lt])
-
-
-# ---------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [f32, bf16], ids=str)
-@pytest.mark.parametrize("reduction,log_target", [("sum", False), ("batchmean", True), ("none", False),
-                                                  ("none", True)], ids=str)
-def test_deterministic(device, dtype, reduction, log_target):
-    """Two runs bitwise equal (loss, both gradients); on CPU also with one thread."""
-    shape = (257, 3001)
-    x0 = make_input(shape, dtype, device)
-    t0 = make_target(shape, dtype, device, log_target=log_target, zeros=0)
-    go = torch.rand(shape if reduction == "none" else (), device=device).to(dtype)
-
-    def run():
-        x, t = x0.clone().requires_grad_(), t0.clone().requires_grad_()
-        loss = ours(x, t, reduction=reduction, log_target=log_target)
-        return [loss.detach()] + list(torch.autograd.grad(loss, [x, t], go))
-
-    assert_deterministic(run, device)
-
-
-# ------------------------------------------------------------------------------ no torch fallback
-def test_no_torch_loss_is_called(monkeypatch):
-    """With torch's kl_div poisoned (Python) and no aten kl_div / xlogy / exp / log op seen by the
-    profiler (C++ calls included), the function and the module work, forward and backward."""
-    def boom(*a, **k):
-        raise AssertionError("fastloss called torch's kl_div")
-
-    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    t = (torch.rand(5, 7, dtype=torch.float64) + 0.1).requires_grad_()
-    lt = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    cases = [(r, log) for r in ["none", "sum", "batchmean"] for log in (False, True)]
-    expect = [F.kl_div(x, lt if log else t, reduction=r, log_target=log) for r, log in cases]
-    poison_torch_losses(monkeypatch)
-    monkeypatch.setattr(F, "kl_div", boom)
-    monkeypatch.setattr(torch, "kl_div", boom)
-    monkeypatch.setattr(torch, "xlogy", boom)
-    mods = [fastloss.KLDivLoss(reduction="batchmean"), fastloss.KLDivLoss(reduction="sum", log_target=True)]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        got = [ours(x, lt if log else t, reduction=r, log_target=log) for r, log in cases]
-        total = sum(g.sum() for g in got) + mods[0](x, t) + mods[1](x, lt) + ours(x, t[0], reduction="sum")
-        total.backward()
-    for a, b in zip(got, expect):
-        torch.testing.assert_close(a, b)
-    assert all(a.grad is not None and torch.isfinite(a.grad).all() for a in (x, t, lt))
-    assert_profile_clean(prof, lambda n: "kl_div" in n or "xlogy" in n or n in ("aten::exp", "aten::log"),
-                         "fastloss::kl_div")

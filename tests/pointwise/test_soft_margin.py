@@ -2,8 +2,8 @@
 every reduction, the legacy size_average/reduce, odd and empty shapes, strided and expanded inputs,
 target broadcasting (torch broadcasts the target to the input, never the input), target dtypes (cast
 to the input's), every dtype, autocast, extreme values (torch's own float32 overflow to an inf loss
-and a NaN gradient included); float64 gradcheck, opcheck of the op's kind, torch.compile, determinism,
-no fallback to torch's loss, the module, and bad arguments."""
+and a NaN gradient included); float64 gradcheck, opcheck of the op's kind, the module, and bad
+arguments (torch.compile, determinism, no fallback: tests/test_all_losses.py)."""
 import math
 import re
 import warnings
@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, assert_close_ref, assert_compiled_matches, assert_deterministic, assert_profile_clean,
-                      device_params, module_pair, requires_cuda, opcheck_test)
-from test_regression import gfloor, layouts, make, poison_torch_losses, torch_ref
+from conftest import (assert_close_ref, device_params, DTYPES, gfloor, layouts, make, module_pair, opcheck_test,
+                     requires_cuda, torch_ref)
 
 REDUCTIONS = ["none", "mean", "sum"]
 SHAPES = [(), (7,), (0,), (5, 4), (4, 0, 3), (3, 1000), (70001,), (2, 3, 4, 5)]
@@ -129,15 +128,6 @@ def test_no_grad_paths(device):
         out = ours(x.detach(), t, reduction=red)
         assert not out.requires_grad
         torch.testing.assert_close(out, ref)
-
-
-def test_double_backward_refused():
-    """Documented deviation of the fused ops: create_graph=True (double backward) raises clearly."""
-    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(3, 4, dtype=torch.float64).sign()
-    with pytest.raises(RuntimeError, match="double backward"):
-        g, = torch.autograd.grad(ours(x, t), x, create_graph=True)
-        torch.autograd.grad(g.sum(), x)
 
 
 # ------------------------------------------------------------------------- target: no gradient
@@ -410,21 +400,6 @@ def test_module(device, kwargs):
     torch.testing.assert_close(mod(x, t), F.soft_margin_loss(x, t, reduction="sum"))
 
 
-def test_patch_swaps_module():
-    """fastloss.patch(module) turns a torch SoftMarginLoss into fastloss's, settings kept; patch() makes
-    torch.nn.functional.soft_margin_loss and torch.nn.SoftMarginLoss resolve to fastloss."""
-    with pytest.warns(UserWarning):
-        mod = torch.nn.SoftMarginLoss(size_average=False)
-    assert fastloss.patch(mod) is mod and type(mod) is fastloss.SoftMarginLoss and mod.reduction == "sum"
-    try:
-        fastloss.patch()
-        assert F.soft_margin_loss is fastloss.functional.soft_margin_loss
-        assert torch.nn.SoftMarginLoss is fastloss.SoftMarginLoss
-    finally:
-        fastloss.unpatch()
-    assert F.soft_margin_loss is not fastloss.functional.soft_margin_loss
-
-
 # ------------------------------------------------------------------------------- gradcheck
 @pytest.mark.parametrize("device", device_params())
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -459,60 +434,3 @@ def _op_cases(device):
 
 
 test_opcheck = opcheck_test(_op_cases, 6)
-
-
-# --------------------------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """Traces (fake kernel, autograd) in one graph with no graph break; torch's values and gradient."""
-    def step(fl, x, t):
-        return (fl.soft_margin_loss(x, t) + fl.soft_margin_loss(x * 2.0, t, reduction="sum")
-                + fl.soft_margin_loss(x, t[0], reduction="none").sum())
-
-    x = torch.randn(8, 33, device=device, requires_grad=True)
-    t = torch.randn(8, 33, device=device).sign()
-    compiled = torch.compile(lambda *a: step(fastloss.functional, *a), backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *a: step(F, *a), (x, t), [x])
-
-
-# ---------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [f32, bf16], ids=str)
-@pytest.mark.parametrize("reduction", REDUCTIONS)
-def test_deterministic(device, dtype, reduction):
-    """Two runs bitwise equal (loss and gradient); on CPU also with one thread."""
-    shape = (257, 3001)
-    x0, t0 = make(shape, dtype, device), make(shape, dtype, device).sign()
-    go = torch.rand(shape if reduction == "none" else (), device=device).to(dtype)
-
-    def run():
-        x = x0.clone().requires_grad_()
-        loss = ours(x, t0, reduction=reduction)
-        return [loss.detach(), torch.autograd.grad(loss, x, go)[0]]
-
-    assert_deterministic(run, device)
-
-
-# ------------------------------------------------------------------------------ no torch fallback
-def test_no_torch_loss_is_called(monkeypatch):
-    """With torch's soft_margin_loss poisoned (Python) and no aten soft_margin / exp / log1p op seen by
-    the profiler (C++ calls included), the function and the module work, forward and backward."""
-    def boom(*a, **k):
-        raise AssertionError("fastloss called torch's soft_margin_loss")
-
-    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(5, 7, dtype=torch.float64).sign()
-    expect = [F.soft_margin_loss(x, t, reduction=r) for r in REDUCTIONS]
-    poison_torch_losses(monkeypatch)
-    monkeypatch.setattr(F, "soft_margin_loss", boom)
-    monkeypatch.setattr(torch._C._nn, "soft_margin_loss", boom)
-    mods = [fastloss.SoftMarginLoss(), fastloss.SoftMarginLoss(reduction="sum")]
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        got = [ours(x, t, reduction=r) for r in REDUCTIONS]
-        total = sum(g.sum() for g in got) + sum(m(x, t) for m in mods) + ours(x, t[0])
-        total.backward()
-    for a, b in zip(got, expect):
-        torch.testing.assert_close(a, b)
-    assert x.grad is not None and torch.isfinite(x.grad).all()
-    assert_profile_clean(prof, lambda n: "soft_margin" in n or n in ("aten::exp", "aten::log1p"),
-                         "fastloss::soft_margin_loss")

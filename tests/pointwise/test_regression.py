@@ -1,8 +1,9 @@
 """l1_loss, mse_loss, smooth_l1_loss, huber_loss (functions and modules) against torch.nn.functional:
 values and gradients (input, target, and weight where torch takes one) over every reduction, the
 legacy size_average/reduce, odd and large shapes, strided and expanded inputs, broadcasting, every
-dtype, mixed dtypes, autocast, extreme values; float64 gradcheck, torch.compile, determinism, and
-no fallback to torch's own losses."""
+dtype, mixed dtypes, autocast, extreme values; float64 gradcheck, and the CPU kernel's
+two paths (torch.compile, determinism, no fallback: tests/test_all_losses.py)."""
+import contextlib
 import itertools
 import math
 import re
@@ -13,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (DTYPES, TOL, assert_close_ref, assert_compiled_matches, assert_deterministic, device_params,
-                      laid_out, module_pair, requires_cuda)
+from conftest import (assert_close_ref, coarsest, device_params, diff_of, DTYPES, gfloor, layouts, make, module_pair,
+                     requires_cuda, torch_ref)
 
 REDUCTIONS = ["none", "mean", "sum"]
 LOSSES = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
@@ -36,60 +37,8 @@ def param_kw(name, value):
 
 
 # ------------------------------------------------------------------------------------- helpers
-def make(shape, dtype, device, layout="contig", scale=2.0, positive=False):
-    """Random values in the requested memory layout: 'transpose' (2-D), 'slice' (1-D: every other
-    element; 2-D: columns 1..C of a wider tensor), 'permute' (K-D, reversed dims), 'expand' (stride 0
-    along the first dim, a broadcast view of the full size)."""
-    def base(s):
-        t = torch.rand(s, device=device) + 0.2 if positive else torch.randn(s, device=device) * scale
-        return t.to(dtype)
-
-    return laid_out(base, shape, layout)
-
-
-def layouts(shape):
-    if 0 in shape:
-        return ["contig"]
-    if len(shape) == 2:
-        return ["contig", "transpose", "slice", "expand"]
-    if len(shape) == 1:
-        return ["contig", "slice"]
-    if len(shape) > 2:
-        return ["contig", "permute"]
-    return ["contig"]
-
-
-def torch_ref(fn, tensors, grad_out):
-    """fn (torch code) on float64 copies of the tensors (integer ones too: same values), with
-    requires_grad as the originals; returns the loss and the gradients of those that require grad."""
-    up = [None if a is None else a.detach().double().requires_grad_(a.requires_grad) for a in tensors]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        loss = fn(*up)
-    diff = [a for a in up if a is not None and a.requires_grad]
-    grads = list(torch.autograd.grad(loss, diff, grad_out.double())) if diff and grad_out is not None else []
-    return loss, grads
-
-
 # valid (loss, weighted) pairs: only l1/mse/huber take a weight
 NAME_WEIGHTED = [(n, False) for n in LOSSES] + [(n, True) for n in WEIGHTED]
-
-
-def diff_of(*tensors):
-    return [a for a in tensors if a is not None and a.requires_grad]
-
-
-def gfloor(dtype, n):
-    """assert_close_ref floor for gradients of a loss over n elements: a mean's gradients are O(1/n),
-    so the default floor (0.1) would hide errors in them; float16 gradients below 6.1e-5 are
-    subnormal (spacing 6e-8), which the floor allows for."""
-    f = min(4.0 / max(n, 1), 1.0)
-    return max(f, 6e-5) if dtype == torch.float16 else f
-
-
-def coarsest(*dtypes):
-    """The least precise of the dtypes (for tolerances of mixed-dtype computations)."""
-    return max(dtypes, key=lambda d: TOL[d][0])
 
 
 def reg_fn(module, name, reduction="mean", value=None, weighted=False, **extra):
@@ -102,14 +51,6 @@ def reg_fn(module, name, reduction="mean", value=None, weighted=False, **extra):
             return f(x, t, reduction=reduction, weight=w, **kw)
         return f(x, t, reduction=reduction, **kw)
     return call
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *a):
-        return False
 
 
 # ------------------------------------------------------------------------- the main test matrix
@@ -236,33 +177,6 @@ def test_requires_grad_subsets(device, name, which):
                 torch.testing.assert_close(g, r)
 
 
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("name", LOSSES)
-def test_no_grad_paths(device, name):
-    """no_grad, inference_mode, and inputs that don't require grad: only the loss, torch's value."""
-    x = torch.randn(8, 50, device=device, requires_grad=True)
-    t = torch.randn(8, 50, device=device)
-    for red in REDUCTIONS:
-        ref = getattr(F, name)(x, t, reduction=red).detach()
-        with torch.no_grad():
-            out = ours(name)(x, t, reduction=red)
-        assert not out.requires_grad
-        torch.testing.assert_close(out, ref)
-        with torch.inference_mode():
-            torch.testing.assert_close(ours(name)(x, t, reduction=red), ref)
-        torch.testing.assert_close(ours(name)(x.detach(), t, reduction=red), ref)
-
-
-def test_double_backward_refused():
-    """Documented deviation: create_graph=True (double backward) raises a clear error."""
-    x = torch.randn(3, 4, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(3, 4, dtype=torch.float64)
-    with pytest.raises(RuntimeError, match="double backward"):
-        loss = fastloss.functional.mse_loss(x, t)
-        g, = torch.autograd.grad(loss, x, create_graph=True)
-        torch.autograd.grad(g.sum(), x)
-
-
 # ---------------------------------------------------------------------------- broadcasting
 BCAST = [((4, 3), (3,)), ((4, 3), (1, 3)), ((3, 1), (1, 4)), ((5,), ()), ((), (5,)), ((2, 1, 3), (4, 1)),
          ((3,), (4, 3)), ((1, 1000), (3, 1))]
@@ -324,9 +238,9 @@ def test_legacy_size_average_reduce(device, name):
     for sa, rd in itertools.product([None, True, False], [None, True, False]):
         legacy = sa is not None or rd is not None
         with pytest.warns(UserWarning, match="size_average and reduce args will be deprecated") if legacy \
-                else _nullcontext():
+                else contextlib.nullcontext():
             out = ours(name)(x, t, size_average=sa, reduce=rd, reduction="sum")
-        with pytest.warns(UserWarning) if legacy else _nullcontext():
+        with pytest.warns(UserWarning) if legacy else contextlib.nullcontext():
             ref = getattr(F, name)(x, t, size_average=sa, reduce=rd, reduction="sum")
         torch.testing.assert_close(out, ref)
         go = torch.rand_like(ref) + 0.5
@@ -607,91 +521,7 @@ def test_gradcheck(device, name, value, variant, reduction):
         assert torch.autograd.gradcheck(lambda a, b: fn(a, b), (x, t))
 
 
-# --------------------------------------------------------------------------------- torch.compile
-@pytest.mark.parametrize("device", device_params())
-def test_compile_fullgraph_aot_eager(device):
-    """The regression ops trace (fake kernels, autograd) in one graph with no graph break."""
-    def step(fl, x, t, w):
-        return (fl.l1_loss(x, t) + fl.mse_loss(x, t, reduction="sum") + fl.smooth_l1_loss(x, t, beta=0.5)
-                + fl.smooth_l1_loss(x, t, beta=0.0, reduction="none").sum() + fl.huber_loss(x, t, delta=2.0, weight=w)
-                + fl.l1_loss(x, t, weight=w) + fl.mse_loss(x, t, reduction="none", weight=w).sum())
-
-    x = torch.randn(8, 33, device=device, requires_grad=True)
-    t = torch.randn(8, 33, device=device, requires_grad=True)
-    w = (torch.rand(8, 33, device=device) + 0.2).requires_grad_()
-    compiled = torch.compile(lambda *a: step(fastloss.functional, *a), backend="aot_eager", fullgraph=True)
-    assert_compiled_matches(compiled, lambda *a: step(F, *a), (x, t, w), [x, t, w], atol=1e-4, rtol=1e-4)
-
-
-# ---------------------------------------------------------------------------------- determinism
-@pytest.mark.parametrize("device", device_params())
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-def test_deterministic(device, dtype):
-    """Two runs give bitwise equal losses and gradients (fixed-order reductions, no float atomics);
-    on CPU also with another thread count."""
-    shape = (257, 3001)
-    x0, t0 = make(shape, dtype, device), make(shape, dtype, device)
-    w0 = make(shape, dtype, device, positive=True)
-    calls = [lambda x, t, w: fastloss.functional.l1_loss(x, t),
-             lambda x, t, w: fastloss.functional.l1_loss(x, t, weight=w),
-             lambda x, t, w: fastloss.functional.mse_loss(x, t, reduction="sum"),
-             lambda x, t, w: fastloss.functional.mse_loss(x, t, weight=w),
-             lambda x, t, w: fastloss.functional.smooth_l1_loss(x, t, beta=0.5),
-             lambda x, t, w: fastloss.functional.huber_loss(x, t, delta=2.0, weight=w, reduction="sum")]
-
-    def run(call):
-        x, t, w = (a.clone().requires_grad_() for a in (x0, t0, w0))
-        loss = call(x, t, w)
-        return [loss.detach()] + list(torch.autograd.grad(loss, [x, t, w], allow_unused=True, materialize_grads=True))
-
-    for call in calls:
-        assert_deterministic(lambda: run(call), device)
-
-
 # ------------------------------------------------------------------------------ no torch fallback
-POISONED_F = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss", "triplet_margin_loss", "margin_ranking_loss",
-              "cosine_embedding_loss", "hinge_embedding_loss", "pairwise_distance", "cosine_similarity"]
-POISONED_TORCH = ["pairwise_distance", "triplet_margin_loss", "margin_ranking_loss", "cosine_embedding_loss",
-                  "hinge_embedding_loss", "norm"]
-POISONED_NN = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
-
-
-def poison_torch_losses(monkeypatch):
-    """Make torch's own losses (and the distance helpers they use) raise when called."""
-    def boom(*a, **k):
-        raise AssertionError("fastloss called a torch loss")
-
-    for name in POISONED_F:
-        monkeypatch.setattr(F, name, boom)
-    for name in POISONED_TORCH:
-        monkeypatch.setattr(torch, name, boom)
-    for name in POISONED_NN:
-        monkeypatch.setattr(torch._C._nn, name, boom)
-
-
-def test_no_torch_loss_is_called(monkeypatch):
-    """No silent fallback: with torch's losses poisoned, the functions and modules still work,
-    forward and backward (weights included)."""
-    x = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    t = torch.randn(5, 7, dtype=torch.float64, requires_grad=True)
-    w = (torch.rand(5, 7, dtype=torch.float64) + 0.2).requires_grad_()
-    mods = [fastloss.L1Loss(), fastloss.MSELoss(reduction="sum"), fastloss.SmoothL1Loss(beta=0.0),
-            fastloss.SmoothL1Loss(), fastloss.HuberLoss(delta=0.5)]
-    poison_torch_losses(monkeypatch)
-    fl = fastloss.functional
-    total = 0
-    for red in REDUCTIONS:
-        for loss in [fl.l1_loss(x, t, reduction=red), fl.mse_loss(x, t, reduction=red),
-                     fl.smooth_l1_loss(x, t, reduction=red), fl.smooth_l1_loss(x, t, reduction=red, beta=0.0),
-                     fl.huber_loss(x, t, reduction=red), fl.l1_loss(x, t, reduction=red, weight=w),
-                     fl.mse_loss(x, t, reduction=red, weight=w), fl.huber_loss(x, t, reduction=red, weight=w)]:
-            total = total + loss.sum()
-    for m in mods:
-        total = total + m(x, t)
-    total.backward()
-    assert x.grad is not None and t.grad is not None and w.grad is not None
-
-
 # l1/mse with a weight average by sum(weight) under 'mean': a different division, not compared
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("name,reduction", [(n, r) for n in ["huber_loss", "l1_loss", "mse_loss"]
