@@ -175,8 +175,8 @@ def test_bad_extras(kw, match):
 
 
 def test_module():
-    m = fastloss.CrossEntropyLoss(weight=torch.rand(5, dtype=torch.float64) + 0.5, label_smoothing=0.1, softcap=3.0, z_loss=1e-3,
-                                  return_lse=True)
+    m = fastloss.CrossEntropyLoss(weight=torch.rand(5, dtype=torch.float64) + 0.5, label_smoothing=0.1, softcap=3.0,
+                                  z_loss=1e-3, return_lse=True)
     assert isinstance(m, torch.nn.CrossEntropyLoss)
     ref = torch.nn.CrossEntropyLoss(weight=torch.rand(5, dtype=torch.float64))
     ref.load_state_dict(m.state_dict())

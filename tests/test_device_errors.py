@@ -102,8 +102,8 @@ def _family_cases():
         "nll_loss": (nll, IndexError, r"fastloss\.nll_loss: Target -3 is out of bounds.*position 3\)"),
         "multi_margin_loss": (multi_margin, RuntimeError, r"target 9 is out of range.*position 4\)"),
         "multilabel_margin_loss": (multilabel, RuntimeError, re.escape("target 6 at [2, 1] is out of range")),
-        "binary_cross_entropy": (bce, RuntimeError,
-                                 re.escape("all elements of input should be between 0 and 1 (input.flatten()[6] = 1.5)")),
+        "binary_cross_entropy": (
+            bce, RuntimeError, re.escape("all elements of input should be between 0 and 1 (input.flatten()[6] = 1.5)")),
         "ctc_loss": (ctc, IndexError, "targets holds 5 at sample 1, label 1"),
     }
 

@@ -100,7 +100,7 @@ def test_doc_images_exist():
 def test_readme_links_exist():
     # the README is read on the repository host, outside the mkdocs build that checks the docs' links
     text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    links = [l.split("#")[0] for l in re.findall(r"\]\(([^)]+)\)", text) if "://" not in l]
+    links = [ln.split("#")[0] for ln in re.findall(r"\]\(([^)]+)\)", text) if "://" not in ln]
     assert len(links) >= 10
     for link in links:
         assert os.path.exists(os.path.join(ROOT, link)), link

@@ -437,7 +437,6 @@ def test_slice_ops_match_partial_steps(prob, weighted):
     coef = torch.rand(x.shape[0], 4, dtype=torch.float64) + 0.1
     ref_g = ops.ce_partial_grad(logits, t, wt, coef, 0, -100, 2.0)
     stats, gx = None, torch.zeros_like(x)
-    gws, gbs = [], []
     for lo, hi in [(0, 6), (6, 7), (7, 17)]:
         sl = slice(lo, hi)
         tt = t[:, sl] if prob else t

@@ -17,7 +17,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import fastloss
 from conftest import assert_close_ref

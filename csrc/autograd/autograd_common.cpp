@@ -36,7 +36,9 @@ bool vmapped(const at::Tensor& t) {
 at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss, int64_t classes, int64_t inner) {
   if (vmapped(grad_loss)) {  // the same product in torch ops, which vmap batches (sizes here are per entry)
     if (grad_loss.numel() == 1) return grad.mul(grad_loss.reshape({})).to(grad.scalar_type());
-    return grad.reshape({-1, classes, inner}).mul(grad_loss.reshape({-1, 1, inner})).to(grad.scalar_type())
+    return grad.reshape({-1, classes, inner})
+        .mul(grad_loss.reshape({-1, 1, inner}))
+        .to(grad.scalar_type())
         .view(grad.sizes());
   }
   if (plain_eager(grad) && !torch::autograd::get_current_graph_task_keep_graph()) {
@@ -49,7 +51,8 @@ at::Tensor scale_saved_grad(const at::Tensor& grad, const at::Tensor& grad_loss,
 void refuse_double_backward(const char* name) {
   TORCH_CHECK(!at::GradMode::is_enabled(), "fastloss.", name,
               ": double backward (create_graph=True) is not supported: the first derivative comes from a fused "
-              "kernel. Use torch.nn.functional.", name,
+              "kernel. Use torch.nn.functional.",
+              name,
               " where second derivatives are needed, or torch.func (grad, hessian, ...), under which fastloss "
               "calls torch's loss.");
 }

@@ -28,7 +28,7 @@ namespace fastloss {
 
 // The typed handle of an op, looked up once: FASTLOSS_OP(handle_fn, "fastloss::name", Signature).
 #define FASTLOSS_OP(fn, name, Sig)                                                               \
-  static const c10::TypedOperatorHandle<Sig>& fn() {                                            \
+  static const c10::TypedOperatorHandle<Sig>& fn() {                                             \
     static const auto h = c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>(); \
     return h;                                                                                    \
   }

@@ -50,11 +50,10 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                                const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
                                double label_smoothing, bool compute_grad, bool save_lse,
-                               std::optional<c10::ScalarType> out_dtype,
-                               variable_list* aux) {
+                               std::optional<c10::ScalarType> out_dtype, variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [loss, grad, lse] = ce_op().call(input, target, weight, reduction, ignore_index, label_smoothing,
-                                          compute_grad, save_lse, out_dtype);
+    auto [loss, grad, lse] = ce_op().call(input, target, weight, reduction, ignore_index, label_smoothing, compute_grad,
+                                          save_lse, out_dtype);
     // Only the loss is differentiated: no zero gradients get built for the other two outputs.
     ctx->set_materialize_grads(false);
     const ClassView v = class_view(input);
@@ -87,8 +86,8 @@ class CrossEntropyFn : public torch::autograd::Function<CrossEntropyFn> {
       TORCH_CHECK(compute_grad,
                   "fastloss.cross_entropy: the input gradient was not computed in forward (the op was called "
                   "with compute_grad=False)");
-      out[0] = scale_saved_grad(saved[0], grad_loss, ctx->saved_data["classes"].toInt(),
-                                ctx->saved_data["inner"].toInt());
+      out[0] =
+          scale_saved_grad(saved[0], grad_loss, ctx->saved_data["classes"].toInt(), ctx->saved_data["inner"].toInt());
     }
     const std::optional<Tensor> weight = saved[4].defined() ? std::optional<Tensor>(saved[4]) : std::nullopt;
     if (ctx->needs_input_grad(1))
@@ -103,8 +102,7 @@ class NllLossFn : public torch::autograd::Function<NllLossFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
                                const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
-                               std::optional<c10::ScalarType> out_dtype,
-                               variable_list* aux) {
+                               std::optional<c10::ScalarType> out_dtype, variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, total_weight] = nll_op().call(input, target, weight, reduction, ignore_index, out_dtype);
     ctx->set_materialize_grads(false);

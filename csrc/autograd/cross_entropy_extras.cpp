@@ -78,9 +78,9 @@ struct ExtResult {
   Tensor loss, lse, grad_rows;  // grad_rows (R, C) in the input's dtype, undefined unless asked
 };
 
-ExtResult ext_forward(const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight,
-                      int64_t reduction, int64_t ignore_index, double eps, std::optional<double> softcap,
-                      double z_loss, std::optional<c10::ScalarType> out_dtype, bool compute_grad) {
+ExtResult ext_forward(const Tensor& input, const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction,
+                      int64_t ignore_index, double eps, std::optional<double> softcap, double z_loss,
+                      std::optional<c10::ScalarType> out_dtype, bool compute_grad) {
   check_extras(softcap, z_loss);
   const CrossEntropyPlan p = plan_cross_entropy(input, target, weight, reduction, ignore_index, eps, true, kOp);
   const int64_t C = p.classes;
@@ -143,9 +143,9 @@ Tensor capped_rows(const Tensor& input, int64_t C, std::optional<double> softcap
 class CrossEntropyExtFn : public torch::autograd::Function<CrossEntropyExtFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
-                               const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
-                               double eps, std::optional<double> softcap, double z_loss,
-                               std::optional<c10::ScalarType> out_dtype, variable_list* aux) {
+                               const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index, double eps,
+                               std::optional<double> softcap, double z_loss, std::optional<c10::ScalarType> out_dtype,
+                               variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     // The gradient flags are decided here, from what requires grad (not by the Python caller).
     const bool compute_grad = input.requires_grad();

@@ -22,8 +22,7 @@ class CtcFn : public torch::autograd::Function<CtcFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& log_probs, const Tensor& targets,
                                const Tensor& input_lengths, const Tensor& target_lengths, int64_t blank,
-                               int64_t reduction, bool zero_infinity, bool grad_now,
-                               variable_list* aux) {
+                               int64_t reduction, bool zero_infinity, bool grad_now, variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] =
         ctc_op().call(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now);
@@ -47,8 +46,8 @@ class CtcFn : public torch::autograd::Function<CtcFn> {
     if (!ctx->saved_data["grad_now"].toBool()) {
       at::AutoDispatchBelowADInplaceOrView below;
       grad = std::get<1>(ctc_op().call(saved[0], saved[1], saved[2], saved[3], ctx->saved_data["blank"].toInt(),
-                                       ctx->saved_data["reduction"].toInt(),
-                                       ctx->saved_data["zero_infinity"].toBool(), true));
+                                       ctx->saved_data["reduction"].toInt(), ctx->saved_data["zero_infinity"].toBool(),
+                                       true));
     }
     if (ctx->saved_data["reduction"].toInt() == 0) {
       // one factor per (t, n) row of C classes: grad_output[n] repeated over t
@@ -67,8 +66,8 @@ std::tuple<Tensor, Tensor> ctc_autograd(const Tensor& log_probs, const Tensor& t
   if (!records_graph(log_probs, targets, input_lengths, target_lengths))
     return call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank, reduction,
                                zero_infinity, grad_now);
-  return apply_with_aux<CtcFn, 1>(log_probs, targets, input_lengths, target_lengths, blank, reduction,
-                                  zero_infinity, grad_now);
+  return apply_with_aux<CtcFn, 1>(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity,
+                                  grad_now);
 }
 
 // fastloss::ctc_loss, the public op: grad_now (the gradient in the forward) when log_probs will need it.
@@ -77,10 +76,10 @@ Tensor ctc_public(const Tensor& log_probs, const Tensor& targets, const Tensor& 
                   const Tensor& target_lengths, int64_t blank, int64_t reduction, bool zero_infinity) {
   const bool grad_now = Autograd && at::GradMode::is_enabled() && log_probs.requires_grad();
   if (Autograd)
-    return std::get<0>(ctc_autograd(log_probs, targets, input_lengths, target_lengths, blank, reduction,
-                                    zero_infinity, grad_now));
-  return std::get<0>(call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank,
-                                         reduction, zero_infinity, false));
+    return std::get<0>(
+        ctc_autograd(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity, grad_now));
+  return std::get<0>(call_below_autograd(ctc_op(), log_probs, targets, input_lengths, target_lengths, blank, reduction,
+                                         zero_infinity, false));
 }
 
 }  // namespace

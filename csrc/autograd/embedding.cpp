@@ -33,8 +33,7 @@ class TripletFn : public torch::autograd::Function<TripletFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& pos, const Tensor& neg,
                                double margin, double p, double eps, bool swap, int64_t reduction,
-                               std::array<bool, 3> grad_now, OptDtype out_dtype,
-                               variable_list* aux) {
+                               std::array<bool, 3> grad_now, OptDtype out_dtype, variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, ga, gp, gn] = triplet_op().call(a, pos, neg, margin, p, eps, swap, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
@@ -58,10 +57,10 @@ class TripletFn : public torch::autograd::Function<TripletFn> {
     const std::array<bool, 3> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1), ctx->needs_input_grad(2)};
     const auto rest = take_fused_grads(need, load_now<3>(ctx), &saved[3], grad_loss, out);
     if (any_of(rest.data(), 3)) {
-      auto [ga, gp, gn] = triplet_bwd_op().call(
-          grad_loss, saved[0], saved[1], saved[2], ctx->saved_data["margin"].toDouble(),
-          ctx->saved_data["p"].toDouble(), ctx->saved_data["eps"].toDouble(), ctx->saved_data["swap"].toBool(),
-          ctx->saved_data["reduction"].toInt(), rest);
+      auto [ga, gp, gn] =
+          triplet_bwd_op().call(grad_loss, saved[0], saved[1], saved[2], ctx->saved_data["margin"].toDouble(),
+                                ctx->saved_data["p"].toDouble(), ctx->saved_data["eps"].toDouble(),
+                                ctx->saved_data["swap"].toBool(), ctx->saved_data["reduction"].toInt(), rest);
       if (rest[0]) out[0] = ga;
       if (rest[1]) out[1] = gp;
       if (rest[2]) out[2] = gn;
@@ -96,9 +95,9 @@ class CosineFn : public torch::autograd::Function<CosineFn> {
     const std::array<bool, 2> need{ctx->needs_input_grad(0), ctx->needs_input_grad(1)};
     const auto rest = take_fused_grads(need, load_now<2>(ctx), &saved[3], grad_loss, out);
     if (any_of(rest.data(), 2)) {
-      auto [g1, g2] = cosine_bwd_op().call(grad_loss, saved[0], saved[1], saved[2],
-                                           ctx->saved_data["margin"].toDouble(),
-                                           ctx->saved_data["reduction"].toInt(), rest);
+      auto [g1, g2] =
+          cosine_bwd_op().call(grad_loss, saved[0], saved[1], saved[2], ctx->saved_data["margin"].toDouble(),
+                               ctx->saved_data["reduction"].toInt(), rest);
       if (rest[0]) out[0] = g1;
       if (rest[1]) out[1] = g2;
     }
@@ -132,10 +131,9 @@ template <bool Autograd>
 Tensor triplet_public(const Tensor& a, const Tensor& pos, const Tensor& neg, double margin, double p, double eps,
                       bool swap, int64_t reduction, OptDtype out_dtype) {
   if (Autograd)
-    return std::get<0>(triplet_autograd(a, pos, neg, margin, p, eps, swap, reduction,
-                                        {fused_grad(a, reduction), fused_grad(pos, reduction),
-                                         fused_grad(neg, reduction)},
-                                        out_dtype));
+    return std::get<0>(triplet_autograd(
+        a, pos, neg, margin, p, eps, swap, reduction,
+        {fused_grad(a, reduction), fused_grad(pos, reduction), fused_grad(neg, reduction)}, out_dtype));
   return std::get<0>(call_below_autograd(triplet_op(), a, pos, neg, margin, p, eps, swap, reduction,
                                          std::array<bool, 3>{false, false, false}, out_dtype));
 }

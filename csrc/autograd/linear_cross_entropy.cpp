@@ -19,9 +19,11 @@ using at::Tensor;
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
-using LceSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(
-    const Tensor&, const Tensor&, const std::optional<Tensor>&, const Tensor&, const std::optional<Tensor>&, int64_t,
-    int64_t, double, std::optional<double>, double, int64_t, int64_t, bool, std::array<bool, 3>);
+using LceSig = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                                  const std::optional<Tensor>&, const Tensor&,
+                                                                  const std::optional<Tensor>&, int64_t, int64_t,
+                                                                  double, std::optional<double>, double, int64_t,
+                                                                  int64_t, bool, std::array<bool, 3>);
 using LceBwdSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
                                                      const std::optional<Tensor>&, const Tensor&,
                                                      const std::optional<Tensor>&, int64_t, int64_t, double,
@@ -39,19 +41,17 @@ class LinearCrossEntropyFn : public torch::autograd::Function<LinearCrossEntropy
   // one entry per argument.
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& linear_weight,
                                const std::optional<Tensor>& bias, const Tensor& target,
-                               const std::optional<Tensor>& weight, int64_t reduction,
-                               int64_t ignore_index, double label_smoothing, std::optional<double> softcap,
-                               double z_loss, int64_t budget, int64_t row_cap, bool acc_weight_grad,
-                               variable_list* aux) {
+                               const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
+                               double label_smoothing, std::optional<double> softcap, double z_loss, int64_t budget,
+                               int64_t row_cap, bool acc_weight_grad, variable_list* aux) {
     const Tensor linear_bias = bias.value_or(Tensor());
     const std::array<bool, 3> want = {input.requires_grad(), linear_weight.requires_grad(),
                                       linear_bias.defined() && linear_bias.requires_grad()};
     const bool fused = reduction != 0;
     at::AutoDispatchBelowADInplaceOrView below;
-    auto [loss, lse, gx, gw, gb] =
-        lce_op().call(input, linear_weight, bias, target, weight, reduction, ignore_index,
-                      label_smoothing, softcap, z_loss, budget, row_cap, acc_weight_grad,
-                      fused ? want : std::array<bool, 3>{false, false, false});
+    auto [loss, lse, gx, gw, gb] = lce_op().call(input, linear_weight, bias, target, weight, reduction, ignore_index,
+                                                 label_smoothing, softcap, z_loss, budget, row_cap, acc_weight_grad,
+                                                 fused ? want : std::array<bool, 3>{false, false, false});
     ctx->set_materialize_grads(false);
     ctx->saved_data["cfg"] = reduction | int64_t(acc_weight_grad) << 8 | int64_t(linear_bias.defined()) << 9;
     ctx->saved_data["ignore_index"] = ignore_index;
@@ -86,11 +86,11 @@ class LinearCrossEntropyFn : public torch::autograd::Function<LinearCrossEntropy
     TORCH_CHECK(saved[3].defined(),
                 "fastloss.linear_cross_entropy: backward asked for a gradient the forward did not make");
     const double cap = ctx->saved_data["softcap"].toDouble();
-    auto [gx, gw, gb] = lce_bwd_op().call(
-        grad_loss, saved[3], saved[4], opt(saved[5]), saved[6], opt(saved[7]), cfg & 0xff,
-        ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
-        cap > 0 ? std::optional<double>(cap) : std::nullopt, ctx->saved_data["z_loss"].toDouble(),
-        ctx->saved_data["budget"].toInt(), ctx->saved_data["row_cap"].toInt(), (cfg >> 8) & 1, rest);
+    auto [gx, gw, gb] =
+        lce_bwd_op().call(grad_loss, saved[3], saved[4], opt(saved[5]), saved[6], opt(saved[7]), cfg & 0xff,
+                          ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
+                          cap > 0 ? std::optional<double>(cap) : std::nullopt, ctx->saved_data["z_loss"].toDouble(),
+                          ctx->saved_data["budget"].toInt(), ctx->saved_data["row_cap"].toInt(), (cfg >> 8) & 1, rest);
     if (rest[0]) out[0] = gx;
     if (rest[1]) out[1] = gw;
     if (rest[2]) out[2] = gb;
@@ -108,24 +108,26 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy_autograd
   if (!records_graph(input, linear_weight, linear_bias, target, weight))
     return call_below_autograd(lce_op(), input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
                                label_smoothing, softcap, z_loss, budget, row_cap, acc_weight_grad, grad_now);
-  return apply_with_aux<LinearCrossEntropyFn, 4>(input, linear_weight, opt(linear_bias), target, opt(weight),
-                                                 reduction, ignore_index, label_smoothing,
-                                                 softcap, z_loss, budget, row_cap, acc_weight_grad);
+  return apply_with_aux<LinearCrossEntropyFn, 4>(input, linear_weight, opt(linear_bias), target, opt(weight), reduction,
+                                                 ignore_index, label_smoothing, softcap, z_loss, budget, row_cap,
+                                                 acc_weight_grad);
 }
 
 // fastloss::linear_cross_entropy, the public op: (loss, lse). Below autograd no gradient is computed.
 template <bool Autograd>
-std::tuple<Tensor, Tensor> linear_cross_entropy_public(
-    const Tensor& input, const Tensor& linear_weight, const std::optional<Tensor>& linear_bias, const Tensor& target,
-    const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index, double label_smoothing,
-    std::optional<double> softcap, double z_loss, int64_t budget, int64_t row_cap, bool acc_weight_grad) {
+std::tuple<Tensor, Tensor> linear_cross_entropy_public(const Tensor& input, const Tensor& linear_weight,
+                                                       const std::optional<Tensor>& linear_bias, const Tensor& target,
+                                                       const std::optional<Tensor>& weight, int64_t reduction,
+                                                       int64_t ignore_index, double label_smoothing,
+                                                       std::optional<double> softcap, double z_loss, int64_t budget,
+                                                       int64_t row_cap, bool acc_weight_grad) {
   const std::array<bool, 3> none{false, false, false};
-  auto r = Autograd ? linear_cross_entropy_autograd(input, linear_weight, linear_bias, target, weight, reduction,
-                                                    ignore_index, label_smoothing, softcap, z_loss, budget, row_cap,
-                                                    acc_weight_grad, none)
-                    : call_below_autograd(lce_op(), input, linear_weight, linear_bias, target, weight, reduction,
-                                          ignore_index, label_smoothing, softcap, z_loss, budget, row_cap,
-                                          acc_weight_grad, none);
+  auto r =
+      Autograd
+          ? linear_cross_entropy_autograd(input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+                                          label_smoothing, softcap, z_loss, budget, row_cap, acc_weight_grad, none)
+          : call_below_autograd(lce_op(), input, linear_weight, linear_bias, target, weight, reduction, ignore_index,
+                                label_smoothing, softcap, z_loss, budget, row_cap, acc_weight_grad, none);
   return {std::get<0>(r), std::get<1>(r)};
 }
 

@@ -18,8 +18,8 @@ using torch::autograd::variable_list;
 using OptDtype = std::optional<c10::ScalarType>;
 using OptTensor = std::optional<Tensor>;
 
-using MmSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, double, const OptTensor&, int64_t,
-                                         bool, OptDtype);
+using MmSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, double, const OptTensor&, int64_t, bool,
+                                         OptDtype);
 using MmBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t, double, const OptTensor&, int64_t);
 using MlSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, int64_t, bool, OptDtype);
 using MlBwdSig = Tensor(const Tensor&, const Tensor&, const Tensor&, int64_t);
@@ -32,8 +32,7 @@ class MultiMarginFn : public torch::autograd::Function<MultiMarginFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target, int64_t p,
                                double margin, const OptTensor& weight, int64_t reduction, bool grad_now,
-                               OptDtype out_dtype,
-                               variable_list* aux) {
+                               OptDtype out_dtype, variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] = mm_op().call(input, target, p, margin, weight, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
@@ -69,8 +68,7 @@ class MultiMarginFn : public torch::autograd::Function<MultiMarginFn> {
 class MultilabelMarginFn : public torch::autograd::Function<MultilabelMarginFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target, int64_t reduction,
-                               bool grad_now, OptDtype out_dtype,
-                               variable_list* aux) {
+                               bool grad_now, OptDtype out_dtype, variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, grad] = ml_op().call(input, target, reduction, grad_now, out_dtype);
     ctx->set_materialize_grads(false);
@@ -108,15 +106,14 @@ std::tuple<Tensor, Tensor> multi_margin_autograd(const Tensor& input, const Tens
 
 std::tuple<Tensor, Tensor> multilabel_margin_autograd(const Tensor& input, const Tensor& target, int64_t reduction,
                                                       bool grad_now, OptDtype out_dtype) {
-  if (!records_graph(input, target))
-    return call_below_autograd(ml_op(), input, target, reduction, grad_now, out_dtype);
+  if (!records_graph(input, target)) return call_below_autograd(ml_op(), input, target, reduction, grad_now, out_dtype);
   return apply_with_aux<MultilabelMarginFn, 1>(input, target, reduction, grad_now, out_dtype);
 }
 
 // The public ops: grad_now (the gradient in the forward, mean/sum only) when the input will need it.
 template <bool Autograd>
-Tensor multi_margin_public(const Tensor& input, const Tensor& target, int64_t p, double margin,
-                           const OptTensor& weight, int64_t reduction, OptDtype out_dtype) {
+Tensor multi_margin_public(const Tensor& input, const Tensor& target, int64_t p, double margin, const OptTensor& weight,
+                           int64_t reduction, OptDtype out_dtype) {
   const bool grad_now = Autograd && reduction != 0 && at::GradMode::is_enabled() && input.requires_grad();
   if (Autograd)
     return std::get<0>(multi_margin_autograd(input, target, p, margin, weight, reduction, grad_now, out_dtype));

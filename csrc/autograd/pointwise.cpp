@@ -36,8 +36,7 @@ class PointwiseFn : public torch::autograd::Function<PointwiseFn> {
  public:
   static variable_list forward(AutogradContext* ctx, const Tensor& a, const Tensor& b, const std::optional<Tensor>& c,
                                int64_t kind, double param, int64_t reduction, std::array<bool, 3> grad_now,
-                               std::optional<c10::ScalarType> out_dtype, const std::optional<Tensor>& d,
-                               double param2,
+                               std::optional<c10::ScalarType> out_dtype, const std::optional<Tensor>& d, double param2,
                                variable_list* aux) {
     at::AutoDispatchBelowADInplaceOrView below;
     auto [loss, ga, gb, gc] = pw_op().call(a, b, c, kind, param, reduction, grad_now, out_dtype, d, param2);
@@ -126,8 +125,8 @@ Tensor pw_call(PwKind k, const PwArgs& x, int64_t reduction, std::optional<c10::
                        !(x.a.scalar_type() == at::kHalf && pw_unbounded_grad(k)) && at::GradMode::is_enabled();
     const std::array<bool, 3> grad_now{fused && x.a.requires_grad(), fused && x.b.requires_grad(),
                                        fused && has_c && x.c->requires_grad()};
-    return std::get<0>(apply_with_aux<PointwiseFn, 3>(x.a, x.b, x.c, kind, x.param, reduction, grad_now, out_dtype,
-                                                      x.d, x.param2));
+    return std::get<0>(
+        apply_with_aux<PointwiseFn, 3>(x.a, x.b, x.c, kind, x.param, reduction, grad_now, out_dtype, x.d, x.param2));
   }
   return std::get<0>(call_below_autograd(pw_op(), x.a, x.b, x.c, kind, x.param, reduction,
                                          std::array<bool, 3>{false, false, false}, out_dtype, x.d, x.param2));
@@ -229,8 +228,7 @@ template <>
 struct PwNamed<PwKind::GaussianNLL> {
   static constexpr const char* name = "gaussian_nll_loss";
   template <bool AG>
-  static Tensor run(const Tensor& a, const Tensor& b, const Tensor& var, bool full, double eps, int64_t red,
-                    OptDt dt) {
+  static Tensor run(const Tensor& a, const Tensor& b, const Tensor& var, bool full, double eps, int64_t red, OptDt dt) {
     return pw_call<AG>(PwKind::GaussianNLL, {a, b, var, {}, eps, full ? 1.0 : 0.0}, red, dt);
   }
 };

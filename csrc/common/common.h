@@ -21,9 +21,7 @@ Reduction to_reduction(int64_t r, const char* op);
 template <typename T>
 using acc_t = at::opmath_type<T>;
 
-inline c10::ScalarType acc_dtype(c10::ScalarType t) {
-  return t == c10::kDouble ? c10::kDouble : c10::kFloat;
-}
+inline c10::ScalarType acc_dtype(c10::ScalarType t) { return t == c10::kDouble ? c10::kDouble : c10::kFloat; }
 
 void check_floating(const at::Tensor& t, const char* name, const char* op);
 

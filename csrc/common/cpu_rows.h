@@ -78,8 +78,8 @@ struct RowOps<double> {
   static void axpw(const double* e, int64_t n, double a, double b, const double* w, double* out) {
     for (int64_t i = 0; i < n; ++i) out[i] = e[i] * a - b * (w ? w[i] : 1.0);
   }
-  static void prob_sums(const double* x, const double* q, const double* w, int64_t n, double c1, double c0,
-                        double* s1, double* s2) {
+  static void prob_sums(const double* x, const double* q, const double* w, int64_t n, double c1, double c0, double* s1,
+                        double* s2) {
     double a = 0, b = 0;
     for (int64_t i = 0; i < n; ++i) {
       double t = q[i] * c1 + c0;
@@ -90,8 +90,8 @@ struct RowOps<double> {
     *s1 = a;
     *s2 = b;
   }
-  static void prob_grad(const double* e, const double* q, const double* w, int64_t n, double a, double b1,
-                        double b0, double* out) {
+  static void prob_grad(const double* e, const double* q, const double* w, int64_t n, double a, double b1, double b0,
+                        double* out) {
     for (int64_t i = 0; i < n; ++i) {
       double t = q[i] * b1 + b0;
       if (w) t *= w[i];

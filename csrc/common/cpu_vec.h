@@ -20,16 +20,15 @@ struct VecOps {
   void (*prob_sums)(const float* x, const float* q, const float* w, int64_t n, float c1, float c0, float* s1,
                     float* s2);
   // out_c = e_c * a - w_c (b1 q_c + b0)
-  void (*prob_grad)(const float* e, const float* q, const float* w, int64_t n, float a, float b1, float b0,
-                    float* out);
+  void (*prob_grad)(const float* e, const float* q, const float* w, int64_t n, float a, float b1, float b0, float* out);
   // out_c = in_c * f (in may equal out)
   void (*scale)(const float* in, int64_t n, float f, float* out);
   // bfloat16 <-> float32 (round to nearest even, NaN kept NaN)
   void (*bf16_to_f32)(const uint16_t* in, int64_t n, float* out);
   void (*f32_to_bf16)(const float* in, int64_t n, uint16_t* out);
   // out_s = log(exp(x0_s) + exp(x1_s) + exp(x2_s + mask_s)) + add_s (mask 0 or -inf): a CTC alpha/beta step
-  void (*ctc_lse3)(const float* x0, const float* x1, const float* x2, const float* mask, const float* add,
-                   int64_t n, float* out);
+  void (*ctc_lse3)(const float* x0, const float* x1, const float* x2, const float* mask, const float* add, int64_t n,
+                   float* out);
   // out_i = exp(x_i + y_i + shift) (y may be null), any argument range
   void (*exp_add)(const float* x, const float* y, float shift, int64_t n, float* out);
   // pointwise losses whose per-element math needs exp/log (ops/pointwise.h pw_eval, same formulas):

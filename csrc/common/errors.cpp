@@ -57,8 +57,8 @@ void raise_target_out_of_bounds(const char* op, int64_t value, int64_t classes, 
 }
 
 void check_row_length_32bit(const char* op, int64_t classes) {
-  TORCH_CHECK(classes < (int64_t(1) << 31) - 64, op, ": CUDA rows of more than 2^31 - 64 classes are not supported (got ",
-              num(classes), ")");
+  TORCH_CHECK(classes < (int64_t(1) << 31) - 64, op,
+              ": CUDA rows of more than 2^31 - 64 classes are not supported (got ", num(classes), ")");
 }
 
 }  // namespace fastloss

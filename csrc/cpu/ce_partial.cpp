@@ -68,9 +68,8 @@ void validate_targets(const Tensor& tgt, int64_t num_classes, int64_t ignore_ind
   }
 }
 
-Tensor stats_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                 int64_t class_offset, int64_t num_classes, int64_t ignore_index, double eps,
-                 std::optional<double> softcap) {
+Tensor stats_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t class_offset,
+                 int64_t num_classes, int64_t ignore_index, double eps, std::optional<double> softcap) {
   const char* op = "fastloss.ce_partial_stats";
   const PartialArgs a =
       partial_stats_args(logits, target, weight, class_offset, num_classes, ignore_index, eps, softcap, op);
@@ -78,9 +77,8 @@ Tensor stats_cpu(const Tensor& logits, const Tensor& target, const std::optional
   const int64_t R = a.R, Cs = a.Cs;
   Tensor out = at::empty({R, 5}, logits.options().dtype(acc_dtype(dtype)));
   if (!a.prob)
-    dispatch_class_target(a.target.scalar_type(), [&](auto tag) {
-      validate_targets<decltype(tag)>(a.target, num_classes, ignore_index, op);
-    });
+    dispatch_class_target(a.target.scalar_type(),
+                          [&](auto tag) { validate_targets<decltype(tag)>(a.target, num_classes, ignore_index, op); });
   if (R == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_ce_partial_stats_cpu", [&] {
     using acc = acc_t<scalar_t>;
@@ -193,17 +191,17 @@ void grad_into(const PartialArgs& a, Tensor& out) {
 
 Tensor grad_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, const Tensor& coef,
                 int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
-  return partial_grad_out(partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap,
-                                            "fastloss.ce_partial_grad"),
-                          grad_into);
+  return partial_grad_out(
+      partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap, "fastloss.ce_partial_grad"),
+      grad_into);
 }
 
 void grad_inplace_cpu(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                       const Tensor& coef, int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
-  partial_grad_inplace(logits,
-                       partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap,
-                                         "fastloss.ce_partial_grad_"),
-                       grad_into);
+  partial_grad_inplace(
+      logits,
+      partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap, "fastloss.ce_partial_grad_"),
+      grad_into);
 }
 
 }  // namespace

@@ -119,9 +119,8 @@ void ce_rows(const CEArgs& a, const scalar_t* x, const void* target, const acc_t
 // K-D inputs: element (n, c, s) at n*C*D + c*D + s. Blocks of kS spatial positions are processed
 // together so the inner loops run over contiguous memory.
 template <typename scalar_t, typename target_t>
-void ce_strided(const CEArgs& a, const scalar_t* x, const void* target, const acc_t<scalar_t>* w,
-                acc_t<scalar_t> W, acc_t<scalar_t> scale, acc_t<scalar_t>* row_loss, acc_t<scalar_t>* lse_out,
-                scalar_t* grad) {
+void ce_strided(const CEArgs& a, const scalar_t* x, const void* target, const acc_t<scalar_t>* w, acc_t<scalar_t> W,
+                acc_t<scalar_t> scale, acc_t<scalar_t>* row_loss, acc_t<scalar_t>* lse_out, scalar_t* grad) {
   using acc = acc_t<scalar_t>;
   constexpr int64_t kS = 64;
   const int64_t C = a.C, D = a.inner;
@@ -207,8 +206,9 @@ struct CpuCrossEntropy {
     using acc = acc_t<scalar_t>;
     const acc* wp = b.weight.defined() ? b.weight.const_data_ptr<acc>() : nullptr;
     const acc W = wp ? fixed_order_sum<acc>(p.classes, [wp](int64_t i) { return wp[i]; }) : static_cast<acc>(p.classes);
-    const acc denom = p.prob_target ? (b.x.numel() == 0 ? acc(0) : static_cast<acc>(p.rows()))
-                                    : class_target_denominator<acc, target_t>(b.target, wp, ignore_index, p.classes, op);
+    const acc denom = p.prob_target
+                          ? (b.x.numel() == 0 ? acc(0) : static_cast<acc>(p.rows()))
+                          : class_target_denominator<acc, target_t>(b.target, wp, ignore_index, p.classes, op);
     const acc scale = p.reduction == Reduction::Mean ? acc(1) / denom : acc(1);
     const CEArgs a{p.rows(), p.classes, p.inner, p.outer, b.x_row_stride, ignore_index, eps, p.prob_target};
     const void* tp = b.target.const_data_ptr();
@@ -240,8 +240,9 @@ struct CpuCrossEntropy {
         lp[r] = t == ignore_index ? acc(0) : -(wp ? wp[t] : acc(1)) * static_cast<acc>(xp[class_offset(r, t, C, D)]);
       }
     });
-    return std::make_tuple(finish_loss<acc>(row_loss, p.reduction, denom, out_dtype, p.row_shape),
-                           at::scalar_tensor(static_cast<double>(denom), x.options().dtype(acc_dtype(x.scalar_type()))));
+    return std::make_tuple(
+        finish_loss<acc>(row_loss, p.reduction, denom, out_dtype, p.row_shape),
+        at::scalar_tensor(static_cast<double>(denom), x.options().dtype(acc_dtype(x.scalar_type()))));
   }
 
   template <typename scalar_t>
@@ -311,4 +312,3 @@ TORCH_LIBRARY_IMPL(fastloss, CPU, m) {
 }
 
 }  // namespace fastloss
-

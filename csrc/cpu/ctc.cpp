@@ -39,8 +39,8 @@ struct CtcRows {
 
 template <>
 struct CtcRows<float> {
-  static void lse3(const float* x0, const float* x1, const float* x2, const float* mask, const float* add,
-                   int64_t n, float* out) {
+  static void lse3(const float* x0, const float* x1, const float* x2, const float* mask, const float* add, int64_t n,
+                   float* out) {
     vec_ops().ctc_lse3(x0, x1, x2, mask, add, n, out);
   }
   static void exp_add(const float* x, const float* y, float shift, int64_t n, float* out) {
@@ -191,11 +191,10 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
   std::vector<double> nll(N);
   scalar_t* g = grad.defined() && grad.numel() > 0 ? grad.mutable_data_ptr<scalar_t>() : nullptr;
   at::parallel_for(0, N, 1, [&](int64_t begin, int64_t end) {
-    CtcSample<scalar_t, target_t> w{p, p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
-                                    g};
+    CtcSample<scalar_t, target_t> w{p, p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), g};
     for (int64_t n = begin; n < end; ++n)
-      nll[n] = w.run(n, il[n], tl[n], off[n],
-                     static_cast<A>(ctc_grad_factor(p.reduction == Reduction::Mean, tl[n], N)));
+      nll[n] =
+          w.run(n, il[n], tl[n], off[n], static_cast<A>(ctc_grad_factor(p.reduction == Reduction::Mean, tl[n], N)));
   });
   const double inf = std::numeric_limits<double>::infinity();
   for (int64_t n = 0; n < N; ++n)
@@ -206,8 +205,7 @@ void ctc_cpu_impl(const CtcPlan& p, Tensor& loss, Tensor& grad) {
     return;
   }
   double s = 0;  // fixed order
-  for (int64_t n = 0; n < N; ++n)
-    s += p.reduction == Reduction::Mean ? nll[n] / ctc_target_norm(tl[n]) : nll[n];
+  for (int64_t n = 0; n < N; ++n) s += p.reduction == Reduction::Mean ? nll[n] / ctc_target_norm(tl[n]) : nll[n];
   out[0] = static_cast<scalar_t>(p.reduction == Reduction::Mean ? s / static_cast<double>(N) : s);
 }
 
@@ -219,8 +217,10 @@ std::tuple<Tensor, Tensor> ctc_loss_cpu(const Tensor& log_probs, const Tensor& t
                           p.log_probs.options());
   Tensor grad = grad_buffer(p.log_probs, grad_now);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, p.log_probs.scalar_type(), "fastloss_ctc_cpu", [&] {
-    if (p.targets.scalar_type() == at::kInt) ctc_cpu_impl<scalar_t, int32_t>(p, loss, grad);
-    else ctc_cpu_impl<scalar_t, int64_t>(p, loss, grad);
+    if (p.targets.scalar_type() == at::kInt)
+      ctc_cpu_impl<scalar_t, int32_t>(p, loss, grad);
+    else
+      ctc_cpu_impl<scalar_t, int64_t>(p, loss, grad);
   });
   return {loss, grad};
 }

@@ -59,8 +59,8 @@ Tensor scale_impl(const Tensor& grad, const Tensor& grad_loss, int64_t classes, 
     const bool single = g.numel() == 1;
     const acc* f = g.const_data_ptr<acc>();
     if (kInPlace && single && f[0] == acc(1)) return;
-    scale_rows<scalar_t>(grad.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), f, single,
-                         grad.numel(), classes, inner, kInPlace);
+    scale_rows<scalar_t>(grad.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), f, single, grad.numel(),
+                         classes, inner, kInPlace);
   });
   return out;
 }

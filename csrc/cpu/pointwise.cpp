@@ -12,8 +12,8 @@
 #include <vector>
 
 #include "common/common.h"
-#include "common/cpu_vec.h"
 #include "common/cpu_reduce.h"
+#include "common/cpu_vec.h"
 #include "ops/pointwise_ops.h"
 
 namespace fastloss {
@@ -64,9 +64,8 @@ inline acc sum_lanes(const acc* lane) {
 // Kinds whose float math has no vector-table routine (the generic pw_eval loop of pw_range).
 template <PwKind K, typename acc>
 constexpr bool pw_generic() {
-  return !(std::is_same_v<acc, float> && (K == PwKind::SoftMargin || K == PwKind::KLDiv ||
-                                          K == PwKind::SigmoidFocal || K == PwKind::BCE ||
-                                          K == PwKind::BCEWithLogits));
+  return !(std::is_same_v<acc, float> && (K == PwKind::SoftMargin || K == PwKind::KLDiv || K == PwKind::SigmoidFocal ||
+                                          K == PwKind::BCE || K == PwKind::BCEWithLogits));
 }
 
 // The per-element loss ('none') of a tile, in the input's dtype and/or the accumulate dtype (autocast).
@@ -125,14 +124,19 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, i
     constexpr bool kFloat = std::is_same_v<acc, float>;
     if constexpr (kFloat && (K == PwKind::SoftMargin || K == PwKind::KLDiv || K == PwKind::SigmoidFocal)) {
       // exp/log through the vector table (libm one element at a time was ~20 ns per element)
-      if constexpr (K == PwKind::SoftMargin) vec_ops().pw_soft_margin(A, B, m, L, DA, DB);
-      else if constexpr (K == PwKind::KLDiv) vec_ops().pw_kl_div(A, B, m, io.param != acc(0), L, DA, DB);
-      else vec_ops().pw_focal(A, B, m, io.param, io.param2, L, DA, DB);
+      if constexpr (K == PwKind::SoftMargin)
+        vec_ops().pw_soft_margin(A, B, m, L, DA, DB);
+      else if constexpr (K == PwKind::KLDiv)
+        vec_ops().pw_kl_div(A, B, m, io.param != acc(0), L, DA, DB);
+      else
+        vec_ops().pw_focal(A, B, m, io.param, io.param2, L, DA, DB);
       for (int64_t i = 0; i < m; ++i) DC[i] = acc(0);
     } else if constexpr (kFloat && (K == PwKind::BCE || K == PwKind::BCEWithLogits)) {
       // the same, unweighted; then the weight as pw_eval applies it (d/dweight = the unweighted loss)
-      if constexpr (K == PwKind::BCE) vec_ops().pw_bce(A, B, m, L, DA, DB);
-      else vec_ops().pw_bce_logits(A, B, io.d ? D : nullptr, m, L, DA, DB);
+      if constexpr (K == PwKind::BCE)
+        vec_ops().pw_bce(A, B, m, L, DA, DB);
+      else
+        vec_ops().pw_bce_logits(A, B, io.d ? D : nullptr, m, L, DA, DB);
       for (int64_t i = 0; i < m; ++i) {
         DC[i] = L[i];
         L[i] *= C[i];
@@ -141,8 +145,8 @@ acc_t<scalar_t> pw_range(const PwIo<scalar_t>& io, int64_t begin, int64_t end, i
       }
     } else {
       for (int64_t i = 0; i < m; ++i) {
-        const PwOut<acc> o = pw_eval<K, acc>(A[i], B[i], C[i], K == PwKind::BCEWithLogits ? D[i] : acc(1), io.param,
-                                             io.param2);
+        const PwOut<acc> o =
+            pw_eval<K, acc>(A[i], B[i], C[i], K == PwKind::BCEWithLogits ? D[i] : acc(1), io.param, io.param2);
         L[i] = o.loss;
         DA[i] = o.da;
         DB[i] = o.db;

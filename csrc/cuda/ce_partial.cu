@@ -81,8 +81,8 @@ struct StatsArgs {
 // Pass-1 sums of one element at column c (z capped): probability targets S1, S2 in a1, a2; class
 // targets with label smoothing sum_c w_c z_c in a1.
 template <bool PROB, typename scalar_t, typename q_t>
-__device__ __forceinline__ void elem_sums(RowState<acc_t<scalar_t>>& st, acc_t<scalar_t> z, int64_t c,
-                                          const q_t* qrow, const StatsArgs<scalar_t>& a) {
+__device__ __forceinline__ void elem_sums(RowState<acc_t<scalar_t>>& st, acc_t<scalar_t> z, int64_t c, const q_t* qrow,
+                                          const StatsArgs<scalar_t>& a) {
   using acc = acc_t<scalar_t>;
   const acc w = a.w ? a.w[c] : acc(1);
   if (PROB) {
@@ -149,8 +149,10 @@ __global__ void __launch_bounds__(kThreads) stats_kernel(const StatsArgs<scalar_
     }
     // every thread of the group gets the row's state (block_allreduce ends with a barrier: part[] is free
     // for the next row)
-    if constexpr (GROUP == 32) st = warp_allreduce(st, ce::Combine{});
-    else st = block_allreduce<GROUP>(st, part, ce::empty_state<acc>(), ce::Combine{});
+    if constexpr (GROUP == 32)
+      st = warp_allreduce(st, ce::Combine{});
+    else
+      st = block_allreduce<GROUP>(st, part, ce::empty_state<acc>(), ce::Combine{});
     if (lane == 0) {
       acc zt = 0, wt = 0, c = 0;
       if constexpr (PROB) {
@@ -319,9 +321,8 @@ void launch_rows(const PartialArgs& pa, const Args& args, Kernel kernel, After a
   }
 }
 
-Tensor stats_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
-                  int64_t class_offset, int64_t num_classes, int64_t ignore_index, double eps,
-                  std::optional<double> softcap) {
+Tensor stats_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, int64_t class_offset,
+                  int64_t num_classes, int64_t ignore_index, double eps, std::optional<double> softcap) {
   const char* op = "fastloss.ce_partial_stats";
   const c10::cuda::CUDAGuard guard(logits.device());
   const PartialArgs pa =
@@ -397,18 +398,18 @@ void grad_into(const PartialArgs& pa, Tensor& g) {
 Tensor grad_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight, const Tensor& coef,
                  int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  return partial_grad_out(partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap,
-                                            "fastloss.ce_partial_grad"),
-                          grad_into);
+  return partial_grad_out(
+      partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap, "fastloss.ce_partial_grad"),
+      grad_into);
 }
 
 void grad_inplace_cuda(const Tensor& logits, const Tensor& target, const std::optional<Tensor>& weight,
                        const Tensor& coef, int64_t class_offset, int64_t ignore_index, std::optional<double> softcap) {
   const c10::cuda::CUDAGuard guard(logits.device());
-  partial_grad_inplace(logits,
-                       partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap,
-                                         "fastloss.ce_partial_grad_"),
-                       grad_into);
+  partial_grad_inplace(
+      logits,
+      partial_grad_args(logits, target, weight, coef, class_offset, ignore_index, softcap, "fastloss.ce_partial_grad_"),
+      grad_into);
 }
 
 }  // namespace

@@ -38,9 +38,9 @@ using ce::launch_ce;
 // Class targets: first invalid position (atomicMin on an integer: order-free) and, per block, the
 // partial sum of w[t] over non-ignored rows; the second stage (final_sum_kernel) makes it a scalar.
 template <typename acc, typename target_t>
-__global__ void __launch_bounds__(kSumThreads) class_target_kernel(const target_t* target, int64_t n, const acc* w,
-                                                                   int64_t ignore_index, int64_t C, acc* partial,
-                                                                   unsigned long long* first_bad) {
+__global__ void __launch_bounds__(kSumThreads)
+    class_target_kernel(const target_t* target, int64_t n, const acc* w, int64_t ignore_index, int64_t C, acc* partial,
+                        unsigned long long* first_bad) {
   __shared__ acc scratch[kSumThreads / 32 + 1];
   const int64_t per = (n + gridDim.x - 1) / gridDim.x;
   const int64_t begin = int64_t(blockIdx.x) * per, end = std::min(n, begin + per);
@@ -99,8 +99,8 @@ int grid_for(int64_t work, int threads, int device) {
 // ---------------------------------------------------------------------------------------------
 // nll_loss: a thread per row gathers x[n, t, s]; backward writes every element once.
 template <typename scalar_t, typename target_t>
-__global__ void nll_forward_kernel(const scalar_t* x, const target_t* target, const acc_t<scalar_t>* w,
-                                   int64_t rows, int64_t C, int64_t D, int64_t ignore_index, acc_t<scalar_t>* row_loss) {
+__global__ void nll_forward_kernel(const scalar_t* x, const target_t* target, const acc_t<scalar_t>* w, int64_t rows,
+                                   int64_t C, int64_t D, int64_t ignore_index, acc_t<scalar_t>* row_loss) {
   using acc = acc_t<scalar_t>;
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
     const int64_t t = static_cast<int64_t>(target[r]);
@@ -121,8 +121,8 @@ __global__ void nll_forward_kernel(const scalar_t* x, const target_t* target, co
 // a memset, which writes at full bandwidth; this kernel then touches one element per row).
 template <typename scalar_t, typename target_t>
 __global__ void nll_backward_kernel(const target_t* target, const acc_t<scalar_t>* w, RowFactor<acc_t<scalar_t>> f,
-                                    const acc_t<scalar_t>* total_weight, bool mean, int64_t rows, int64_t C,
-                                    int64_t D, int64_t ignore_index, scalar_t* out) {
+                                    const acc_t<scalar_t>* total_weight, bool mean, int64_t rows, int64_t C, int64_t D,
+                                    int64_t ignore_index, scalar_t* out) {
   using acc = acc_t<scalar_t>;
   const acc scale = mean ? acc(1) / *total_weight : acc(1);
   for (int64_t r = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; r < rows; r += int64_t(gridDim.x) * blockDim.x) {
@@ -179,8 +179,8 @@ struct CudaCrossEntropy {
     p.denom = mean ? denom.template const_data_ptr<acc>() : nullptr;
     p.host_scale = acc(1);
     launch_ce<scalar_t, target_t, false>(p, device, stream);
-    return finish_loss<acc>(b.row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape,
-                            stream);
+    return finish_loss<acc>(b.row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype,
+                            pl.row_shape, stream);
   }
 
   template <typename scalar_t, typename target_t>
@@ -200,8 +200,8 @@ struct CudaCrossEntropy {
           std::max<int64_t>(pl.inner, 1), ignore_index, row_loss.mutable_data_ptr<acc>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     }
-    Tensor loss =
-        finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype, pl.row_shape, stream);
+    Tensor loss = finish_loss<acc>(row_loss, pl.reduction, denom.template const_data_ptr<acc>(), acc(1), out_dtype,
+                                   pl.row_shape, stream);
     return std::make_tuple(loss, denom);
   }
 

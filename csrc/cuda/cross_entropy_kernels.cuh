@@ -52,7 +52,6 @@ __device__ __forceinline__ RowState<acc> empty_state() {
   return RowState<acc>{-std::numeric_limits<acc>::infinity(), acc(0), acc(0), acc(0)};
 }
 
-
 template <bool PROB, typename acc>
 __device__ __forceinline__ void elem_sums(RowState<acc>& st, acc x, acc q, acc w, acc eps, acc invC, bool smooth) {
   // pass-1 sums for one element: label smoothing needs sum w_c x_c; probability targets need
@@ -195,8 +194,10 @@ struct RowWorker {
   // Reduce the group's states; every thread of the group ends with the total.
   // (GROUP > 32: the whole block, lane == threadIdx.x.)
   __device__ __forceinline__ RowState<acc> reduce(RowState<acc> st, RowState<acc>* scratch) const {
-    if constexpr (GROUP == 32) return warp_allreduce(st, Combine{});
-    else return block_allreduce<GROUP>(st, scratch, empty_state<acc>(), Combine{});
+    if constexpr (GROUP == 32)
+      return warp_allreduce(st, Combine{});
+    else
+      return block_allreduce<GROUP>(st, scratch, empty_state<acc>(), Combine{});
   }
 
   // Every block of the cluster ends with combine(state of rank 0, state of rank 1, ...), in rank
@@ -374,8 +375,8 @@ __global__ void __launch_bounds__(THREADS, MINB) ce_cluster_rows_kernel(const CE
   __shared__ RowState<acc> xchg;
   extern __shared__ __align__(16) unsigned char dyn_smem[];
   const int rank = static_cast<int>(cooperative_groups::this_cluster().block_rank());
-  RowWorker<scalar_t, target_t, PROB, THREADS, REG, UNROLL, 2> w{
-      p, static_cast<int>(threadIdx.x), reinterpret_cast<uint4*>(dyn_smem), rank, &xchg};
+  RowWorker<scalar_t, target_t, PROB, THREADS, REG, UNROLL, 2> w{p, static_cast<int>(threadIdx.x),
+                                                                 reinterpret_cast<uint4*>(dyn_smem), rank, &xchg};
   for (int64_t row = blockIdx.x / 2; row < p.rows; row += gridDim.x / 2) w.run_row(row, scratch);
 #else
   __trap();  // never launched below sm_90 (launch_ce falls back)
@@ -457,7 +458,8 @@ void launch_ce(const CEParams<scalar_t>& p0, int device, cudaStream_t stream) {
   if (config < 0) config = nvec <= 32 * 4 ? 0 : (nvec <= 8192 ? 1 : 2);
   if (config == 0) {
     constexpr int T = 256;
-    const int blocks = static_cast<int>(std::min<int64_t>((p.rows + T / 32 - 1) / (T / 32), int64_t(info.sm_count) * 32));
+    const int blocks =
+        static_cast<int>(std::min<int64_t>((p.rows + T / 32 - 1) / (T / 32), int64_t(info.sm_count) * 32));
     p.smem_vecs = 0;
     ce_warp_rows_kernel<scalar_t, target_t, PROB, T, 4><<<blocks, T, 0, stream>>>(p);
   } else {
@@ -494,8 +496,7 @@ void launch_ce(const CEParams<scalar_t>& p0, int device, cudaStream_t stream) {
       if (cap >= 0) smem_vecs = std::min(smem_vecs, cap);
       p.smem_vecs = static_cast<int>(smem_vecs);
       const int bytes = static_cast<int>(smem_vecs * T * 16);
-      if (bytes > 0)
-        C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+      if (bytes > 0) C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
       cudaLaunchConfig_t cfg = {};
       cfg.gridDim = dim3(static_cast<unsigned>(2 * std::min<int64_t>(p.rows, info.sm_count)));
       cfg.blockDim = dim3(T);
@@ -514,13 +515,12 @@ void launch_ce(const CEParams<scalar_t>& p0, int device, cudaStream_t stream) {
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-
 }  // namespace ce
 }  // namespace cuda
 }  // namespace fastloss
 
 // Explicit instantiations of every launch_ce a dtype needs (class targets int64/uint8, probabilities).
-#define FASTLOSS_CE_INSTANTIATE(T)                                                                      \
+#define FASTLOSS_CE_INSTANTIATE(T)                                                                       \
   template void fastloss::cuda::ce::launch_ce<T, int64_t, false>(const CEParams<T>&, int, cudaStream_t); \
   template void fastloss::cuda::ce::launch_ce<T, uint8_t, false>(const CEParams<T>&, int, cudaStream_t); \
   template void fastloss::cuda::ce::launch_ce<T, int64_t, true>(const CEParams<T>&, int, cudaStream_t);

@@ -89,11 +89,11 @@ __device__ __forceinline__ int64_t label_of(const target_t* tg, const Sample& S,
 
 // __launch_bounds__(1024): blocks of up to 1024 threads must fit the register file (64 per thread).
 template <typename scalar_t, typename target_t, int K>
-__global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg,
-                                     const int64_t* __restrict__ meta, int64_t T, int64_t N, int64_t C, int64_t blank,
-                                     int64_t W, acc_t<scalar_t>* alpha_tab, acc_t<scalar_t>* beta_tab,
-                                     double* alpha_off, double* beta_off, int32_t* link, double* nll,
-                                     unsigned long long* first_bad) {
+__global__ void __launch_bounds__(1024)
+    ctc_recursion_kernel(const scalar_t* __restrict__ lp, const target_t* __restrict__ tg,
+                         const int64_t* __restrict__ meta, int64_t T, int64_t N, int64_t C, int64_t blank, int64_t W,
+                         acc_t<scalar_t>* alpha_tab, acc_t<scalar_t>* beta_tab, double* alpha_off, double* beta_off,
+                         int32_t* link, double* nll, unsigned long long* first_bad) {
   using acc = acc_t<scalar_t>;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ acc wmax[2][32];  // per-warp maxima of the last two rows
@@ -144,8 +144,8 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
   const int64_t Tn = S.Tn;
   if (Tn == 0 || bad) {
     if (!backward && threadIdx.x == 0)
-      nll[n] = bad ? std::numeric_limits<double>::quiet_NaN()
-                   : (S.L == 0 ? -0.0 : std::numeric_limits<double>::infinity());
+      nll[n] =
+          bad ? std::numeric_limits<double>::quiet_NaN() : (S.L == 0 ? -0.0 : std::numeric_limits<double>::infinity());
     return;
   }
   acc* tab = backward ? beta_tab : alpha_tab;
@@ -216,8 +216,10 @@ __global__ void __launch_bounds__(1024) ctc_recursion_kernel(const scalar_t* __r
         const int64_t s = threadIdx.x + int64_t(j) * blockDim.x;
         if (s >= Sp) continue;
         acc v;
-        if (backward) v = ctc_lse3(prev[s], prev[s + 1], skip[j] ? prev[s + 2] : ninf<acc>());
-        else v = ctc_lse3(prev[s + 2], prev[s + 1], skip[j] ? prev[s] : ninf<acc>());
+        if (backward)
+          v = ctc_lse3(prev[s], prev[s + 1], skip[j] ? prev[s + 2] : ninf<acc>());
+        else
+          v = ctc_lse3(prev[s + 2], prev[s + 1], skip[j] ? prev[s] : ninf<acc>());
         v = (v - shift) + pre[d][j];
         out[base + s] = v;
         store(t, s, v);
@@ -338,8 +340,8 @@ void launch_recursion(const CtcPlan& p, const int64_t* meta, int64_t W, int thre
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
   const dim3 grid(static_cast<unsigned>(p.N), grad ? 3 : 1);  // y: alpha, beta, label chains
   kernel<<<grid, threads, smem, stream>>>(p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(),
-                                          meta, p.T, p.N, p.C, p.blank, W, alpha, beta, aoff, boff, link,
-                                          nll, first_bad);
+                                          meta, p.T, p.N, p.C, p.blank, W, alpha, beta, aoff, boff, link, nll,
+                                          first_bad);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -350,17 +352,22 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   // The plan (lengths, offsets, the longest target) is made on the host and copied from a temporary host
   // buffer: a graph would replay that copy from freed memory, and fixed lengths besides. Refused, as torch's
   // CUDA ctc_loss (whose blocking copy fails the capture).
-  TORCH_CHECK(!capturing(), "fastloss.ctc_loss: CUDA graph capture is not supported (the lengths are "
+  TORCH_CHECK(!capturing(),
+              "fastloss.ctc_loss: CUDA graph capture is not supported (the lengths are "
               "read on the host for each call)");
   const CtcPlan p = plan_ctc(log_probs, targets, input_lengths, target_lengths, blank, reduction, zero_infinity);
   cudaStream_t stream = c10::cuda::getCurrentCUDAStream().stream();
   const auto dev = p.log_probs.device();
   const auto adt = acc_dtype(p.log_probs.scalar_type());
   const int64_t W = 2 * p.max_target + 1;  // states per row
-  TORCH_CHECK(p.C <= std::numeric_limits<int32_t>::max(), "fastloss.ctc_loss: more than 2^31 - 1 classes are not "
-              "supported on CUDA, got ", num(p.C));
-  TORCH_CHECK(p.N <= std::numeric_limits<int32_t>::max(), "fastloss.ctc_loss: a batch of more than 2^31 - 1 samples "
-              "is not supported on CUDA (one block per sample), got ", num(p.N));
+  TORCH_CHECK(p.C <= std::numeric_limits<int32_t>::max(),
+              "fastloss.ctc_loss: more than 2^31 - 1 classes are not "
+              "supported on CUDA, got ",
+              num(p.C));
+  TORCH_CHECK(p.N <= std::numeric_limits<int32_t>::max(),
+              "fastloss.ctc_loss: a batch of more than 2^31 - 1 samples "
+              "is not supported on CUDA (one block per sample), got ",
+              num(p.N));
   // staged through pinned memory (torch's caching host allocator) so the upload never waits for the GPU
   const Tensor meta = p.meta.pin_memory().to(dev, /*non_blocking=*/true);
   Tensor loss = at::empty(p.reduction == Reduction::None ? std::vector<int64_t>{p.N} : std::vector<int64_t>{},
@@ -381,8 +388,10 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   // K states per thread: the fewest that fit the states of the longest target into 1024 threads
   int K = 1;
   while (K < 8 && W > int64_t(K) * 1024) K *= 2;
-  TORCH_CHECK(W <= int64_t(K) * 1024, "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, "
-              "got ", num(p.max_target));
+  TORCH_CHECK(W <= int64_t(K) * 1024,
+              "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, "
+              "got ",
+              num(p.max_target));
   const int threads = static_cast<int>(std::min<int64_t>(1024, ((W + K - 1) / K + 31) / 32 * 32));
   // the rows; the capacity check (with the kernel's static shared memory) is in launch_recursion
   const size_t smem = 2 * static_cast<size_t>(W + 2) * (adt == at::kDouble ? 8 : 4);
@@ -396,15 +405,26 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
       int32_t* lk = grad_now ? link.mutable_data_ptr<int32_t>() : nullptr;
       double* ao = grad_now ? aoff.mutable_data_ptr<double>() : nullptr;
       double* bo = grad_now ? boff.mutable_data_ptr<double>() : nullptr;
-      auto* fb = first_bad.defined() ? reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>())
-                                     : nullptr;
+      auto* fb =
+          first_bad.defined() ? reinterpret_cast<unsigned long long*>(first_bad.mutable_data_ptr<int64_t>()) : nullptr;
       const int64_t* mp = meta.const_data_ptr<int64_t>();
       double* np = nll.mutable_data_ptr<double>();
       switch (K) {
-        case 1: launch_recursion<scalar_t, target_t, 1>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
-        case 2: launch_recursion<scalar_t, target_t, 2>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
-        case 4: launch_recursion<scalar_t, target_t, 4>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream); break;
-        default: launch_recursion<scalar_t, target_t, 8>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb, stream);
+        case 1:
+          launch_recursion<scalar_t, target_t, 1>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb,
+                                                  stream);
+          break;
+        case 2:
+          launch_recursion<scalar_t, target_t, 2>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb,
+                                                  stream);
+          break;
+        case 4:
+          launch_recursion<scalar_t, target_t, 4>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb,
+                                                  stream);
+          break;
+        default:
+          launch_recursion<scalar_t, target_t, 8>(p, mp, W, threads, smem, grad_now, ap, bp, ao, bo, lk, np, fb,
+                                                  stream);
       }
       if (first_bad.defined())  // the recursion kernel recorded bad labels (and gave their samples NaN)
         report_device_error(first_bad, error_proto("fastloss.ctc_loss", DeviceErrorKind::CtcLabel, p.C, p.blank),
@@ -414,17 +434,21 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
         const unsigned grad_blocks =
             static_cast<unsigned>(std::min<int64_t>(p.T * p.N, std::numeric_limits<int32_t>::max()));
         ctc_grad_kernel<scalar_t, target_t><<<grad_blocks, kGradThreads, 0, stream>>>(
-            p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), mp, p.N, p.C, p.blank, W,
-            ap, bp, ao, bo, lk, np, p.T, p.reduction == Reduction::Mean, p.zero_infinity, grad.mutable_data_ptr<scalar_t>());
+            p.log_probs.const_data_ptr<scalar_t>(), p.targets.const_data_ptr<target_t>(), mp, p.N, p.C, p.blank, W, ap,
+            bp, ao, bo, lk, np, p.T, p.reduction == Reduction::Mean, p.zero_infinity,
+            grad.mutable_data_ptr<scalar_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
-      const int out_blocks = p.reduction == Reduction::None ? static_cast<int>(std::min<int64_t>((p.N + 255) / 256, 1024)) : 1;
+      const int out_blocks =
+          p.reduction == Reduction::None ? static_cast<int>(std::min<int64_t>((p.N + 255) / 256, 1024)) : 1;
       ctc_loss_out_kernel<scalar_t><<<out_blocks, 256, 0, stream>>>(np, mp, p.N, static_cast<int>(p.reduction),
-                                                                   p.zero_infinity, loss.mutable_data_ptr<scalar_t>());
+                                                                    p.zero_infinity, loss.mutable_data_ptr<scalar_t>());
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    if (p.targets.scalar_type() == at::kInt) run(int32_t{});
-    else run(int64_t{});
+    if (p.targets.scalar_type() == at::kInt)
+      run(int32_t{});
+    else
+      run(int64_t{});
   });
   return {loss, grad};
 }

@@ -83,7 +83,8 @@ DeviceErrorSlot device_error_slot(int device) {
   void* dev_ptr = nullptr;  // the same address under unified addressing; asked for, not assumed
   C10_CUDA_CHECK(cudaHostGetDevicePointer(&dev_ptr, host, 0));
   if (dev_ptr != host) cudaFreeHost(host);
-  TORCH_CHECK(dev_ptr == host, "fastloss: mapped pinned memory has a different device address (no unified "
+  TORCH_CHECK(dev_ptr == host,
+              "fastloss: mapped pinned memory has a different device address (no unified "
               "addressing): asynchronous error reporting is not supported on this system");
   g_next[device] = static_cast<unsigned long long*>(next);
   g_records[device].store(host, std::memory_order_release);

@@ -99,14 +99,15 @@ Tensor scale_impl(const Tensor& grad, const Tensor& grad_loss, int64_t classes, 
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
     if (g.numel() == 1) {
       const int64_t work = (n + Pack<scalar_t>::N - 1) / Pack<scalar_t>::N;
-      const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + 255) / 256, int64_t(sms) * 8)));
+      const int blocks =
+          static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((work + 255) / 256, int64_t(sms) * 8)));
       const bool vec_ok = (reinterpret_cast<uintptr_t>(in) % 16 == 0) && (reinterpret_cast<uintptr_t>(o) % 16 == 0);
       scale_all_kernel<scalar_t, INPLACE><<<blocks, 256, 0, stream>>>(in, o, g.const_data_ptr<acc>(), n, vec_ok);
     } else {
       const int blocks = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, int64_t(sms) * 32)));
       const bool vec_ok = (reinterpret_cast<uintptr_t>(in) % 16 == 0) && (reinterpret_cast<uintptr_t>(o) % 16 == 0);
-      scale_rows_kernel<scalar_t, INPLACE><<<blocks, 256, 0, stream>>>(in, o, g.const_data_ptr<acc>(), n, classes,
-                                                                       inner, vec_ok);
+      scale_rows_kernel<scalar_t, INPLACE>
+          <<<blocks, 256, 0, stream>>>(in, o, g.const_data_ptr<acc>(), n, classes, inner, vec_ok);
     }
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });

@@ -63,18 +63,24 @@ struct Group {
   static __device__ __forceinline__ int slot() { return G == 32 ? static_cast<int>(threadIdx.x / 32) : 0; }
   // Orders the group's shared/global memory accesses (a warp's __syncwarp, the block's barrier).
   static __device__ __forceinline__ void sync() {
-    if constexpr (G == 32) __syncwarp();
-    else __syncthreads();
+    if constexpr (G == 32)
+      __syncwarp();
+    else
+      __syncthreads();
   }
   // Fixed-order sum over the group; every thread gets the same bits. scratch: kScratch slots.
   template <typename T>
   static __device__ __forceinline__ T sum(T v, T* scratch) {
-    if constexpr (G == 32) return warp_sum(v);
-    else return block_sum<kThreads>(v, scratch);
+    if constexpr (G == 32)
+      return warp_sum(v);
+    else
+      return block_sum<kThreads>(v, scratch);
   }
   static __device__ __forceinline__ int64_t minimum(int64_t v, int64_t* scratch) {
-    if constexpr (G == 32) return warp_allreduce(v, MinOp{});
-    else return block_allreduce<kThreads>(v, scratch, int64_t{kNoBad}, MinOp{});  // a value: kNoBad is host memory
+    if constexpr (G == 32)
+      return warp_allreduce(v, MinOp{});
+    else
+      return block_allreduce<kThreads>(v, scratch, int64_t{kNoBad}, MinOp{});  // a value: kNoBad is host memory
   }
 };
 
@@ -89,9 +95,7 @@ struct RowK {
   const acc* kdev;
   bool single;
   acc kscale;
-  __device__ __forceinline__ acc operator()(int64_t r) const {
-    return kscale * (kdev ? kdev[single ? 0 : r] : acc(1));
-  }
+  __device__ __forceinline__ acc operator()(int64_t r) const { return kscale * (kdev ? kdev[single ? 0 : r] : acc(1)); }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -364,11 +368,15 @@ struct CudaMarginRows {
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       };
       if (pw == 1) {
-        if (warp) launch(mm_kernel<scalar_t, 1, 32>);
-        else launch(mm_kernel<scalar_t, 1, kThreads>);
+        if (warp)
+          launch(mm_kernel<scalar_t, 1, 32>);
+        else
+          launch(mm_kernel<scalar_t, 1, kThreads>);
       } else {
-        if (warp) launch(mm_kernel<scalar_t, 2, 32>);
-        else launch(mm_kernel<scalar_t, 2, kThreads>);
+        if (warp)
+          launch(mm_kernel<scalar_t, 2, 32>);
+        else
+          launch(mm_kernel<scalar_t, 2, kThreads>);
       }
     });
     return -1;  // a bad target is reported from the device (report_device_error)

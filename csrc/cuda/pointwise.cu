@@ -107,8 +107,10 @@ __global__ void __launch_bounds__(kPwThreads) pointwise_kernel(const PwIo<scalar
       load_vec<scalar_t>(io.c, io.cb, v, c);
       load_vec<scalar_t>(K == PwKind::BCEWithLogits ? io.d : nullptr, io.db, v, d);  // pos_weight: only there
       acc kk[P::N];  // grad_loss (1 when a single factor) times k0
-      if (io.gl_a) load_vec<scalar_t>(io.gl_a, io.glb, v, kk);
-      else load_vec<scalar_t>(io.gl_s, io.glb, v, kk);
+      if (io.gl_a)
+        load_vec<scalar_t>(io.gl_a, io.glb, v, kk);
+      else
+        load_vec<scalar_t>(io.gl_s, io.glb, v, kk);
 #pragma unroll
       for (int j = 0; j < P::N; ++j) kk[j] *= k0;
 #pragma unroll
@@ -154,8 +156,7 @@ void pw_grid(int64_t n, int device, int* blocks, int64_t* per) {
 template <typename scalar_t>
 bool all_aligned(const PwIo<scalar_t>& io) {
   bool ok = aligned16(io.a) && aligned16(io.b) && (!io.c || io.cb.per || aligned16(io.c)) &&
-            (!io.d || io.db.per || aligned16(io.d)) &&
-            (!io.loss_s || aligned16(io.loss_s)) &&
+            (!io.d || io.db.per || aligned16(io.d)) && (!io.loss_s || aligned16(io.loss_s)) &&
             (!io.gl_s || io.glb.per || aligned16(io.gl_s));
   for (int j = 0; j < 3; ++j) ok = ok && (!io.g[j] || aligned16(io.g[j]));
   return ok;

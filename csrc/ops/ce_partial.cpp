@@ -18,8 +18,8 @@ using at::Tensor;
 
 std::tuple<Tensor, Tensor, Tensor> finish(const Tensor& stats, const Tensor& target, const Tensor& W,
                                           int64_t num_classes, int64_t ignore_index, double eps, double z_loss) {
-  TORCH_CHECK(stats.dim() == 2 && stats.size(1) == 5, "fastloss.ce_partial_finish: expected stats of shape (R, 5), got ",
-              stats.sizes());
+  TORCH_CHECK(stats.dim() == 2 && stats.size(1) == 5,
+              "fastloss.ce_partial_finish: expected stats of shape (R, 5), got ", stats.sizes());
   const Tensor m = stats.select(1, 0), s = stats.select(1, 1), a = stats.select(1, 2), b = stats.select(1, 3),
                c = stats.select(1, 4);
   const Tensor log_s = at::log(s), lse = m + log_s;
@@ -137,7 +137,8 @@ Tensor merge_partial_stats(const Tensor& x, const Tensor& y) {
   const Tensor M = at::maximum(x.select(1, 0), y.select(1, 0));
   const Tensor M_safe = at::where(M == ninf, at::zeros_like(M), M);
   // a slice whose max is -inf adds s = 0 (exp(-inf - M) = 0 for finite M; M_safe avoids -inf - -inf)
-  const Tensor s = x.select(1, 1) * at::exp(x.select(1, 0) - M_safe) + y.select(1, 1) * at::exp(y.select(1, 0) - M_safe);
+  const Tensor s =
+      x.select(1, 1) * at::exp(x.select(1, 0) - M_safe) + y.select(1, 1) * at::exp(y.select(1, 0) - M_safe);
   return at::cat({M.unsqueeze(1), s.unsqueeze(1), x.narrow(1, 2, 3) + y.narrow(1, 2, 3)}, 1);
 }
 

@@ -24,7 +24,8 @@
 //      with p_c = exp(z_c - lse), Az = 2 z_loss lse, cap'_c = 1 - (z_c / softcap)^2 (1 without a cap),
 //      s_ce / s_z the reduction's factors (mean: 1 / sum of w_t, resp. 1 / non-ignored rows; sum: 1;
 //      times grad_output where the gradient is made in backward).
-// 3. ce_partial_grad(logits, target, weight, coef4, class_offset, ignore_index, softcap) -> grad (R, Cs) in logits' dtype,
+// 3. ce_partial_grad(logits, target, weight, coef4, class_offset, ignore_index, softcap) -> grad (R, Cs) in logits'
+// dtype,
 //    and ce_partial_grad_(logits!, ...) writing it over the logits (linear cross-entropy's chunks).
 //    coef4 (R, 4) = [lse, A s_ce + Az s_z, B1 s_ce, B0 s_ce] (make_grad_coef). Ignored rows get 0.
 #pragma once
@@ -59,8 +60,8 @@ struct PartialArgs {
                       // it is the logits' or the accumulate dtype (read, and widened, by the kernels: no
                       // copy), else converted to the accumulate dtype
   at::Tensor weight;  // (Cs,) in the accumulate dtype, or undefined
-  at::Tensor coef;    // grad: coef4 (R, 4) in the accumulate dtype, contiguous; stats: undefined
-  bool prob;          // the target holds probabilities
+  at::Tensor coef;  // grad: coef4 (R, 4) in the accumulate dtype, contiguous; stats: undefined
+  bool prob;  // the target holds probabilities
   int64_t R, Cs, class_offset, num_classes, ignore_index;
   double eps;  // label smoothing (stats)
   std::optional<double> softcap;

@@ -5,13 +5,11 @@
 
 #include "common/errors.h"
 
-
 namespace fastloss {
 
 CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& target,
-                                    const c10::optional<at::Tensor>& weight, int64_t reduction,
-                                    int64_t ignore_index, double label_smoothing, bool allow_prob,
-                                    const char* op) {
+                                    const c10::optional<at::Tensor>& weight, int64_t reduction, int64_t ignore_index,
+                                    double label_smoothing, bool allow_prob, const char* op) {
   CrossEntropyPlan p;
   p.reduction = to_reduction(reduction, op);
   TORCH_CHECK_VALUE(input.dim() >= 1, op, ": expected input with 1 or more dimensions (got ", num(input.dim()), ")");
@@ -27,14 +25,13 @@ CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& t
     TORCH_CHECK(at::isFloatingType(target.scalar_type()), op,
                 ": Expected floating point type for target with class probabilities, got ", target.scalar_type());
     check_floating(target, "target", op);
-    TORCH_CHECK(ignore_index < 0, op, ": ignore_index is not supported for floating point target (got ignore_index=",
-                num(ignore_index), ")");
+    TORCH_CHECK(ignore_index < 0, op,
+                ": ignore_index is not supported for floating point target (got ignore_index=", num(ignore_index), ")");
   } else {
     check_class_target_dtype(target, op);
     if (input.dim() == 1) {
-      TORCH_CHECK_VALUE(target.numel() == 1 && target.dim() <= 1, op,
-                        ": unbatched input of shape ", shape(input.sizes()),
-                        " expects a 0-dimensional target, got shape ", shape(target.sizes()));
+      TORCH_CHECK_VALUE(target.numel() == 1 && target.dim() <= 1, op, ": unbatched input of shape ",
+                        shape(input.sizes()), " expects a 0-dimensional target, got shape ", shape(target.sizes()));
     } else {
       TORCH_CHECK_VALUE(target.dim() >= 1 && target.size(0) == input.size(0), op, ": Expected input batch_size (",
                         num(input.size(0)), ") to match target batch_size (",
@@ -43,8 +40,9 @@ CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& t
       for (int64_t d = 2; d < input.dim(); ++d) expected.push_back(input.size(d));
       TORCH_CHECK(target.sizes().vec() == expected, op, ": Expected target size ", shape(expected), ", got ",
                   shape(target.sizes()),
-                  input.dim() == 2 && target.dim() == 2 ? " (0D or 1D target tensor expected, multi-target not supported)"
-                                                        : "");
+                  input.dim() == 2 && target.dim() == 2
+                      ? " (0D or 1D target tensor expected, multi-target not supported)"
+                      : "");
     }
   }
   if (weight.has_value() && weight->defined()) {

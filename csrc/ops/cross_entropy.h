@@ -26,9 +26,8 @@ struct CrossEntropyPlan {
 // Validates every argument of cross_entropy (allow_prob = true) or nll_loss (false) and returns the
 // view above. Errors name the argument and follow torch's wording where torch has one.
 CrossEntropyPlan plan_cross_entropy(const at::Tensor& input, const at::Tensor& target,
-                                    const c10::optional<at::Tensor>& weight, int64_t reduction,
-                                    int64_t ignore_index, double label_smoothing, bool allow_prob,
-                                    const char* op);
+                                    const c10::optional<at::Tensor>& weight, int64_t reduction, int64_t ignore_index,
+                                    double label_smoothing, bool allow_prob, const char* op);
 
 // The same view of an input the forward already validated (for the backward ops).
 struct ClassView {

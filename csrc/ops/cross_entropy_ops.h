@@ -130,10 +130,9 @@ struct CrossEntropyOps {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "fastloss_nll_loss_bwd", [&] {
       using acc = acc_t<scalar_t>;
       dispatch_class_target(tgt.scalar_type(), [&](auto tag) {
-        Dev::template nll_backward<scalar_t, decltype(tag)>(
-            tgt, w.defined() ? w.const_data_ptr<acc>() : nullptr,
-            RowFactor<acc>{g.const_data_ptr<acc>(), g.numel() == 1}, tw, red == Reduction::Mean, v, ignore_index,
-            out);
+        Dev::template nll_backward<scalar_t, decltype(tag)>(tgt, w.defined() ? w.const_data_ptr<acc>() : nullptr,
+                                                            RowFactor<acc>{g.const_data_ptr<acc>(), g.numel() == 1}, tw,
+                                                            red == Reduction::Mean, v, ignore_index, out);
       });
     });
     return out;

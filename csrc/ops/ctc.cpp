@@ -59,8 +59,7 @@ CtcPlan plan_ctc(const at::Tensor& log_probs, const at::Tensor& targets, const a
   p.zero_infinity = zero_infinity;
   check_floating(log_probs, "log_probs", kOp);
   TORCH_CHECK(log_probs.dim() == 3, kOp, ": log_probs must be (T, N, C), got shape ", shape(log_probs.sizes()));
-  TORCH_CHECK(log_probs.numel() > 0, kOp, ": log_probs tensor must not be empty, got shape ",
-              shape(log_probs.sizes()));
+  TORCH_CHECK(log_probs.numel() > 0, kOp, ": log_probs tensor must not be empty, got shape ", shape(log_probs.sizes()));
   p.T = log_probs.size(0);
   p.N = log_probs.size(1);
   p.C = log_probs.size(2);
@@ -96,16 +95,19 @@ CtcPlan plan_ctc(const at::Tensor& log_probs, const at::Tensor& targets, const a
     total += tlp[n];
     p.max_target = std::max(p.max_target, tlp[n]);
   }
-  TORCH_CHECK(padded || targets.numel() == total, kOp, ": 1-D (concatenated) targets must hold sum(target_lengths) = ",
-              num(total), " labels, got ", num(targets.numel()));
+  TORCH_CHECK(padded || targets.numel() == total, kOp,
+              ": 1-D (concatenated) targets must hold sum(target_lengths) = ", num(total), " labels, got ",
+              num(targets.numel()));
 
   const auto tdt = targets.scalar_type();
   at::Tensor tg = targets.contiguous().view({-1});
   if (tdt != at::kInt && tdt != at::kLong) tg = tg.to(at::kLong);
   p.targets = tg;
   if (tg.device().is_cpu()) {
-    if (tg.scalar_type() == at::kInt) check_host_targets<int32_t>(p);
-    else check_host_targets<int64_t>(p);
+    if (tg.scalar_type() == at::kInt)
+      check_host_targets<int32_t>(p);
+    else
+      check_host_targets<int64_t>(p);
     p.targets_checked = true;
   }
   if (!tg.device().is_cpu() || !log_probs.device().is_cpu()) p.targets = tg.to(log_probs.device());

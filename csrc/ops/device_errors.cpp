@@ -21,16 +21,11 @@ std::atomic<DeviceErrorPoller> g_poller{nullptr};
 [[noreturn]] void raise_kind(const DeviceErrorRecord& r) {
   const char* op = reinterpret_cast<const char*>(r.op);
   switch (static_cast<DeviceErrorKind>(r.kind)) {
-    case DeviceErrorKind::ClassTarget:
-      raise_target_out_of_bounds(op, r.value, r.p[0], r.p[1], r.pos);
-    case DeviceErrorKind::MultiMargin:
-      raise_multi_margin_target(op, r.value, r.p[0], r.pos);
-    case DeviceErrorKind::Multilabel:
-      raise_multilabel_target(op, r.value, r.p[0], r.p[1], r.p[2]);
-    case DeviceErrorKind::BceDomain:
-      raise_bce_domain(op, r.p[0] != 0, r.pos, r.fvalue);
-    case DeviceErrorKind::CtcLabel:
-      raise_ctc_label(r.value, r.p[2], r.pos - r.p[3], r.pos, r.p[0], r.p[1]);
+    case DeviceErrorKind::ClassTarget: raise_target_out_of_bounds(op, r.value, r.p[0], r.p[1], r.pos);
+    case DeviceErrorKind::MultiMargin: raise_multi_margin_target(op, r.value, r.p[0], r.pos);
+    case DeviceErrorKind::Multilabel: raise_multilabel_target(op, r.value, r.p[0], r.p[1], r.p[2]);
+    case DeviceErrorKind::BceDomain: raise_bce_domain(op, r.p[0] != 0, r.pos, r.fvalue);
+    case DeviceErrorKind::CtcLabel: raise_ctc_label(r.value, r.p[2], r.pos - r.p[3], r.pos, r.p[0], r.p[1]);
   }
   TORCH_CHECK(false, "fastloss: a CUDA kernel recorded an error of unknown kind ", num(int64_t(r.kind)));
   __builtin_unreachable();

@@ -71,43 +71,62 @@ struct TripletMath {
   }
   C10_HOST_DEVICE acc term(acc x) const {
     const acc z = elem_abs(x);
-    if constexpr (PN == PNorm::Zero) return z != acc(0) ? acc(1) : acc(0);
-    else if constexpr (PN == PNorm::One) return z;
-    else if constexpr (PN == PNorm::Two) return x * x;
-    else return std::pow(z, p);  // General (Inf does not use term)
+    if constexpr (PN == PNorm::Zero)
+      return z != acc(0) ? acc(1) : acc(0);
+    else if constexpr (PN == PNorm::One)
+      return z;
+    else if constexpr (PN == PNorm::Two)
+      return x * x;
+    else
+      return std::pow(z, p);  // General (Inf does not use term)
   }
   C10_HOST_DEVICE void add(acc* s, const acc* in) const {
     const acc x[3] = {in[0] - in[1] + eps, in[0] - in[2] + eps, in[1] - in[2] + eps};
     const int nd = swap ? 3 : 2;
     for (int j = 0; j < nd; ++j) {
-      if constexpr (PN == PNorm::Inf) max_count_merge(s[j], s[3 + j], elem_abs(x[j]), acc(1));
-      else s[j] += term(x[j]);
+      if constexpr (PN == PNorm::Inf)
+        max_count_merge(s[j], s[3 + j], elem_abs(x[j]), acc(1));
+      else
+        s[j] += term(x[j]);
     }
   }
   C10_HOST_DEVICE void merge(acc* s, const acc* o) const {
     for (int j = 0; j < 3; ++j) {
-      if constexpr (PN == PNorm::Inf) max_count_merge(s[j], s[3 + j], o[j], o[3 + j]);
-      else s[j] += o[j];
+      if constexpr (PN == PNorm::Inf)
+        max_count_merge(s[j], s[3 + j], o[j], o[3 + j]);
+      else
+        s[j] += o[j];
     }
   }
   C10_HOST_DEVICE acc dist(acc s) const {
-    if constexpr (PN == PNorm::Two) return std::sqrt(s);
-    else if constexpr (PN == PNorm::General) return std::pow(s, acc(1) / p);
-    else return s;  // Zero (count), One (sum), Inf (max)
+    if constexpr (PN == PNorm::Two)
+      return std::sqrt(s);
+    else if constexpr (PN == PNorm::General)
+      return std::pow(s, acc(1) / p);
+    else
+      return s;  // Zero (count), One (sum), Inf (max)
   }
   // The norm's factor in d(dist)/dx = factor * u(x) (see grad): torch's norm_backward, which
   // gives 0 where the norm is 0.
   C10_HOST_DEVICE acc norm_factor(acc d, acc count) const {
-    if constexpr (PN == PNorm::Zero) return acc(0);
-    else if constexpr (PN == PNorm::One) return acc(1);
-    else if constexpr (PN == PNorm::Two) return d == acc(0) ? acc(0) : acc(1) / d;
-    else if constexpr (PN == PNorm::Inf) return acc(1) / count;
-    else return d == acc(0) ? acc(0) : std::pow(d, acc(1) - p);
+    if constexpr (PN == PNorm::Zero)
+      return acc(0);
+    else if constexpr (PN == PNorm::One)
+      return acc(1);
+    else if constexpr (PN == PNorm::Two)
+      return d == acc(0) ? acc(0) : acc(1) / d;
+    else if constexpr (PN == PNorm::Inf)
+      return acc(1) / count;
+    else
+      return d == acc(0) ? acc(0) : std::pow(d, acc(1) - p);
   }
   C10_HOST_DEVICE acc u(acc x, acc d) const {
-    if constexpr (PN == PNorm::Zero) return acc(0);
-    else if constexpr (PN == PNorm::One) return elem_sign(x);
-    else if constexpr (PN == PNorm::Two) return x;
+    if constexpr (PN == PNorm::Zero)
+      return acc(0);
+    else if constexpr (PN == PNorm::One)
+      return elem_sign(x);
+    else if constexpr (PN == PNorm::Two)
+      return x;
     else if constexpr (PN == PNorm::Inf) {
       const acc z = elem_abs(x);
       return z == d || z != z ? elem_sign(x) : acc(0);

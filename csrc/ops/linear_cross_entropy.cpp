@@ -192,9 +192,7 @@ void run(Job& j) {
       const Tensor Wp = j.W.select(1, p);  // (C, H), row stride D * H: a BLAS leading dimension, no copy
       const Tensor bp = j.b.defined() ? j.b.select(1, p) : Tensor();
       const Tensor tp = j.prob ? rows_of(j.t.select(2, p), r0, r) : rows_of(j.t.select(1, p), r0, r).contiguous();
-      auto target_of = [&](int64_t c0, int64_t cc) {
-        return j.prob ? tp.narrow(1, c0, cc).contiguous() : tp;
-      };
+      auto target_of = [&](int64_t c0, int64_t cc) { return j.prob ? tp.narrow(1, c0, cc).contiguous() : tp; };
       auto weight_of = [&](int64_t c0, int64_t cc) -> std::optional<Tensor> {
         if (!j.w) return std::nullopt;
         return j.w->narrow(0, c0, cc);
@@ -222,8 +220,8 @@ void run(Job& j) {
         if (j.stats_out.defined()) rows_of(j.stats_out, r0, r).copy_(st);
       }
       if (j.finish) {
-        auto [ce, zt, coef] = finish_op().call(st, j.prob ? tp : tp, j.W_sum, j.num_classes, j.ignore_index, j.eps,
-                                               j.z_loss);
+        auto [ce, zt, coef] =
+            finish_op().call(st, j.prob ? tp : tp, j.W_sum, j.num_classes, j.ignore_index, j.eps, j.z_loss);
         rows_of(j.ce_rows.select(1, p), r0, r).copy_(ce);
         rows_of(j.z_rows.select(1, p), r0, r).copy_(zt);
         rows_of(j.lse_rows.select(1, p), r0, r).copy_(coef.select(1, 0));
@@ -310,8 +308,8 @@ void check_common(const Tensor& x, const Tensor& W, const std::optional<Tensor>&
   TORCH_CHECK(W.size(-1) == x.size(1), op, ": expected linear_weight's last dimension ", x.size(1),
               " (input's in_features), got ", W.sizes());
   check_floating(x, "input", op);
-  TORCH_CHECK(W.scalar_type() == x.scalar_type(), op, ": expected linear_weight of the input's dtype ",
-              x.scalar_type(), ", got ", W.scalar_type());
+  TORCH_CHECK(W.scalar_type() == x.scalar_type(), op, ": expected linear_weight of the input's dtype ", x.scalar_type(),
+              ", got ", W.scalar_type());
   check_same_device(x, "input", W, "linear_weight", op);
   check_same_device(x, "input", target, "target", op);
   if (b && b->defined()) {
@@ -340,9 +338,7 @@ void check_common(const Tensor& x, const Tensor& W, const std::optional<Tensor>&
   }
 }
 
-std::optional<Tensor> opt(const std::optional<Tensor>& t) {
-  return (t && t->defined()) ? t : std::nullopt;
-}
+std::optional<Tensor> opt(const std::optional<Tensor>& t) { return (t && t->defined()) ? t : std::nullopt; }
 
 // ------------------------------------------------------------------------------- slice pass ops
 // The checked Job of one class slice: linear_weight (Cs, H), targets with global class indices.
@@ -366,13 +362,15 @@ Job slice_job(const Tensor& input, const Tensor& W, const std::optional<Tensor>&
 
 Tensor linear_ce_stats(const Tensor& input, const Tensor& linear_weight, const std::optional<Tensor>& linear_bias,
                        const Tensor& target, const std::optional<Tensor>& weight, int64_t class_offset,
-                       int64_t num_classes, int64_t ignore_index, double label_smoothing,
-                       std::optional<double> softcap, int64_t budget) {
+                       int64_t num_classes, int64_t ignore_index, double label_smoothing, std::optional<double> softcap,
+                       int64_t budget) {
   constexpr const char* op = "fastloss.linear_ce_stats";
   Job j = slice_job(input, linear_weight, linear_bias, target, weight, class_offset, ignore_index, softcap, op);
   const int64_t C = linear_weight.size(0);
-  TORCH_CHECK(class_offset >= 0 && class_offset + C <= num_classes, op, ": expected the slice [class_offset, "
-              "class_offset + Cs) = [", class_offset, ", ", class_offset + C, ") within num_classes=", num_classes);
+  TORCH_CHECK(class_offset >= 0 && class_offset + C <= num_classes, op,
+              ": expected the slice [class_offset, "
+              "class_offset + Cs) = [",
+              class_offset, ", ", class_offset + C, ") within num_classes=", num_classes);
   const bool mask[3] = {false, false, false};
   j.num_classes = num_classes;
   j.eps = label_smoothing;
@@ -395,8 +393,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_ce_grad(const Tensor& input, const Ten
                                                   std::array<bool, 3> output_mask, bool acc_weight_grad) {
   constexpr const char* op = "fastloss.linear_ce_grad";
   Job j = slice_job(input, linear_weight, linear_bias, target, weight, class_offset, ignore_index, softcap, op);
-  TORCH_CHECK(coef.dim() == 2 && coef.size(0) == input.size(0) && coef.size(1) == 4, op,
-              ": expected coef of shape (", input.size(0), ", 4) (ce_partial_grad_coef), got ", coef.sizes());
+  TORCH_CHECK(coef.dim() == 2 && coef.size(0) == input.size(0) && coef.size(1) == 4, op, ": expected coef of shape (",
+              input.size(0), ", 4) (ce_partial_grad_coef), got ", coef.sizes());
   const bool mask[3] = {output_mask[0], output_mask[1], output_mask[2] && j.b.defined()};
   const int64_t C = linear_weight.size(0), H = input.size(1);
   j.coef_in = coef.to(acc_dtype(input.scalar_type()));
@@ -518,8 +516,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy(
     std::optional<double> softcap, double z_loss, int64_t budget, int64_t row_cap, bool acc_weight_grad,
     std::array<bool, 3> grad_now) {
   const Reduction red = to_reduction(reduction, kOp);
-  Prepared P = prepare(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap,
-                       z_loss);
+  Prepared P =
+      prepare(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap, z_loss);
   Job& j = P.j;
   const bool mask[3] = {red != Reduction::None && grad_now[0], red != Reduction::None && grad_now[1],
                         red != Reduction::None && grad_now[2] && P.has_b};
@@ -546,13 +544,13 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> linear_cross_entropy(
 }
 
 std::tuple<Tensor, Tensor, Tensor> linear_cross_entropy_backward(
-    const Tensor& grad_loss, const Tensor& input, const Tensor& linear_weight,
-    const std::optional<Tensor>& linear_bias, const Tensor& target, const std::optional<Tensor>& weight,
-    int64_t reduction, int64_t ignore_index, double label_smoothing, std::optional<double> softcap, double z_loss,
-    int64_t budget, int64_t row_cap, bool acc_weight_grad, std::array<bool, 3> output_mask) {
+    const Tensor& grad_loss, const Tensor& input, const Tensor& linear_weight, const std::optional<Tensor>& linear_bias,
+    const Tensor& target, const std::optional<Tensor>& weight, int64_t reduction, int64_t ignore_index,
+    double label_smoothing, std::optional<double> softcap, double z_loss, int64_t budget, int64_t row_cap,
+    bool acc_weight_grad, std::array<bool, 3> output_mask) {
   const Reduction red = to_reduction(reduction, kOp);
-  Prepared P = prepare(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap,
-                       z_loss);
+  Prepared P =
+      prepare(input, linear_weight, linear_bias, target, weight, ignore_index, label_smoothing, softcap, z_loss);
   Job& j = P.j;
   const bool mask[3] = {output_mask[0], output_mask[1], output_mask[2] && P.has_b};
   j.plan = plan_linear_ce(shape_of(input, P.C, P.D, target, j.prob), budget, row_cap, acc_weight_grad, mask);

@@ -18,8 +18,7 @@ void check_input_rows(const char* op, const at::Tensor& input, MarginRowsPlan& p
   check_floating(input, "input", op);
   const int64_t nd = input.dim();
   TORCH_CHECK((nd == 2 && input.size(1) != 0) || (nd == 1 && input.size(0) != 0) || nd == 0, op,
-              ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ",
-              shape(input.sizes()));
+              ": Expected non-empty vector or matrix with optional 0-dim batch size, but got: ", shape(input.sizes()));
   p.rows = nd == 2 ? input.size(0) : 1;
   p.C = nd == 0 ? 1 : input.size(nd - 1);
 }
@@ -37,8 +36,8 @@ void finish_plan(const char* op, const at::Tensor& input, const at::Tensor& targ
   p.target = target.contiguous();
   const auto adt = acc_dtype(input.scalar_type());
   p.out_dtype = out_dtype.value_or(input.scalar_type());
-  TORCH_CHECK(p.out_dtype == input.scalar_type() || p.out_dtype == adt, op,
-              ": out_dtype must be the input's dtype or ", adt, ", got ", p.out_dtype);
+  TORCH_CHECK(p.out_dtype == input.scalar_type() || p.out_dtype == adt, op, ": out_dtype must be the input's dtype or ",
+              adt, ", got ", p.out_dtype);
 }
 
 }  // namespace
@@ -58,8 +57,8 @@ MarginRowsPlan plan_multi_margin(const char* op, const at::Tensor& input, const 
   if (weight.has_value() && weight->defined()) {
     check_same_device(input, "input", *weight, "weight", op);
     check_floating(*weight, "weight", op);
-    TORCH_CHECK(weight->dim() <= 1 && weight->numel() == pl.C, op, ": inconsistent weight size, expected ",
-                num(pl.C), " but got ", shape(weight->sizes()));
+    TORCH_CHECK(weight->dim() <= 1 && weight->numel() == pl.C, op, ": inconsistent weight size, expected ", num(pl.C),
+                " but got ", shape(weight->sizes()));
     pl.weight = weight->to(acc_dtype(input.scalar_type())).contiguous();
   }
   if (target.dim() > 0) pl.none_shape = {pl.rows};  // torch: a 0-d target gives a 0-d 'none' loss
@@ -75,8 +74,9 @@ MarginRowsPlan plan_multilabel_margin(const char* op, const at::Tensor& input, c
   check_long_target(op, input, target);
   const bool ok = input.dim() <= 1 ? target.dim() <= 1 && target.numel() == pl.C
                                    : target.dim() == 2 && target.size(0) == pl.rows && target.size(1) == pl.C;
-  TORCH_CHECK(ok, op, ": inconsistent target size: ", shape(target.sizes()), " for input of size: ",
-              shape(input.sizes()), " (expected the input's shape, or a 0-d / 1-element target for a 0-d input)");
+  TORCH_CHECK(ok, op, ": inconsistent target size: ", shape(target.sizes()),
+              " for input of size: ", shape(input.sizes()),
+              " (expected the input's shape, or a 0-d / 1-element target for a 0-d input)");
   if (target.dim() == 2) pl.none_shape = {pl.rows};  // torch: one loss per row of a 2-D target, else 0-d
   finish_plan(op, input, target, reduction, out_dtype, pl);
   return pl;

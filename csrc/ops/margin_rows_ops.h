@@ -20,8 +20,8 @@ struct MarginRowsOps {
   using Tensor = at::Tensor;
 
   static std::tuple<Tensor, Tensor> multi_margin(const Tensor& input, const Tensor& target, int64_t p, double margin,
-                                                 const c10::optional<Tensor>& weight, int64_t reduction,
-                                                 bool grad_now, c10::optional<c10::ScalarType> out_dtype) {
+                                                 const c10::optional<Tensor>& weight, int64_t reduction, bool grad_now,
+                                                 c10::optional<c10::ScalarType> out_dtype) {
     const char* op = "fastloss.multi_margin_loss";
     const MarginRowsPlan pl = plan_multi_margin(op, input, target, p, weight, reduction, out_dtype);
     MarginRun run = margin_forward_run(pl, grad_now, op);
@@ -32,7 +32,7 @@ struct MarginRowsOps {
   }
 
   static Tensor multi_margin_backward(const Tensor& grad_loss, const Tensor& input, const Tensor& target, int64_t p,
-                                     double margin, const c10::optional<Tensor>& weight, int64_t reduction) {
+                                      double margin, const c10::optional<Tensor>& weight, int64_t reduction) {
     const char* op = "fastloss.multi_margin_loss_backward";
     const MarginRowsPlan pl = plan_multi_margin(op, input, target, p, weight, reduction, c10::nullopt);
     MarginRun run = margin_backward_run(pl, grad_loss, op);

@@ -145,8 +145,10 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
   } else if constexpr (K == PwKind::BCE || K == PwKind::BCEWithLogits) {  // c = weight; BCEWithLogits:
     // d = pos_weight (param != 0). The unweighted loss and gradients, then the weight
     acc f, fa, fb;
-    if constexpr (K == PwKind::BCE) pw_bce_lanes<acc, acc>(a, b, f, fa, fb);
-    else pw_bce_logits_lanes<acc, acc>(a, b, d, param != acc(0), f, fa, fb);
+    if constexpr (K == PwKind::BCE)
+      pw_bce_lanes<acc, acc>(a, b, f, fa, fb);
+    else
+      pw_bce_logits_lanes<acc, acc>(a, b, d, param != acc(0), f, fa, fb);
     o.loss = c * f;
     o.da = c * fa;
     o.db = c * fb;
@@ -198,9 +200,7 @@ C10_HOST_DEVICE inline PwOut<acc> pw_eval(acc a, acc b, acc c, acc d, acc param,
 }
 
 // l1 and mse with a weight average by sum(weight), not by the element count (torch's rule).
-inline bool pw_mean_by_weight_sum(PwKind k, bool has_c) {
-  return has_c && (k == PwKind::L1 || k == PwKind::MSE);
-}
+inline bool pw_mean_by_weight_sum(PwKind k, bool has_c) { return has_c && (k == PwKind::L1 || k == PwKind::MSE); }
 
 // A third or fourth tensor that broadcasts to the input's shape without being materialized
 // (pos_weight (C,), var (N, 1), a weight (1, C, 1), a scalar var): element i reads
@@ -242,21 +242,21 @@ template <typename scalar_t>
 struct PwIo {
   using acc = acc_t<scalar_t>;
   const scalar_t *a, *b, *c, *d;  // c, d null: 1
-  PwBcast cb, db;                 // c, d read as broadcast (PwBcast::per != 0) or densely
+  PwBcast cb, db;  // c, d read as broadcast (PwBcast::per != 0) or densely
   acc param, param2;
-  int64_t n, per;             // elements; elements per CUDA block (a multiple of 8)
-  scalar_t* loss_s;           // per-element loss in the input dtype ('none'), or null
-  acc* loss_a;                // per-element loss in the accumulate dtype (autocast), or null
-  acc* partial;               // one sum per CUDA block (mean/sum), or null
-  scalar_t* g[3];             // gradients, null = not wanted
-  acc gscale;                 // constant gradient factor (forward: 1/n or 1)
-  const acc* kdev;            // gradient factor in the tensors' memory (backward mean/sum), or null
-  const scalar_t* gl_s;       // per-element grad_loss (backward 'none'), or null
-  const acc* gl_a;            // the same in the accumulate dtype (autocast), or null
-  PwBcast glb;                // gl_s / gl_a read as broadcast (loss.sum().backward(): an expanded grad)
-  const acc* sub;             // subtracted from d/dc before scaling (weighted-mean weight gradient), or null
-  int64_t* first_bad;         // binary_cross_entropy's forward: min of pw_bce_bad codes (init INT64_MAX), or null
-  bool vec;                   // CUDA: every pointer 16-byte aligned
+  int64_t n, per;  // elements; elements per CUDA block (a multiple of 8)
+  scalar_t* loss_s;  // per-element loss in the input dtype ('none'), or null
+  acc* loss_a;  // per-element loss in the accumulate dtype (autocast), or null
+  acc* partial;  // one sum per CUDA block (mean/sum), or null
+  scalar_t* g[3];  // gradients, null = not wanted
+  acc gscale;  // constant gradient factor (forward: 1/n or 1)
+  const acc* kdev;  // gradient factor in the tensors' memory (backward mean/sum), or null
+  const scalar_t* gl_s;  // per-element grad_loss (backward 'none'), or null
+  const acc* gl_a;  // the same in the accumulate dtype (autocast), or null
+  PwBcast glb;  // gl_s / gl_a read as broadcast (loss.sum().backward(): an expanded grad)
+  const acc* sub;  // subtracted from d/dc before scaling (weighted-mean weight gradient), or null
+  int64_t* first_bad;  // binary_cross_entropy's forward: min of pw_bce_bad codes (init INT64_MAX), or null
+  bool vec;  // CUDA: every pointer 16-byte aligned
 };
 
 PwKind to_pw_kind(int64_t kind);
@@ -268,12 +268,12 @@ struct PwPlan {
   PwKind kind;
   Reduction reduction;
   int64_t n;
-  at::Tensor a, b, c, d;           // contiguous; c, d undefined when absent. A broadcast c or d is
-                                   // kept as its (per)-element source with cb / db describing the broadcast
+  at::Tensor a, b, c, d;  // contiguous; c, d undefined when absent. A broadcast c or d is
+                          // kept as its (per)-element source with cb / db describing the broadcast
   PwBcast cb, db;
-  bool by_weight_sum;              // mean divides by sum(c) (l1/mse with a weight)
-  c10::ScalarType out_dtype;       // the loss's dtype (float32 for half/bfloat16 under autocast)
-  bool out_acc;                    // out_dtype is the accumulate type rather than the input's
+  bool by_weight_sum;  // mean divides by sum(c) (l1/mse with a weight)
+  c10::ScalarType out_dtype;  // the loss's dtype (float32 for half/bfloat16 under autocast)
+  bool out_acc;  // out_dtype is the accumulate type rather than the input's
 };
 
 PwPlan plan_pointwise(const at::Tensor& a, const at::Tensor& b, const c10::optional<at::Tensor>& c, int64_t kind,

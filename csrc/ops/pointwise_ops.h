@@ -44,9 +44,8 @@ struct PointwiseOps {
   }
 
   static std::tuple<Tensor, Tensor, Tensor, Tensor> forward(const Tensor& a, const Tensor& b,
-                                                            const c10::optional<Tensor>& c, int64_t kind,
-                                                            double param, int64_t reduction,
-                                                            std::array<bool, 3> grad_now,
+                                                            const c10::optional<Tensor>& c, int64_t kind, double param,
+                                                            int64_t reduction, std::array<bool, 3> grad_now,
                                                             c10::optional<c10::ScalarType> out_dtype,
                                                             const c10::optional<Tensor>& d, double param2) {
     const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, out_dtype, d);
@@ -77,9 +76,8 @@ struct PointwiseOps {
 
   static std::tuple<Tensor, Tensor, Tensor> backward(const Tensor& grad_loss, const Tensor& a, const Tensor& b,
                                                      const c10::optional<Tensor>& c, int64_t kind, double param,
-                                                     int64_t reduction, const Tensor& loss,
-                                                     std::array<bool, 3> mask, const c10::optional<Tensor>& d,
-                                                     double param2) {
+                                                     int64_t reduction, const Tensor& loss, std::array<bool, 3> mask,
+                                                     const c10::optional<Tensor>& d, double param2) {
     const PwPlan p = plan_pointwise(a, b, c, kind, param, reduction, c10::nullopt, d);
     const char* op = pw_name(p.kind);
     check_same_device(a, "input", grad_loss, "grad_loss", op);

@@ -79,7 +79,7 @@ class CtcCase(LossCase):
         ref = x.to(self.torch_dtype).requires_grad_() if self.torch_dtype != self.dtype else None
         del x
         if self.cudnn:
-            tg = torch.cat([self.padded_targets[n, :l] for n, l in enumerate(self.target_lengths.tolist())])
+            tg = torch.cat([self.padded_targets[n, :k] for n, k in enumerate(self.target_lengths.tolist())])
             inputs = (lp, tg.int(), self.input_lengths.int(), self.target_lengths.int(), ref)
         else:
             inputs = (lp, self.padded_targets.to(self.device), self.input_lengths, self.target_lengths, ref)

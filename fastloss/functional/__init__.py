@@ -8,14 +8,16 @@ linear_cross_entropy; _common the shared rules, _internal the fake kernels of th
 from .. import _losses
 from ._common import _TORCH, _transforming  # noqa: F401  (the torch.func fallback; patch.py reads _TORCH)
 from . import _internal  # noqa: F401  (fake kernels of the shared internal ops)
-from .cross_entropy import cross_entropy, nll_loss
+# the import surface: each loss's function (F401: __all__ below is computed from the table)
+from .cross_entropy import cross_entropy, nll_loss  # noqa: F401
 from .linear_cross_entropy import linear_cross_entropy  # noqa: F401  (in __all__ where torch has it)
-from .pointwise import (l1_loss, mse_loss, smooth_l1_loss, huber_loss, margin_ranking_loss, hinge_embedding_loss,
-                        soft_margin_loss, kl_div, binary_cross_entropy, binary_cross_entropy_with_logits,
-                        poisson_nll_loss, gaussian_nll_loss, multilabel_soft_margin_loss, sigmoid_focal_loss)
-from .embedding import triplet_margin_loss, triplet_margin_with_distance_loss, cosine_embedding_loss
-from .ctc import ctc_loss
-from .margin_rows import multi_margin_loss, multilabel_margin_loss
+from .pointwise import (  # noqa: F401
+    l1_loss, mse_loss, smooth_l1_loss, huber_loss, margin_ranking_loss, hinge_embedding_loss, soft_margin_loss, kl_div,
+    binary_cross_entropy, binary_cross_entropy_with_logits, poisson_nll_loss, gaussian_nll_loss,
+    multilabel_soft_margin_loss, sigmoid_focal_loss)
+from .embedding import triplet_margin_loss, triplet_margin_with_distance_loss, cosine_embedding_loss  # noqa: F401
+from .ctc import ctc_loss  # noqa: F401
+from .margin_rows import multi_margin_loss, multilabel_margin_loss  # noqa: F401
 
 # the losses of the table (fastloss/_losses.py) this torch has (linear_cross_entropy: torch >= 2.14)
 __all__ = _losses.functional_names()

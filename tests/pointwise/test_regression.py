@@ -192,7 +192,8 @@ def test_broadcast_warning_points_at_the_caller(name):
             warnings.simplefilter("always")
             fn(x, t)
         assert [w.filename for w in rec] == [__file__], (fn, [(w.filename, w.lineno) for w in rec])
-    mod = {"l1_loss": "L1Loss", "mse_loss": "MSELoss", "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss"}[name]
+    mod = {"l1_loss": "L1Loss", "mse_loss": "MSELoss", "smooth_l1_loss": "SmoothL1Loss",
+           "huber_loss": "HuberLoss"}[name]
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         getattr(fastloss, mod)()(x, t)

@@ -317,8 +317,8 @@ __global__ void __launch_bounds__(kSumThreads) partial_sum_kernel(F f, int64_t n
 
 // out[0] = (sum of partial[0..parts)) / (divisor ? *divisor : 1), converted to out_t.
 template <typename acc, typename out_t>
-__global__ void __launch_bounds__(kSumThreads) final_sum_kernel(const acc* partial, int parts, const acc* divisor,
-                                                                acc host_divisor, out_t* out) {
+__global__ void __launch_bounds__(kSumThreads)
+    final_sum_kernel(const acc* partial, int parts, const acc* divisor, acc host_divisor, out_t* out) {
   __shared__ acc scratch[kSumThreads / 32 + 1];
   acc s = 0;
   for (int i = threadIdx.x; i < parts; i += kSumThreads) s += partial[i];
@@ -346,8 +346,8 @@ template <typename acc>
 void launch_final_sum(const acc* partial, int parts, const acc* divisor, acc host_divisor, const at::Tensor& out,
                       cudaStream_t stream) {
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, out.scalar_type(), "fastloss_final_sum", [&] {
-    final_sum_kernel<acc, scalar_t><<<1, kSumThreads, 0, stream>>>(partial, parts, divisor, host_divisor,
-                                                                     out.mutable_data_ptr<scalar_t>());
+    final_sum_kernel<acc, scalar_t>
+        <<<1, kSumThreads, 0, stream>>>(partial, parts, divisor, host_divisor, out.mutable_data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -35,9 +35,7 @@ DeviceErrorSlot device_error_slot(int device);
 // Raises the first unread record of any device (wait: synchronize those devices first).
 void poll_device_errors(bool wait);
 
-inline bool capturing() {
-  return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None;
-}
+inline bool capturing() { return c10::cuda::currentStreamCaptureStatusMayInitCtx() != c10::cuda::CaptureStatus::None; }
 
 // Fills pos / value / fvalue / p[] of a record from the first bad flat position (device code). The
 // default reads an integer target at that position.
@@ -89,13 +87,12 @@ inline int64_t validation_mode() { return option(Option::ValidateTargets); }
 // Queues the report of `first_bad` (a device int64 on the current stream's device) unless validation is
 // off. Strict mode then waits for this stream and raises at once (outside graph capture).
 template <class Fill>
-void report_device_error(const at::Tensor& first_bad, const DeviceErrorRecord& proto, Fill fill,
-                         cudaStream_t stream) {
+void report_device_error(const at::Tensor& first_bad, const DeviceErrorRecord& proto, Fill fill, cudaStream_t stream) {
   const int64_t mode = validation_mode();
   if (mode == kValidateOff) return;
   const DeviceErrorSlot slot = device_error_slot(first_bad.get_device());
-  report_error_kernel<Fill><<<1, 1, 0, stream>>>(first_bad.const_data_ptr<int64_t>(), slot.record, slot.next, proto,
-                                                 fill);
+  report_error_kernel<Fill>
+      <<<1, 1, 0, stream>>>(first_bad.const_data_ptr<int64_t>(), slot.record, slot.next, proto, fill);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (mode == kValidateStrict && !capturing()) {
     C10_CUDA_CHECK(cudaStreamSynchronize(stream));
