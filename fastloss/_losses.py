@@ -105,7 +105,7 @@ LOSSES: tuple[Loss, ...] = (
     _loss("multi_margin_loss", "margin_rows", "MultiMarginLoss", ("input",), bench="MultiMarginCase"),
     _loss("multilabel_margin_loss", "margin_rows", "MultiLabelMarginLoss", ("input",), bench="MultiLabelMarginCase"),
     _loss("linear_cross_entropy", "linear_cross_entropy", "LinearCrossEntropyLoss",
-          ("input", "linear_weight", "linear_bias")),
+          ("input", "linear_weight", "linear_bias"), bench="LinearCrossEntropyCase"),
 )
 
 _BY_NAME = {loss.name: loss for loss in LOSSES}

@@ -53,7 +53,7 @@ from .. import _losses
 from ._case import DTYPE_NAMES, DTYPES, LossCase, ShapedCase, fmt_count, fmt_shape, parse_shape  # noqa: F401
 from ._timing import (compare, copy_bandwidth, fwd_bwd, fwd_only, peak_extra_memory, sync, time_once,  # noqa: F401
                       timeit)
-from . import cross_entropy, ctc, embedding, margin_rows, pointwise
+from . import cross_entropy, ctc, embedding, linear_cross_entropy, margin_rows, pointwise
 from .cross_entropy import CrossEntropyCase, NllCase  # noqa: F401
 from .pointwise import (RegressionCase, SmoothL1Case, HuberCase, SoftMarginCase, KLDivCase,  # noqa: F401
                         SignTargetCase, MarginRankingCase, HingeEmbeddingCase, BinaryCase, BCECase,
@@ -61,6 +61,7 @@ from .pointwise import (RegressionCase, SmoothL1Case, HuberCase, SoftMarginCase,
 from .embedding import EmbeddingCase, TripletCase, CosineCase  # noqa: F401
 from .ctc import CtcCase  # noqa: F401
 from .margin_rows import MarginRowsCase, MultiMarginCase, MultiLabelMarginCase  # noqa: F401
+from .linear_cross_entropy import LinearCrossEntropyCase  # noqa: F401
 
 Case = CrossEntropyCase  # the name benchmarks/bench_cross_entropy.py (and older scripts) use
 
@@ -69,7 +70,7 @@ Case = CrossEntropyCase  # the name benchmarks/bench_cross_entropy.py (and older
 # The benchmark's families: the csrc families that have cases, each a module here with its case classes
 # and its default_cases(device).
 _FAMILY_MODULES = {"cross_entropy": cross_entropy, "pointwise": pointwise, "embedding": embedding, "ctc": ctc,
-                   "margin_rows": margin_rows}
+                   "margin_rows": margin_rows, "linear_cross_entropy": linear_cross_entropy}
 
 
 def _register():
@@ -206,7 +207,7 @@ def run_cases(cases, repeats, out=sys.stdout, progress=True, min_seconds=None):
         res.update(compare({impl: case.step(impl, *inputs) for impl in ["fastloss", "torch"]}, device,
                            repeats=repeats, min_seconds=min_seconds))
         res["speedup"] = res["torch"] / res["fastloss"]
-        if bw:
+        if bw and case.bandwidth_bound:  # a GEMM-bound case (the LM head) gets no bandwidth figures
             res["gbps"] = case.min_bytes() / res["fastloss"] / 1e9
             res["bw_frac"] = case.min_bytes() / res["fastloss"] / bw
         rows.append(res)
@@ -248,7 +249,7 @@ def format_table(rows, bw, device):
     for r in rows:
         line = f"| {r['case']} | {r['fastloss'] * 1e3:.3f} | {r['torch'] * 1e3:.3f} | {r['speedup']:.2f}x |"
         if bw:
-            line += f" {r['gbps']:.0f} | {100 * r['bw_frac']:.0f}% |"
+            line += f" {r['gbps']:.0f} | {100 * r['bw_frac']:.0f}% |" if "gbps" in r else " - | GEMM-bound |"
         lines.append(line)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     threads = "" if device.type == "cuda" else f", {torch.get_num_threads()} threads"
@@ -527,9 +528,10 @@ def main(argv=None):
                     help="default cases of one family only (default: all)")
     ap.add_argument("--loss", help="comma-separated loss names, e.g. cross_entropy,nll_loss or mse,smooth_l1 "
                                    f"(known: {', '.join(LOSS_FAMILY)}; default: the built-in cases)")
-    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss, multi_margin, multilabel_margin), NxD (triplet, cosine), TxNxCxS "
-                                    "(ctc_loss) or the input's shape / element count (elementwise losses), "
-                                    "e.g. 8192x128256, 64M, 200x16x32x50")
+    ap.add_argument("--shape", help="ROWSxCLASSES (cross_entropy, nll_loss, multi_margin, multilabel_margin), "
+                                    "NxD (triplet, cosine), TxNxCxS (ctc_loss), ROWSxHIDDENxCLASSES "
+                                    "(linear_cross_entropy) or the input's shape / element count (elementwise "
+                                    "losses), e.g. 8192x128256, 64M, 200x16x32x50")
     ap.add_argument("--dtype", choices=list(DTYPES), help="fp64, fp32, bf16 or fp16")
     ap.add_argument("--reduction", choices=["mean", "sum", "none"], help="with --loss (default mean)")
     ap.add_argument("--none-backward", choices=list(LossCase.NONE_BACKWARDS), default="sum",
@@ -591,7 +593,7 @@ def main(argv=None):
             scales = [float(eval_fraction(f)) for f in args.scales.split(",")] if args.scales else None
             cases = sweep_cases(losses, shape, dtype, device, reduction, scales, swap=swap)
         elif custom:
-            cases = [make_case(l, shape, dtype, device, reduction=reduction, swap=swap) for l in losses]
+            cases = [make_case(loss, shape, dtype, device, reduction=reduction, swap=swap) for loss in losses]
         else:
             cases = default_cases(device, args.family, args.none_backward)
     except ValueError as e:

@@ -50,6 +50,7 @@ class LossCase:
     # the default size (as from_dims takes it) on each device type: DEFAULT_DIMS["cuda"], ["cpu"]
     DEFAULT_DIMS = None
     batch_dim = 0  # the dimension of dims() that --plot scales
+    bandwidth_bound = True  # False: compute-bound (GEMMs), no GB/s or bandwidth fraction in the table
 
     # How backward reaches a reduction='none' loss: "grad" = loss.backward(g) with a fixed random g of the
     # loss's shape (the upstream gradient of a weighted or masked reduction done by the caller);
