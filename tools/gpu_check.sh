@@ -46,9 +46,10 @@ declare -A WHAT=(
   [bench]="fastloss vs torch eager, every family, copy bandwidth in the same run; linear CE bf16 8192x4096x128256 vs torch chunked / Liger / CCE / the GEMMs alone; CE peers if time is left"
 )
 # Test files in order: the families whose CUDA kernels never ran first, cross_entropy last.
-TEST_FILES=(tests/test_regression.py tests/test_margin.py tests/test_probabilistic.py tests/test_binary.py
-            tests/test_poisson_gaussian.py tests/test_embedding.py tests/test_margin_rows.py tests/test_ctc.py
-            tests/test_cross_entropy.py tests/test_nll_loss.py tests/test_linear_cross_entropy.py)
+TEST_FILES=(tests/pointwise/test_regression.py tests/pointwise/test_margin_ranking_hinge.py
+            tests/pointwise/test_kl_div.py tests/pointwise/test_binary.py tests/pointwise/test_poisson_gaussian.py
+            tests/pointwise/test_soft_margin.py tests/test_embedding.py tests/test_margin_rows.py tests/test_ctc.py
+            tests/test_cross_entropy.py tests/test_linear_cross_entropy.py)
 
 plan_total() { local s=0 st; for st in "${STEPS[@]}"; do s=$((s + CAP[$st])); done; echo "$s"; }
 
@@ -254,7 +255,7 @@ step_tests() {
   ensure_build || { finish tests 1 "no working build"; return; }
   local files=() f
   for f in "${TEST_FILES[@]}"; do [[ -f $f ]] && files+=("$f"); done
-  for f in tests/test_*.py; do [[ " ${TEST_FILES[*]} " == *" $f "* ]] || files+=("$f"); done
+  for f in tests/test_*.py tests/*/test_*.py; do [[ " ${TEST_FILES[*]} " == *" $f "* ]] || files+=("$f"); done
   local extra=()
   "$PY" -c "import xdist" 2>/dev/null && extra+=(-n "${TEST_WORKERS:-12}" --dist load)
   "$PY" -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout "${TEST_TIMEOUT:-90}")

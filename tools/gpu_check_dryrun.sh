@@ -73,7 +73,7 @@ case "$1 $2" in
     fi
     echo "installed wheels"; exit 0 ;;
   "-m pytest")
-    for f in tests/test_regression.py tests/test_ctc.py tests/test_cross_entropy.py; do
+    for f in tests/pointwise/test_regression.py tests/test_ctc.py tests/test_cross_entropy.py; do
       echo "[gw0] [ 10%] PASSED $f::test_a[cuda-float32]"
       echo "[gw1] [ 20%] PASSED $f::test_b[cuda]"
       slow "${DRY_SLEEP_tests:-0}"
