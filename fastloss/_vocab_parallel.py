@@ -251,23 +251,13 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
 def _linear_stats(x, w, b, t, weight, offset, C, ignore_index, eps, softcap, budget):
     if w.shape[0] == 0:
         return _slice_stats(x, x.dtype)
-    if hasattr(_ops, "linear_ce_stats"):
-        return _ops.linear_ce_stats(x, w, b, t, weight, offset, C, ignore_index, eps, softcap, budget)
-    # stand-in until the chunked C++ op lands (same contract, with the whole slice's logits)
-    logits = torch.nn.functional.linear(x, w, b)
-    return _ops.ce_partial_stats(logits, t, weight, offset, C, ignore_index, eps, softcap)
+    return _ops.linear_ce_stats(x, w, b, t, weight, offset, C, ignore_index, eps, softcap, budget)
 
 
 def _linear_grad(x, w, b, t, weight, k4, offset, ignore_index, softcap, budget, mask):
     if w.shape[0] == 0:  # a rank holding no classes adds nothing to the input's gradient
         return torch.zeros_like(x), torch.zeros_like(w), w.new_zeros(0)
-    if hasattr(_ops, "linear_ce_grad"):
-        return _ops.linear_ce_grad(x, w, b, t, weight, k4, offset, ignore_index, softcap, budget, mask)
-    g = _ops.ce_partial_grad(torch.nn.functional.linear(x, w, b), t, weight, k4, offset, ignore_index, softcap)
-    gx = g @ w if mask[0] else x.new_empty(0)
-    gw = g.t() @ x if mask[1] else w.new_empty(0)
-    gb = g.sum(0) if mask[2] else w.new_empty(0)
-    return gx, gw, gb
+    return _ops.linear_ce_grad(x, w, b, t, weight, k4, offset, ignore_index, softcap, budget, mask)
 
 
 class _VocabParallelLinearCE(torch.autograd.Function):
