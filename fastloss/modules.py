@@ -22,8 +22,8 @@ def _and_torch_doc(doc, torch_cls):
 class CrossEntropyLoss(nn.CrossEntropyLoss):
     """Drop-in `torch.nn.CrossEntropyLoss`: subclasses it (same constructor, attributes and state_dict).
 
-    forward: [fastloss.functional.cross_entropy][], the fused cross-entropy: one pass over the logits
-    computes the loss and, when they require grad, their gradient.
+    forward: [fastloss.functional.cross_entropy][fastloss.functional.cross_entropy.cross_entropy], the fused
+    cross-entropy: one pass over the logits computes the loss and, when they require grad, their gradient.
     """
     __doc__ = _and_torch_doc(__doc__, nn.CrossEntropyLoss)
     # class defaults: fastloss.patch() swaps the class of modules built by torch, without __init__
@@ -330,9 +330,11 @@ if hasattr(nn, "LinearCrossEntropyLoss"):  # torch >= 2.14 (torch 2.11 would fai
     class LinearCrossEntropyLoss(nn.LinearCrossEntropyLoss):
         """Drop-in `torch.nn.LinearCrossEntropyLoss`: subclasses it (same constructor, attributes and state_dict).
 
-        forward: [fastloss.functional.linear_cross_entropy][]: the whole logits never exist, extra memory
-        stays within a budget (torch >= 2.14). Keyword-only extras after torch's arguments, passed to it:
-        `softcap=None`, `z_loss=0.0`, `return_lse=False` (forward returns (loss, lse)), `memory_budget=None`.
+        forward:
+        [fastloss.functional.linear_cross_entropy][fastloss.functional.linear_cross_entropy.linear_cross_entropy]:
+        the whole logits never exist, extra memory stays within a budget (torch >= 2.14). Keyword-only extras
+        after torch's arguments, passed to it: `softcap=None`, `z_loss=0.0`, `return_lse=False` (forward returns
+        (loss, lse)), `memory_budget=None`.
         """
         __doc__ = _and_torch_doc(__doc__, nn.LinearCrossEntropyLoss)
         # class defaults: fastloss.patch() swaps the class of modules built by torch, without __init__
