@@ -259,6 +259,21 @@ def torch_ref(fn, tensors, grad_out):
     return loss, grads
 
 
+def assert_close_to_ref(loss, ref_fn, tensors, diff, names, tol, what, n=None):
+    """loss, and the gradients of `diff` for a random upstream gradient in [0.5, 1.5), against ref_fn (torch)
+    on float64 copies of `tensors` (torch_ref), within assert_close_ref's bounds for `tol`; the gradients'
+    floor is gfloor over n elements (default: the first tensor's). Returns the gradients, for the caller's own
+    checks (dtypes, shapes, finiteness)."""
+    grad_out = torch.rand(loss.shape, device=loss.device, dtype=torch.float64) + 0.5
+    ref, ref_grads = torch_ref(ref_fn, tensors, grad_out)
+    assert_close_ref(loss, ref, tol, f"loss {what}")
+    grads = torch.autograd.grad(loss, diff, grad_out.to(loss.dtype))
+    floor = gfloor(tol, tensors[0].numel() if n is None else n)
+    for g, r, name in zip(grads, ref_grads, names):
+        assert_close_ref(g, r, tol, f"grad {name} {what}", floor=floor)
+    return grads
+
+
 def diff_of(*tensors):
     return [a for a in tensors if a is not None and a.requires_grad]
 

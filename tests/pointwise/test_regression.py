@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 
 import fastloss
-from conftest import (assert_close_ref, coarsest, device_params, diff_of, DTYPES, gfloor, layouts, make, module_pair,
-                     requires_cuda, torch_ref)
+from conftest import (assert_close_ref, assert_close_to_ref, coarsest, device_params, diff_of, DTYPES, gfloor, layouts,
+                      make, module_pair, requires_cuda, torch_ref)
 
 REDUCTIONS = ["none", "mean", "sum"]
 LOSSES = ["l1_loss", "mse_loss", "smooth_l1_loss", "huber_loss"]
@@ -299,12 +299,7 @@ def test_extreme_values(device, dtype, name, value):
     t = t.to(dtype).requires_grad_()
     for red in REDUCTIONS:
         loss = reg_fn(fastloss.functional, name, red, value)(x, t)
-        grad_out = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, (rgx, rgt) = torch_ref(reg_fn(F, name, red, value), (x, t), grad_out)
-        assert_close_ref(loss, ref, dtype, f"loss {red}")
-        gx, gt = torch.autograd.grad(loss, [x, t], grad_out.to(loss.dtype))
-        assert_close_ref(gx, rgx, dtype, f"grad input {red}", floor=gfloor(dtype, x.numel()))
-        assert_close_ref(gt, rgt, dtype, f"grad target {red}", floor=gfloor(dtype, x.numel()))
+        assert_close_to_ref(loss, reg_fn(F, name, red, value), (x, t), [x, t], ["input", "target"], dtype, red)
 
 
 # ------------------------------------------------------------------------------------- dtypes
@@ -325,13 +320,8 @@ def test_mixed_dtypes(device, name, xdtype, tdtype):
         expect = getattr(F, name)(x, t, reduction=red)
         assert loss.dtype == expect.dtype, f"{loss.dtype} != torch's {expect.dtype}"
         tol = coarsest(xdtype, tdtype, loss.dtype)
-        grad_out = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, (rgx, rgt) = torch_ref(reg_fn(F, name, red), (x, t), grad_out)
-        assert_close_ref(loss, ref, tol, f"loss {red}")
-        gx, gt = torch.autograd.grad(loss, [x, t], grad_out.to(loss.dtype))
+        gx, gt = assert_close_to_ref(loss, reg_fn(F, name, red), (x, t), [x, t], ["input", "target"], tol, red)
         assert gx.dtype == xdtype and gt.dtype == tdtype
-        assert_close_ref(gx, rgx, tol, f"grad input {red}", floor=gfloor(tol, x.numel()))
-        assert_close_ref(gt, rgt, tol, f"grad target {red}", floor=gfloor(tol, x.numel()))
 
 
 @pytest.mark.parametrize("device", device_params())
@@ -347,13 +337,9 @@ def test_mixed_weight_dtype(device, name, xdtype, wdtype):
         expect = getattr(F, name)(x, t, reduction=red, weight=w)
         assert loss.dtype == expect.dtype, f"{loss.dtype} != torch's {expect.dtype}"
         tol = coarsest(xdtype, wdtype, loss.dtype)
-        grad_out = torch.rand(loss.shape, device=device, dtype=torch.float64) + 0.5
-        ref, (rgx, rgw) = torch_ref(reg_fn(F, name, red, weighted=True), (x, t, w), grad_out)
-        assert_close_ref(loss, ref, tol, f"loss {red}")
-        gx, gw = torch.autograd.grad(loss, [x, w], grad_out.to(loss.dtype))
+        gx, gw = assert_close_to_ref(loss, reg_fn(F, name, red, weighted=True), (x, t, w), [x, w],
+                                     ["input", "weight"], tol, red)
         assert gx.dtype == xdtype and gw.dtype == wdtype
-        assert_close_ref(gx, rgx, tol, f"grad input {red}", floor=gfloor(tol, x.numel()))
-        assert_close_ref(gw, rgw, tol, f"grad weight {red}", floor=gfloor(tol, x.numel()))
 
 
 @pytest.mark.parametrize("device", device_params())
