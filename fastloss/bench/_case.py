@@ -206,3 +206,26 @@ class ShapedCase(LossCase):
         return self.numel
 
 
+
+
+class RowsClassesCase(LossCase):
+    """A case on (rows, classes) scores: --shape ROWSxCLASSES (cross_entropy, nll_loss, the margin_rows losses)."""
+
+    def __init__(self, loss, rows, classes, dtype, device, reduction="mean"):
+        super().__init__(loss, dtype, device, reduction)
+        self.rows, self.classes = rows, classes
+
+    @classmethod
+    def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
+        if len(dims) != 2:
+            raise ValueError(f"{loss}: --shape must be ROWSxCLASSES (e.g. 4096x1000), got {dims}")
+        return cls(loss, *dims, dtype, device, reduction=reduction)
+
+    def dims(self):
+        return (self.rows, self.classes)
+
+    def shape_label(self):
+        return f"{self.rows}x{self.classes}"
+
+    def elements(self):
+        return self.rows * self.classes

@@ -2,10 +2,10 @@
 class-index targets."""
 import torch
 
-from ._case import LossCase
+from ._case import RowsClassesCase
 
 
-class CrossEntropyCase(LossCase):
+class CrossEntropyCase(RowsClassesCase):
     """cross_entropy on (rows, classes) logits, class-index targets; optional class weights, a fraction
     of ignored (-100) targets, label smoothing."""
 
@@ -13,23 +13,8 @@ class CrossEntropyCase(LossCase):
 
     def __init__(self, loss, rows, classes, dtype, device, weight=False, ignore_frac=0.0, label_smoothing=0.0,
                  reduction="mean"):
-        super().__init__(loss, dtype, device, reduction)
-        self.rows, self.classes = rows, classes
+        super().__init__(loss, rows, classes, dtype, device, reduction)
         self.weight, self.ignore_frac, self.label_smoothing = weight, ignore_frac, label_smoothing
-
-    @classmethod
-    def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
-        rows, classes = dims
-        return cls(loss, rows, classes, dtype, device, reduction=reduction)
-
-    def dims(self):
-        return (self.rows, self.classes)
-
-    def shape_label(self):
-        return f"{self.rows}x{self.classes}"
-
-    def elements(self):
-        return self.rows * self.classes
 
     def extras(self):
         return "".join([" w" if self.weight else "", f" ign{self.ignore_frac:g}" if self.ignore_frac else "",

@@ -2,32 +2,17 @@
 multilabel_margin_loss on (rows, classes) scores."""
 import torch
 
-from ._case import LossCase
+from ._case import RowsClassesCase
 
 
-class MarginRowsCase(LossCase):
+class MarginRowsCase(RowsClassesCase):
     """A margin_rows loss on (rows, classes) standard-normal scores requiring grad. torch's CPU kernels
     take float32/float64 only."""
 
     def __init__(self, loss, rows, classes, dtype, device, reduction="mean", targets=8, p=1, weight=False):
-        super().__init__(loss, dtype, device, reduction)
-        self.rows, self.classes, self.targets = rows, classes, min(targets, classes)
+        super().__init__(loss, rows, classes, dtype, device, reduction)
+        self.targets = min(targets, classes)
         self.p, self.weight = p, weight
-
-    @classmethod
-    def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
-        if len(dims) != 2:
-            raise ValueError(f"{loss}: --shape must be NxC (e.g. 4096x1000), got {dims}")
-        return cls(loss, *dims, dtype, device, reduction=reduction)
-
-    def dims(self):
-        return (self.rows, self.classes)
-
-    def shape_label(self):
-        return f"{self.rows}x{self.classes}"
-
-    def elements(self):
-        return self.rows * self.classes
 
     def inputs(self):
         g = self.generator()
