@@ -19,6 +19,7 @@ Collectives are issued in the same order on every rank; what decides them (the r
 requires grad, the backward of a 'none' linear loss) must agree across ranks, as for any collective code.
 """
 import math
+import weakref
 
 import torch
 import torch.distributed as dist
@@ -26,12 +27,14 @@ from torch.nn import _reduction as _Reduction
 
 _ops = torch.ops.fastloss
 
-# (group, this rank's slice size) -> (class_offset, num_classes). Filled by one all_gather of the slice sizes
+# group -> {this rank's slice size: (class_offset, num_classes)}. Filled by one all_gather of the slice sizes
 # (world_size int64 values, and a host sync to read them) the first time a (group, Cs) is seen; later calls
 # communicate nothing for it. Valid while each rank keeps its slice size for a group (the usual case: fixed
 # vocabulary shards); a program that changes the slice sizes must call clear_layout_cache() on every rank
 # (a rank whose own size did not change would skip the all_gather its peers enter: a hang).
-_layout_cache = {}
+# Weak on the group: a strong reference kept the process group alive past destroy_process_group(), so gloo's
+# threads were torn down at interpreter exit instead, which aborted the process (SIGABRT) now and then.
+_layout_cache = weakref.WeakKeyDictionary()
 
 
 def clear_layout_cache():
@@ -45,8 +48,8 @@ def _group(process_group):
 
 def _layout(process_group, Cs, device):
     """(class_offset, num_classes) of this rank's slice of Cs classes."""
-    key = (process_group, Cs)
-    hit = _layout_cache.get(key)
+    per_size = _layout_cache.setdefault(process_group, {})
+    hit = per_size.get(Cs)
     if hit is not None:
         return hit
     group = _group(process_group)
@@ -57,7 +60,7 @@ def _layout(process_group, Cs, device):
     sizes = torch.cat(sizes).tolist()
     rank = dist.get_rank(group)
     out = (sum(sizes[:rank]), sum(sizes))
-    _layout_cache[key] = out
+    per_size[Cs] = out
     return out
 
 
