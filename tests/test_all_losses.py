@@ -126,6 +126,47 @@ def test_no_torch_fallback(loss, monkeypatch):
     assert loss.op in events, f"profiler saw no {loss.op} (the check is void): {sorted(events)}"
 
 
+class _Claimed(torch.Tensor):
+    """A tensor subclass whose __torch_function__ claims fastloss's losses: it records the call and runs it
+    again on plain tensors, so the result shows what the override received."""
+    calls = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", "").startswith("fastloss.functional"):
+            cls.calls.append(func)
+            plain = lambda v: v.as_subclass(torch.Tensor) if isinstance(v, torch.Tensor) else v  # noqa: E731
+            return func(*map(plain, args), **{k: plain(v) for k, v in kwargs.items()})
+        return super().__torch_function__(func, types, args, kwargs)
+
+
+@pytest.mark.parametrize("loss", LOSSES, ids=lambda loss: loss.name)
+@pytest.mark.filterwarnings("ignore:reduction. 'mean' divides the total loss")  # kl_div's 'mean', as torch
+def test_overrides_and_transforms_get_every_argument(loss):
+    """The two ways a call leaves fastloss's kernels keep its arguments: a __torch_function__ override on an
+    argument gets the function and every argument (its rerun on plain tensors gives the direct call's value),
+    and under a torch.func transform torch's own loss gives torch's value and gradient (every sample and
+    reduction)."""
+    name = loss.name
+    fn, ref_fn = getattr(fastloss.functional, name), torch_function(name)
+    for args, kwargs in SAMPLES[name]("cpu", f64):
+        for red in REDUCTIONS:
+            kw = dict(kwargs, reduction=red)
+            direct = fn(*args, **kw)
+            _Claimed.calls.clear()
+            got = fn(args[0].detach().as_subclass(_Claimed), *args[1:], **kw)
+            assert _Claimed.calls == [fn], (name, _Claimed.calls)
+            torch.testing.assert_close(got, direct.detach(), msg=lambda m: f"{name} {red} override: {m}")
+            x0 = args[0].detach()
+            grad, value = torch.func.grad_and_value(lambda x: fn(x, *args[1:], **kw).sum())(x0)
+            x = x0.clone().requires_grad_()
+            ref = ref_fn(x, *args[1:], **kw).sum()
+            ref.backward()
+            torch.testing.assert_close(value, ref.detach(), msg=lambda m: f"{name} {red} transform: {m}")
+            torch.testing.assert_close(grad, x.grad, msg=lambda m: f"{name} {red} transform gradient: {m}")
+
+
 def _detached(x):
     return x.detach() if isinstance(x, torch.Tensor) else x
 
