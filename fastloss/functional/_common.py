@@ -5,6 +5,7 @@ import functools
 
 import torch
 from torch.nn import _reduction as _Reduction
+from torch.overrides import handle_torch_function, has_torch_function_variadic
 
 from .. import _C, _losses
 
@@ -17,6 +18,18 @@ from .. import _C, _losses
 # maps to the table's reference, its formula in torch ops.
 _transforming = torch._C._are_functorch_transforms_active
 _TORCH = _losses.torch_functions()
+
+
+
+def _redirect(fn, tensors, *args, **kwargs):
+    """A call that is not fastloss's to run, given the function's own arguments once: a __torch_function__
+    override among `tensors` gets it, else (a torch.func transform is active) torch's loss of the same name.
+    Each wrapper asks `has_torch_function_variadic(*tensors) or _transforming()` first, inline: two C calls on
+    the fast path."""
+    if has_torch_function_variadic(*tensors):
+        return handle_torch_function(fn, tensors, *args, **kwargs)
+    return _TORCH[fn.__name__](*args, **kwargs)
+
 
 _TYPE_NAMES = {torch.float64: "Double", torch.float32: "Float", torch.float16: "Half", torch.bfloat16: "BFloat16"}
 

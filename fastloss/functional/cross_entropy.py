@@ -6,7 +6,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from ._common import (FastOps, autocast_enabled, autocast_out_dtype, _transforming, _TORCH, _reduction_enum,
+from ._common import (_redirect, FastOps, autocast_enabled, autocast_out_dtype, _transforming, _TORCH, _reduction_enum,
                       _check_weight)
 
 # torch.ops.fastloss's ops of this family, with the eager fast path (_common.FastOps)
@@ -110,12 +110,9 @@ def nll_loss(
 ) -> Tensor:
     """torch.nn.functional.nll_loss. Forward gathers only the target entries; backward writes the
     gradient (zeros but one entry per row) in one pass."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(nll_loss, (input, target, weight), input, target, weight=weight,
-                                     size_average=size_average, ignore_index=ignore_index, reduce=reduce,
-                                     reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["nll_loss"](input, target, weight, size_average, ignore_index, reduce, reduction)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(nll_loss, (input, target, weight), input, target, weight=weight, size_average=size_average,
+                         ignore_index=ignore_index, reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     autocast = autocast_enabled(input)
     _check_weight("nll_loss", input, weight, autocast, differentiable=False)

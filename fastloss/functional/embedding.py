@@ -5,9 +5,9 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 from torch.nn import _reduction as _Reduction
-from torch.overrides import handle_torch_function, has_torch_function_variadic
+from torch.overrides import has_torch_function_variadic
 
-from ._common import FastOps, autocast_out_dtype, _transforming, _TORCH, _reduction_enum, _as, _floating_common
+from ._common import _redirect, FastOps, autocast_out_dtype, _transforming, _reduction_enum, _as, _floating_common
 
 # torch.ops.fastloss's ops of this family, with the eager fast path (_common.FastOps)
 _ops = FastOps("triplet_margin_loss", "cosine_embedding_loss")
@@ -49,13 +49,9 @@ def triplet_margin_loss(
     """torch.nn.functional.triplet_margin_loss, fused: one kernel reads anchor, positive and negative
     once, computes d(a,p), d(a,n) (and d(p,n) with swap) and the hinge, and -- for mean/sum -- writes
     all three gradients in the same sweep over each row."""
-    if has_torch_function_variadic(anchor, positive, negative):
-        return handle_torch_function(triplet_margin_loss, (anchor, positive, negative), anchor, positive, negative,
-                                     margin=margin, p=p, eps=eps, swap=swap, size_average=size_average,
-                                     reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["triplet_margin_loss"](anchor, positive, negative, margin, p, eps, swap, size_average, reduce,
-                                             reduction)
+    if has_torch_function_variadic(anchor, positive, negative) or _transforming():  # see _redirect
+        return _redirect(triplet_margin_loss, (anchor, positive, negative), anchor, positive, negative, margin=margin,
+                         p=p, eps=eps, swap=swap, size_average=size_average, reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if margin <= 0:
         raise ValueError(f"margin must be greater than 0, got {margin}")
@@ -75,14 +71,9 @@ def triplet_margin_with_distance_loss(
     """torch.nn.functional.triplet_margin_with_distance_loss. Without a distance_function (torch's
     default, pairwise_distance with p=2, eps=1e-6) it is the fused triplet kernel; a user-supplied
     distance_function runs as ordinary torch code, exactly as torch does (documented)."""
-    if has_torch_function_variadic(anchor, positive, negative):
-        return handle_torch_function(triplet_margin_with_distance_loss, (anchor, positive, negative), anchor,
-                                     positive, negative, distance_function=distance_function, margin=margin,
-                                     swap=swap, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["triplet_margin_with_distance_loss"](anchor, positive, negative,
-                                                           distance_function=distance_function, margin=margin,
-                                                           swap=swap, reduction=reduction)
+    if has_torch_function_variadic(anchor, positive, negative) or _transforming():  # see _redirect
+        return _redirect(triplet_margin_with_distance_loss, (anchor, positive, negative), anchor, positive, negative,
+                         distance_function=distance_function, margin=margin, swap=swap, reduction=reduction)
     if reduction not in ("mean", "sum", "none"):
         raise ValueError(f"{reduction} is not a valid value for reduction")
     if margin <= 0:
@@ -121,11 +112,9 @@ def cosine_embedding_loss(
     """torch.nn.functional.cosine_embedding_loss, fused: one sweep per row computes <x1,x2>, |x1|^2
     and |x2|^2 (1e-12 added inside the norms, as torch), the loss and -- for mean/sum -- both
     gradients."""
-    if has_torch_function_variadic(input1, input2, target):
-        return handle_torch_function(cosine_embedding_loss, (input1, input2, target), input1, input2, target,
-                                     margin=margin, size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["cosine_embedding_loss"](input1, input2, target, margin, size_average, reduce, reduction)
+    if has_torch_function_variadic(input1, input2, target) or _transforming():  # see _redirect
+        return _redirect(cosine_embedding_loss, (input1, input2, target), input1, input2, target, margin=margin,
+                         size_average=size_average, reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     targ_dim = target.dim()
     if targ_dim not in (0, 1):

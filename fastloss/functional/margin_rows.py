@@ -2,9 +2,9 @@
 fake kernels."""
 import torch
 from torch import Tensor
-from torch.overrides import handle_torch_function, has_torch_function_variadic
+from torch.overrides import has_torch_function_variadic
 
-from ._common import (FastOps, autocast_enabled, autocast_out_dtype, _transforming, _TORCH, _reduction_enum,
+from ._common import (_redirect, FastOps, autocast_enabled, autocast_out_dtype, _transforming, _reduction_enum,
                       _refuse_grad, _weight_dtype_error)
 
 # torch.ops.fastloss's ops of this family, with the eager fast path (_common.FastOps)
@@ -34,11 +34,9 @@ def multi_margin_loss(
     sums w[y] * max(0, margin - x[y] + x[i])^p / C over i != y and -- for mean/sum -- writes the input
     gradient in the same pass (backward only scales it by grad_output). half/bfloat16 inputs, which
     torch's CPU kernel refuses, are accumulated in float32."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(multi_margin_loss, (input, target, weight), input, target, p=p, margin=margin,
-                                     weight=weight, size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["multi_margin_loss"](input, target, p, margin, weight, size_average, reduce, reduction)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(multi_margin_loss, (input, target, weight), input, target, p=p, margin=margin, weight=weight,
+                         size_average=size_average, reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if p != 1 and p != 2:
         raise ValueError("only p == 1 and p == 2 supported")
@@ -66,11 +64,9 @@ def multilabel_margin_loss(
     sum over listed targets j and non-target classes i of max(0, 1 - x[j] + x[i]) / C, and -- for
     mean/sum -- the input gradient in the same pass. Duplicated targets count once per occurrence, as
     in torch. half/bfloat16 inputs, which torch's CPU kernel refuses, are accumulated in float32."""
-    if has_torch_function_variadic(input, target):
-        return handle_torch_function(multilabel_margin_loss, (input, target), input, target,
-                                     size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["multilabel_margin_loss"](input, target, size_average, reduce, reduction)
+    if has_torch_function_variadic(input, target) or _transforming():  # see _redirect
+        return _redirect(multilabel_margin_loss, (input, target), input, target, size_average=size_average,
+                         reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     return _ops.multilabel_margin_loss(input, target, red, autocast_out_dtype(input))
 

@@ -8,7 +8,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
-from ._common import (FastOps, autocast_enabled, autocast_out_dtype, _transforming, _TORCH, _TYPE_NAMES,
+from ._common import (_redirect, FastOps, autocast_enabled, autocast_out_dtype, _transforming, _TORCH, _TYPE_NAMES,
                       _reduction_enum, _as, _refuse_grad, _floating_common)
 
 # torch.ops.fastloss's ops of this family, with the eager fast path (_common.FastOps)
@@ -83,11 +83,9 @@ def l1_loss(
 ) -> Tensor:
     """torch.nn.functional.l1_loss, fused: one pass reads input and target and, for mean/sum, also
     writes the gradient; no loss-sized temporary."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(l1_loss, (input, target, weight), input, target, size_average=size_average,
-                                     reduce=reduce, reduction=reduction, weight=weight)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["l1_loss"](input, target, size_average, reduce, reduction, weight=weight)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(l1_loss, (input, target, weight), input, target, size_average=size_average, reduce=reduce,
+                         reduction=reduction, weight=weight)
     red = _reduction_enum(size_average, reduce, reduction)
     return _regression("l1_loss", _ops.l1_loss, input, target, weight, red)
 
@@ -101,11 +99,9 @@ def mse_loss(
     weight: Tensor | None = None,
 ) -> Tensor:
     """torch.nn.functional.mse_loss, fused (see l1_loss)."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(mse_loss, (input, target, weight), input, target, size_average=size_average,
-                                     reduce=reduce, reduction=reduction, weight=weight)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["mse_loss"](input, target, size_average, reduce, reduction, weight=weight)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(mse_loss, (input, target, weight), input, target, size_average=size_average, reduce=reduce,
+                         reduction=reduction, weight=weight)
     red = _reduction_enum(size_average, reduce, reduction)
     return _regression("mse_loss", _ops.mse_loss, input, target, weight, red)
 
@@ -119,11 +115,9 @@ def smooth_l1_loss(
     beta: float = 1.0,
 ) -> Tensor:
     """torch.nn.functional.smooth_l1_loss, fused (see l1_loss). beta == 0 is exactly l1_loss."""
-    if has_torch_function_variadic(input, target):
-        return handle_torch_function(smooth_l1_loss, (input, target), input, target, size_average=size_average,
-                                     reduce=reduce, reduction=reduction, beta=beta)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["smooth_l1_loss"](input, target, size_average, reduce, reduction, beta)
+    if has_torch_function_variadic(input, target) or _transforming():  # see _redirect
+        return _redirect(smooth_l1_loss, (input, target), input, target, size_average=size_average, reduce=reduce,
+                         reduction=reduction, beta=beta)
     red = _reduction_enum(size_average, reduce, reduction)
     if beta < 0:
         raise RuntimeError("smooth_l1_loss does not support negative values for beta.")
@@ -138,11 +132,9 @@ def huber_loss(
     weight: Tensor | None = None,
 ) -> Tensor:
     """torch.nn.functional.huber_loss, fused (see l1_loss). With a weight, 'mean' is mean(w * l)."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(huber_loss, (input, target, weight), input, target, reduction=reduction,
-                                     delta=delta, weight=weight)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["huber_loss"](input, target, reduction, delta, weight=weight)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(huber_loss, (input, target, weight), input, target, reduction=reduction, delta=delta,
+                         weight=weight)
     red = _Reduction.get_enum(reduction)
     if delta <= 0:
         raise RuntimeError("huber_loss does not support non-positive values for delta.")
@@ -160,11 +152,9 @@ def margin_ranking_loss(
 ) -> Tensor:
     """torch.nn.functional.margin_ranking_loss, fused: max(0, -target * (input1 - input2) + margin)
     and its gradients (target's too) in one pass."""
-    if has_torch_function_variadic(input1, input2, target):
-        return handle_torch_function(margin_ranking_loss, (input1, input2, target), input1, input2, target,
-                                     margin=margin, size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["margin_ranking_loss"](input1, input2, target, margin, size_average, reduce, reduction)
+    if has_torch_function_variadic(input1, input2, target) or _transforming():  # see _redirect
+        return _redirect(margin_ranking_loss, (input1, input2, target), input1, input2, target, margin=margin,
+                         size_average=size_average, reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if input1.dim() != input2.dim() or input1.dim() != target.dim():
         raise RuntimeError(
@@ -186,11 +176,9 @@ def hinge_embedding_loss(
 ) -> Tensor:
     """torch.nn.functional.hinge_embedding_loss, fused. Where target != 1 the loss adds
     max(0, margin - input), where target != -1 it adds input (both for any other value)."""
-    if has_torch_function_variadic(input, target):
-        return handle_torch_function(hinge_embedding_loss, (input, target), input, target, margin=margin,
-                                     size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["hinge_embedding_loss"](input, target, margin, size_average, reduce, reduction)
+    if has_torch_function_variadic(input, target) or _transforming():  # see _redirect
+        return _redirect(hinge_embedding_loss, (input, target), input, target, margin=margin, size_average=size_average,
+                         reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     dtype = _floating_common("hinge_embedding_loss", input)
     target = target.detach()  # only compared with +-1: no gradient, as in torch
@@ -210,11 +198,9 @@ def soft_margin_loss(
     """torch.nn.functional.soft_margin_loss, fused: log(1 + exp(-target * input)) and its gradient in
     one pass (torch's formula as written: it overflows where torch's does). The target is cast to the
     input's dtype and broadcast, as torch does; it has no gradient."""
-    if has_torch_function_variadic(input, target):
-        return handle_torch_function(soft_margin_loss, (input, target), input, target, size_average=size_average,
-                                     reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["soft_margin_loss"](input, target, size_average, reduce, reduction)
+    if has_torch_function_variadic(input, target) or _transforming():  # see _redirect
+        return _redirect(soft_margin_loss, (input, target), input, target, size_average=size_average, reduce=reduce,
+                         reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     _refuse_grad("soft_margin_loss", target, "target")
     dtype = _floating_common("soft_margin_loss", input)
@@ -239,11 +225,9 @@ def kl_div(
     """torch.nn.functional.kl_div, fused: target * (log(target) - input) (0 where target == 0), or
     exp(target) * (target - input) with log_target, and the gradients of input and target in one pass.
     'batchmean' is the fused sum divided by the batch size, as torch composes it."""
-    if has_torch_function_variadic(input, target):
-        return handle_torch_function(kl_div, (input, target), input, target, size_average=size_average,
-                                     reduce=reduce, reduction=reduction, log_target=log_target)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["kl_div"](input, target, size_average, reduce, reduction, log_target)
+    if has_torch_function_variadic(input, target) or _transforming():  # see _redirect
+        return _redirect(kl_div, (input, target), input, target, size_average=size_average, reduce=reduce,
+                         reduction=reduction, log_target=log_target)
     if size_average is not None or reduce is not None:
         red = _Reduction.legacy_get_enum(size_average, reduce)
     else:
@@ -293,11 +277,9 @@ def binary_cross_entropy(
     and, for mean/sum, the gradients of input and target in one pass. Input and target outside [0, 1]
     raise torch's error on CPU, and on CUDA without a host sync (reported by the next fastloss CUDA call
     or fastloss.check_errors(); torch's CUDA kernel asserts)."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(binary_cross_entropy, (input, target, weight), input, target, weight=weight,
-                                     size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["binary_cross_entropy"](input, target, weight, size_average, reduce, reduction)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(binary_cross_entropy, (input, target, weight), input, target, weight=weight,
+                         size_average=size_average, reduce=reduce, reduction=reduction)
     red = _reduction_enum(size_average, reduce, reduction)
     if target.size() != input.size():
         raise ValueError(f"Using a target size ({target.size()}) that is different to the input size "
@@ -337,13 +319,10 @@ def binary_cross_entropy_with_logits(
     softplus(-x) from one exp and one log1p per element (stable for any |x|), times weight, and the
     gradients of input and target in the same pass. weight and pos_weight broadcast to the input
     (pos_weight typically over the last, class, dimension); neither is differentiable, as in torch."""
-    if has_torch_function_variadic(input, target, weight, pos_weight):
-        return handle_torch_function(binary_cross_entropy_with_logits, (input, target, weight, pos_weight), input,
-                                     target, weight=weight, size_average=size_average, reduce=reduce,
-                                     reduction=reduction, pos_weight=pos_weight)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["binary_cross_entropy_with_logits"](input, target, weight, size_average, reduce, reduction,
-                                                          pos_weight)
+    if has_torch_function_variadic(input, target, weight, pos_weight) or _transforming():  # see _redirect
+        return _redirect(binary_cross_entropy_with_logits, (input, target, weight, pos_weight), input, target,
+                         weight=weight, size_average=size_average, reduce=reduce, reduction=reduction,
+                         pos_weight=pos_weight)
     red = _reduction_enum(size_average, reduce, reduction)
     if not (target.size() == input.size()):
         raise ValueError(f"Target size ({target.size()}) must be the same as input size ({input.size()})")
@@ -382,12 +361,9 @@ def poisson_nll_loss(
     """torch.nn.functional.poisson_nll_loss, fused: exp(x) - t x (log_input) or x - t log(x + eps),
     plus with `full` the Stirling term t log t - t + log(2 pi t) / 2 where t > 1, and the gradients of
     input and target, in one pass."""
-    if has_torch_function_variadic(input, target):
-        return handle_torch_function(poisson_nll_loss, (input, target), input, target, log_input=log_input,
-                                     full=full, size_average=size_average, eps=eps, reduce=reduce,
-                                     reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["poisson_nll_loss"](input, target, log_input, full, size_average, eps, reduce, reduction)
+    if has_torch_function_variadic(input, target) or _transforming():  # see _redirect
+        return _redirect(poisson_nll_loss, (input, target), input, target, log_input=log_input, full=full,
+                         size_average=size_average, eps=eps, reduce=reduce, reduction=reduction)
     reduction = _legacy_reduction_string(size_average, reduce, reduction)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(reduction + " is not a valid value for reduction")
@@ -411,11 +387,9 @@ def gaussian_nll_loss(
     (+ log(2 pi) / 2 with `full`) and the gradients of input, target and var in one pass; var broadcasts
     as torch allows (same shape, one dimension short, or one dimension of size 1). Like torch, the
     clamp at eps passes the var gradient unchanged, and a negative var raises (one host sync, as torch)."""
-    if has_torch_function_variadic(input, target, var):
-        return handle_torch_function(gaussian_nll_loss, (input, target, var), input, target, var, full=full, eps=eps,
-                                     reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["gaussian_nll_loss"](input, target, var, full, eps, reduction)
+    if has_torch_function_variadic(input, target, var) or _transforming():  # see _redirect
+        return _redirect(gaussian_nll_loss, (input, target, var), input, target, var, full=full, eps=eps,
+                         reduction=reduction)
     if isinstance(var, float):
         if var < 0:
             raise ValueError("var has negative entry/entries")
@@ -453,11 +427,9 @@ def multilabel_soft_margin_loss(
     binary_cross_entropy_with_logits kernel, so mean and sum are one fused pass (total / numel, total / C).
     reduction='none' (one loss per row) is that kernel's per-element loss summed over C by torch's sum
     (documented composition). The weight is differentiable, as in torch's composite."""
-    if has_torch_function_variadic(input, target, weight):
-        return handle_torch_function(multilabel_soft_margin_loss, (input, target, weight), input, target,
-                                     weight=weight, size_average=size_average, reduce=reduce, reduction=reduction)
-    if _transforming():  # torch.func: torch's loss (see _TORCH)
-        return _TORCH["multilabel_soft_margin_loss"](input, target, weight, size_average, reduce, reduction)
+    if has_torch_function_variadic(input, target, weight) or _transforming():  # see _redirect
+        return _redirect(multilabel_soft_margin_loss, (input, target, weight), input, target, weight=weight,
+                         size_average=size_average, reduce=reduce, reduction=reduction)
     reduction = _legacy_reduction_string(size_average, reduce, reduction)
     if reduction not in ("none", "mean", "sum"):
         raise ValueError(reduction + " is not valid")
