@@ -93,11 +93,20 @@ class LossCase:
         """The default size on `device` (a torch.device), as from_dims takes it."""
         return cls.DEFAULT_DIMS["cuda" if device.type == "cuda" else "cpu"]
 
+    # (form, example) of --shape for a case whose constructor takes the sizes one by one, e.g. ("ROWSxCLASSES",
+    # "4096x1000"); None: the constructor takes the dims tuple itself (and checks it)
+    SHAPE = None
+
     @classmethod
     def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
         """The case of `loss` at `dims` (--shape: a tuple of ints); `swap` is the --swap flag, which
         only the triplet losses take. Raises ValueError for dims of the wrong form."""
-        return cls(loss, dims, dtype, device, reduction=reduction)
+        if cls.SHAPE is None:
+            return cls(loss, dims, dtype, device, reduction=reduction)
+        form, example = cls.SHAPE
+        if len(dims) != form.count("x") + 1:
+            raise ValueError(f"{loss}: --shape must be {form} (e.g. {example}), got {dims}")
+        return cls(loss, *dims, dtype, device, reduction=reduction)
 
     def dims(self):
         """This case's size as from_dims takes it."""
@@ -211,15 +220,11 @@ class ShapedCase(LossCase):
 class RowsClassesCase(LossCase):
     """A case on (rows, classes) scores: --shape ROWSxCLASSES (cross_entropy, nll_loss, the margin_rows losses)."""
 
+    SHAPE = ("ROWSxCLASSES", "4096x1000")
+
     def __init__(self, loss, rows, classes, dtype, device, reduction="mean"):
         super().__init__(loss, dtype, device, reduction)
         self.rows, self.classes = rows, classes
-
-    @classmethod
-    def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
-        if len(dims) != 2:
-            raise ValueError(f"{loss}: --shape must be ROWSxCLASSES (e.g. 4096x1000), got {dims}")
-        return cls(loss, *dims, dtype, device, reduction=reduction)
 
     def dims(self):
         return (self.rows, self.classes)

@@ -24,6 +24,7 @@ class CtcCase(LossCase):
     that fastloss's are rounded from, fastloss on the dtype itself; the case's name says 'vs torch fp32'."""
 
     DEFAULT_DIMS = {"cuda": (1000, 64, 64, 200), "cpu": (200, 16, 32, 50)}  # T, N, C, S
+    SHAPE = ("TxNxCxS", "200x16x32x50")
     batch_dim = 1  # N
     # aten._ctc_loss's outputs (log_alpha) have a data-dependent shape: torch.compile(fullgraph=True) fails
     # ("Unsupported: Dynamic shape operator"), so it is compiled with a graph break at the op (= eager op).
@@ -50,12 +51,6 @@ class CtcCase(LossCase):
                               else torch.full((N,), T, dtype=torch.long))
         self.padded_targets = torch.randint(1, C, (N, S), generator=g)
         self._torch_checked = False
-
-    @classmethod
-    def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
-        if len(dims) != 4:
-            raise ValueError(f"{loss}: --shape must be TxNxCxS (e.g. 200x16x32x50), got {dims}")
-        return cls(loss, *dims, dtype, device, reduction=reduction)
 
     def dims(self):
         return (self.T, self.N, self.C, self.S)

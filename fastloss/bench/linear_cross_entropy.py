@@ -14,18 +14,12 @@ class LinearCrossEntropyCase(LossCase):
     side is torch.nn.functional.linear_cross_entropy with options=None (the whole logits)."""
 
     DEFAULT_DIMS = {"cuda": (8192, 4096, 128256), "cpu": (1024, 256, 8192)}
+    SHAPE = ("ROWSxHIDDENxCLASSES", "8192x4096x128256")
     bandwidth_bound = False
 
     def __init__(self, loss, rows, hidden, classes, dtype, device, reduction="mean"):
         super().__init__(loss, dtype, device, reduction)
         self.rows, self.hidden, self.classes = rows, hidden, classes
-
-    @classmethod
-    def from_dims(cls, loss, dims, dtype, device, reduction="mean", swap=False):
-        if len(dims) != 3:
-            raise ValueError(f"{loss}: --shape is ROWSxHIDDENxCLASSES (e.g. 8192x4096x128256), got {dims}")
-        rows, hidden, classes = dims
-        return cls(loss, rows, hidden, classes, dtype, device, reduction=reduction)
 
     def dims(self):
         return (self.rows, self.hidden, self.classes)
