@@ -54,6 +54,12 @@ bool records_graph(const Ts&... tensors) {
   return (wants_graph(tensors, grad_mode) || ...);
 }
 
+// A public op's grad_now entry for `t`: its gradient is written by the forward itself (mean/sum only: with
+// 'none' backward needs grad_output's values) when autograd will ask for it.
+inline bool fused_grad(const at::Tensor& t, int64_t reduction) {
+  return reduction != 0 && at::GradMode::is_enabled() && t.requires_grad();
+}
+
 // The op below autograd, for a call that records no graph: an autograd Function's context, saved
 // data and node cost ~10 us of host time even then (inference, validation under no_grad), about
 // what a small loss's whole kernel takes.

@@ -123,9 +123,6 @@ std::tuple<Tensor, Tensor, Tensor> cosine_autograd(const Tensor& x1, const Tenso
 }
 
 // The public ops: grad_now (gradients in the forward, mean/sum only) for the inputs that will need them.
-inline bool fused_grad(const Tensor& t, int64_t reduction) {
-  return reduction != 0 && at::GradMode::is_enabled() && t.requires_grad();
-}
 
 template <bool Autograd>
 Tensor triplet_public(const Tensor& a, const Tensor& pos, const Tensor& neg, double margin, double p, double eps,

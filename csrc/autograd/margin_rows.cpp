@@ -114,7 +114,7 @@ std::tuple<Tensor, Tensor> multilabel_margin_autograd(const Tensor& input, const
 template <bool Autograd>
 Tensor multi_margin_public(const Tensor& input, const Tensor& target, int64_t p, double margin, const OptTensor& weight,
                            int64_t reduction, OptDtype out_dtype) {
-  const bool grad_now = Autograd && reduction != 0 && at::GradMode::is_enabled() && input.requires_grad();
+  const bool grad_now = Autograd && fused_grad(input, reduction);
   if (Autograd)
     return std::get<0>(multi_margin_autograd(input, target, p, margin, weight, reduction, grad_now, out_dtype));
   return std::get<0>(call_below_autograd(mm_op(), input, target, p, margin, weight, reduction, false, out_dtype));
@@ -122,7 +122,7 @@ Tensor multi_margin_public(const Tensor& input, const Tensor& target, int64_t p,
 
 template <bool Autograd>
 Tensor multilabel_margin_public(const Tensor& input, const Tensor& target, int64_t reduction, OptDtype out_dtype) {
-  const bool grad_now = Autograd && reduction != 0 && at::GradMode::is_enabled() && input.requires_grad();
+  const bool grad_now = Autograd && fused_grad(input, reduction);
   if (Autograd) return std::get<0>(multilabel_margin_autograd(input, target, reduction, grad_now, out_dtype));
   return std::get<0>(call_below_autograd(ml_op(), input, target, reduction, false, out_dtype));
 }
