@@ -361,12 +361,10 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   const auto adt = acc_dtype(p.log_probs.scalar_type());
   const int64_t W = 2 * p.max_target + 1;  // states per row
   TORCH_CHECK(p.C <= std::numeric_limits<int32_t>::max(),
-              "fastloss.ctc_loss: more than 2^31 - 1 classes are not "
-              "supported on CUDA, got ",
-              num(p.C));
+              "fastloss.ctc_loss: more than 2^31 - 1 classes are not supported on CUDA, got ", num(p.C));
   TORCH_CHECK(p.N <= std::numeric_limits<int32_t>::max(),
-              "fastloss.ctc_loss: a batch of more than 2^31 - 1 samples "
-              "is not supported on CUDA (one block per sample), got ",
+              "fastloss.ctc_loss: a batch of more than 2^31 - 1 samples is not supported on CUDA (one block per "
+              "sample), got ",
               num(p.N));
   // staged through pinned memory (torch's caching host allocator) so the upload never waits for the GPU
   const Tensor meta = p.meta.pin_memory().to(dev, /*non_blocking=*/true);
@@ -389,9 +387,7 @@ std::tuple<Tensor, Tensor> ctc_loss_cuda(const Tensor& log_probs, const Tensor& 
   int K = 1;
   while (K < 8 && W > int64_t(K) * 1024) K *= 2;
   TORCH_CHECK(W <= int64_t(K) * 1024,
-              "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, "
-              "got ",
-              num(p.max_target));
+              "fastloss.ctc_loss: targets longer than 4095 labels are not supported on CUDA, got ", num(p.max_target));
   const int threads = static_cast<int>(std::min<int64_t>(1024, ((W + K - 1) / K + 31) / 32 * 32));
   // the rows; the capacity check (with the kernel's static shared memory) is in launch_recursion
   const size_t smem = 2 * static_cast<size_t>(W + 2) * (adt == at::kDouble ? 8 : 4);

@@ -220,8 +220,7 @@ void run(Job& j) {
         if (j.stats_out.defined()) rows_of(j.stats_out, r0, r).copy_(st);
       }
       if (j.finish) {
-        auto [ce, zt, coef] =
-            finish_op().call(st, j.prob ? tp : tp, j.W_sum, j.num_classes, j.ignore_index, j.eps, j.z_loss);
+        auto [ce, zt, coef] = finish_op().call(st, tp, j.W_sum, j.num_classes, j.ignore_index, j.eps, j.z_loss);
         rows_of(j.ce_rows.select(1, p), r0, r).copy_(ce);
         rows_of(j.z_rows.select(1, p), r0, r).copy_(zt);
         rows_of(j.lse_rows.select(1, p), r0, r).copy_(coef.select(1, 0));
@@ -368,9 +367,8 @@ Tensor linear_ce_stats(const Tensor& input, const Tensor& linear_weight, const s
   Job j = slice_job(input, linear_weight, linear_bias, target, weight, class_offset, ignore_index, softcap, op);
   const int64_t C = linear_weight.size(0);
   TORCH_CHECK(class_offset >= 0 && class_offset + C <= num_classes, op,
-              ": expected the slice [class_offset, "
-              "class_offset + Cs) = [",
-              class_offset, ", ", class_offset + C, ") within num_classes=", num_classes);
+              ": expected the slice [class_offset, class_offset + Cs) = [", class_offset, ", ", class_offset + C,
+              ") within num_classes=", num_classes);
   const bool mask[3] = {false, false, false};
   j.num_classes = num_classes;
   j.eps = label_smoothing;
