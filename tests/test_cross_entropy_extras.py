@@ -214,3 +214,26 @@ def test_torch_func_transform_composes_torch_ops():
     xr = x.clone().requires_grad_()
     (gr,) = torch.autograd.grad(reference(xr, t, None, "mean", IGN, 0.0, 2.0, 0.1)[0], xr)
     torch.testing.assert_close(g, gr)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("prob", [False, True])
+def test_torch_func_gives_the_eager_dtypes_and_values(dtype, prob):
+    """Under torch.func (torch ops) the loss, lse and gradient are the eager call's, in the same dtypes (lse in
+    float32 for bfloat16 input, as the op returns it)."""
+    x, t = make((6, 5), 5, prob, True, dtype=dtype, seed=4)
+    kw = dict(reduction="none", label_smoothing=0.1, softcap=2.0, z_loss=0.1, return_lse=True)
+
+    def f(a):
+        loss, lse = FF.cross_entropy(a, t, **kw)
+        return loss.float().sum(), (loss, lse)
+
+    g, (loss, lse) = torch.func.grad(f, has_aux=True)(x)
+    xe = x.clone().requires_grad_()
+    e_loss, e_lse = FF.cross_entropy(xe, t, **kw)
+    (ge,) = torch.autograd.grad(e_loss.float().sum(), xe)
+    assert (loss.dtype, lse.dtype, g.dtype) == (e_loss.dtype, e_lse.dtype, ge.dtype)
+    tol = {} if dtype == torch.float64 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(loss, e_loss.detach(), **tol)
+    torch.testing.assert_close(lse, e_lse, **tol)
+    torch.testing.assert_close(g, ge, **tol)

@@ -283,6 +283,31 @@ def _check_extras(dtype, N, H, C, K, prob, weighted, bias, reduction, eps, softc
         assert_close_ref(gg, ww, dtype, f"grad {name} " + what)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("prob", [False, True])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_extras_under_torch_func(dtype, prob, reduction):
+    """Under a torch.func transform the extras are composed of torch ops: the loss, lse (its dtype too) and the
+    gradients of input, linear weight and bias are the eager call's."""
+    x, w, b, t, wt = _extras_case(dtype, 6, 5, 9, (), prob, True, True, seed=3)
+    kw = dict(weight=wt, reduction=reduction, label_smoothing=0.1, softcap=2.0, z_loss=1e-2, return_lse=True)
+
+    def f(xi, wi, bi):
+        loss, lse = FL.linear_cross_entropy(xi, wi, t, linear_bias=bi, **kw)
+        return loss.float().sum(), (loss, lse)
+
+    grads, (loss, lse) = torch.func.grad(f, argnums=(0, 1, 2), has_aux=True)(x, w, b)
+    ins = [v.clone().requires_grad_() for v in (x, w, b)]
+    e_loss, e_lse = FL.linear_cross_entropy(ins[0], ins[1], t, linear_bias=ins[2], **kw)
+    want = torch.autograd.grad(e_loss.float().sum(), ins)
+    assert (loss.dtype, lse.dtype) == (e_loss.dtype, e_lse.dtype)
+    tol = {} if dtype == torch.float64 else {"atol": 2e-2, "rtol": 2e-2}
+    torch.testing.assert_close(loss, e_loss.detach(), **tol)
+    torch.testing.assert_close(lse, e_lse, **tol)
+    for got, exp, name in zip(grads, want, ["input", "linear_weight", "linear_bias"]):
+        torch.testing.assert_close(got, exp, **tol, msg=lambda m: f"grad {name}: {m}")
+
+
 @pytest.mark.parametrize("prob,weighted", [(False, False), (False, True), (True, False), (True, True)])
 @pytest.mark.parametrize("eps,softcap,z_loss", [(0.0, None, 0.0), (0.1, 2.0, 0.0), (0.0, None, 1e-2),
                                                 (0.2, 1.5, 1e-2)])

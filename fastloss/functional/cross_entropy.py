@@ -83,19 +83,22 @@ def cross_entropy(
 
 def _torch_cross_entropy_extras(input, target, weight, size_average, ignore_index, reduce, reduction,
                                 label_smoothing, softcap, z_loss, return_lse):
-    """The extras composed of torch ops (under torch.func transforms, which fastloss's ops refuse)."""
+    """The extras composed of torch ops (under torch.func transforms, which fastloss's ops refuse); also
+    linear_cross_entropy's, on its logits. lse in the accumulate dtype (float32 for half/bfloat16), as the ops
+    return it; the loss in torch's dtype."""
     if softcap is not None:
         input = softcap * torch.tanh(input / softcap)
     loss = _TORCH["cross_entropy"](input, target, weight, size_average, ignore_index, reduce, reduction,
                                    label_smoothing)
-    lse = torch.logsumexp(input, dim=0 if input.dim() == 1 else 1)
+    low = input.dtype in (torch.float16, torch.bfloat16)
+    lse = torch.logsumexp(input.float() if low else input, dim=0 if input.dim() == 1 else 1)
     if z_loss:
         prob = target.is_floating_point() and input.shape == target.shape
         valid = torch.ones_like(lse, dtype=torch.bool) if prob else target != ignore_index
         zt = torch.where(valid, z_loss * lse.square(), 0)
         red = _Reduction.legacy_get_string(size_average, reduce) if size_average is not None or \
             reduce is not None else reduction
-        loss = loss + {"none": zt, "sum": zt.sum(), "mean": zt.sum() / valid.sum()}[red]
+        loss = loss + {"none": zt, "sum": zt.sum(), "mean": zt.sum() / valid.sum()}[red].to(loss.dtype)
     return (loss, lse.detach()) if return_lse else loss
 
 

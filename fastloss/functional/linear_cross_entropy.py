@@ -4,6 +4,7 @@ from torch import Tensor
 from torch.nn import _reduction as _Reduction
 from torch.overrides import handle_torch_function, has_torch_function_variadic
 
+from .cross_entropy import _torch_cross_entropy_extras
 from ._common import autocast_enabled, _transforming, _TORCH, _as, _refuse_grad, _check_weight
 
 
@@ -138,24 +139,14 @@ def _lce_options(options, x, in_features, num_classes, dtype, probabilities):
 
 def _torch_linear_ce_extras(input, linear_weight, target, linear_bias, weight, reduction, ignore_index,
                             label_smoothing, probabilities, softcap, z_loss, return_lse):
-    """The extras composed of torch ops (under torch.func transforms, where fastloss's ops are not used)."""
+    """The extras composed of torch ops (under torch.func transforms, where fastloss's ops are not used): the
+    whole logits, then cross_entropy's composition (probability targets take no ignore_index: torch's default)."""
     C, out_features = linear_weight.shape[0], linear_weight.shape[1:-1]
     w2 = linear_weight.reshape(-1, linear_weight.shape[-1])
     b2 = linear_bias.reshape(-1) if linear_bias is not None else None
     z = torch.nn.functional.linear(input, w2, b2).reshape(*input.shape[:-1], C, *out_features)
-    if softcap is not None:
-        z = softcap * torch.tanh(z / softcap)
-    kw = {} if probabilities else {"ignore_index": ignore_index}
-    loss = torch.nn.functional.cross_entropy(z, target, weight, reduction=reduction,
-                                             label_smoothing=label_smoothing, **kw)
-    cdim = 1 if input.dim() == 2 else 0
-    lse = torch.logsumexp(z.float() if z.dtype in (torch.float16, torch.bfloat16) else z, cdim)
-    if z_loss:
-        valid = torch.ones_like(lse, dtype=torch.bool) if probabilities else target != ignore_index
-        zt = torch.where(valid, z_loss * lse * lse, torch.zeros_like(lse))
-        zt = {"none": zt, "sum": zt.sum(), "mean": zt.sum() / valid.sum()}[reduction]
-        loss = loss + zt.to(loss.dtype)
-    return (loss, lse.detach()) if return_lse else loss
+    return _torch_cross_entropy_extras(z, target, weight, None, -100 if probabilities else ignore_index, None,
+                                       reduction, label_smoothing, softcap, z_loss, return_lse)
 
 
 # ------------------------------------------------------------------------------------ fake kernels
