@@ -16,10 +16,11 @@
 # code, it takes most of the time under ASan, and fastloss's ops run the same kernels in the
 # eager tests. Pass your own pytest arguments to change the selection (e.g. `tests/`).
 #
-# Last run (2026-12-05, after the issue-20 merge, gcc 12.2, torch 2.14.1, 2-core VM): 12268 passed in 188 s,
-# zero ASan/UBSan reports anywhere; test_vocab_parallel[2] once lost a gloo rank to SIGABRT ("terminate called
-# without an active exception", no sanitizer report) under the full suite's load and passed twice run alone.
-# The run before (10850 passed in 114 s) had also zero reports
+# Last run (2026-12-05, session 11, gcc 12.2, torch 2.14.1, 2-core VM): 12308 passed in 184 s, zero ASan/UBSan
+# reports anywhere. The run before it (12268 passed) lost a gloo rank of test_vocab_parallel[2] to SIGABRT
+# ("terminate called without an active exception", no sanitizer report): the vocab-parallel layout cache kept
+# the process group alive past destroy_process_group (fixed: a weak reference; da7a2a6).
+# An earlier run (10850 passed in 114 s) had also zero reports
 # anywhere. Two things it showed that are not reports: torch's multi_margin_loss / multilabel_margin_loss
 # return uninitialized memory for an empty batch with reduction 'sum' as well as 'mean' (ASan fills new
 # allocations with 0xbe: torch gave -1.83e-06; the tests now expect fastloss's 0 there without asking torch),
